@@ -1,0 +1,26 @@
+"""One exception type for every user-facing failure.
+
+Anything a user can cause (bad file, bad config value, missing object) raises DakdError with a
+message naming the file, URI or config field. The CLI prints it and exits with status 2, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class DakdError(Exception):
+    """A failure caused by input, configuration or environment, explained in the message."""
+
+
+class ConfigError(DakdError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+class StoreError(DakdError):
+    """An object-store operation failed (missing object, bad key, unreachable endpoint)."""
+
+
+class DataError(DakdError):
+    """A dataset file is unreadable, mislaid or inconsistent."""
+
+
+class TrainingError(DakdError):
+    """Training cannot continue (NaN/inf loss, incompatible checkpoint)."""
