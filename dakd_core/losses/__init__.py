@@ -2,9 +2,14 @@
 
 from dakd_core.losses.adversarial import SOURCE_LABEL, TARGET_LABEL, bce_adversarial
 from dakd_core.losses.distill import border_weighted_kl, kl_distill, mse_distill, pseudo_label_ce
+from dakd_core.losses.feature import FeatureAdapter, cwd_loss, l2_feature, lad_loss
 from dakd_core.losses.segmentation import border_focal_loss, border_weights, segmentation_loss
 
 __all__ = [
+    "FeatureAdapter",
+    "cwd_loss",
+    "l2_feature",
+    "lad_loss",
     "SOURCE_LABEL",
     "TARGET_LABEL",
     "bce_adversarial",

@@ -4,7 +4,7 @@
 """
 
 import dakd_core.compat  # noqa: F401  (before timm)
-from dakd_core.models import deeplabv2  # noqa: F401  (register the networks)
+from dakd_core.models import deeplabv2, swiftnet  # noqa: F401  (register the networks)
 from dakd_core.models.base import SegmentationModel, SegOutput, count_parameters
 from dakd_core.models.discriminator import Discriminator, discriminator_input
 from dakd_core.models.registry import create_model, list_models, register_model
