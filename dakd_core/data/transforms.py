@@ -1,0 +1,154 @@
+"""THE image normalisation and the train-time geometric augmentation.
+
+Every path that feeds pixels to a network (training, teacher caching, evaluation, export parity)
+normalises with `normalize` from this module and nothing else: the public DAKD code mixes two
+normalisations (Caffe BGR mean-only and ImageNet RGB mean/std), which silently costs mIoU when a
+teacher trained with one is queried with the other. Here there is exactly one: RGB, ImageNet
+mean/std, on the 0..255 scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from dakd_core.errors import DataError
+
+# RGB order, 0..255 scale (the usual 0..1 ImageNet statistics times 255).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+IGNORE_LABEL = 255  # same value as dakd_core.labels.IGNORE_INDEX; padding of label crops
+
+
+def normalize(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Normalise an RGB image for a network.
+
+    - `uint8` numpy array HxWx3 (what `decode_image` returns) -> float32 tensor 3xHxW;
+    - float tensor Nx3xHxW or 3xHxW with values on the 0..255 scale -> same shape, same device
+      (used by export/eval code that batches raw pixels on the accelerator).
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DataError(
+                f"normalize expects a uint8 HxWx3 RGB array, got {image.dtype} {image.shape}"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    elif isinstance(image, torch.Tensor):
+        if not image.is_floating_point() or image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise DataError(
+                f"normalize expects a float tensor (N)x3xHxW on 0..255, got {image.dtype} "
+                f"{tuple(image.shape)}"
+            )
+        tensor = image
+    else:
+        raise DataError(f"normalize expects a numpy array or a tensor, got {type(image).__name__}")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+def resize_pair(
+    image: np.ndarray, label: np.ndarray | None, size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize to `size` = (height, width): image bilinear, label nearest (ids must not blend)."""
+    if size is None or image.shape[:2] == tuple(size):
+        return image, label
+    h, w = size
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    if label is not None:
+        label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    return image, label
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One sampled geometry, in the coordinates of the image it was sampled for.
+
+    Applying the same plan to a map of another resolution (e.g. a stride-8 teacher probability
+    map) scales every coordinate by that map's size ratio, so all maps stay aligned.
+    """
+
+    height: int  # size of the image the plan was drawn for
+    width: int
+    scale: float
+    top: int  # crop offset in the scaled image (may be negative: padding)
+    left: int
+    crop_h: int
+    crop_w: int
+    flip: bool
+
+    def apply(self, array: np.ndarray, nearest: bool, pad_value) -> np.ndarray:
+        """Scale, crop (padding with `pad_value`, a scalar or a per-channel value) and flip."""
+        ry, rx = array.shape[0] / self.height, array.shape[1] / self.width
+        sh = max(1, round(self.height * self.scale * ry))
+        sw = max(1, round(self.width * self.scale * rx))
+        interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+        # cv2 cannot resize more than 512 channels; teacher maps have 19, images 3.
+        scaled = cv2.resize(array, (sw, sh), interpolation=interp)
+        if scaled.ndim < array.ndim:  # cv2 drops a trailing channel axis of size 1
+            scaled = scaled[..., None]
+        ch, cw = max(1, round(self.crop_h * ry)), max(1, round(self.crop_w * rx))
+        top, left = round(self.top * ry), round(self.left * rx)
+        out = np.full((ch, cw) + array.shape[2:], pad_value, dtype=array.dtype)
+        # Intersection of the crop window with the scaled image.
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + ch, sh), min(left + cw, sw)
+        if y1 > y0 and x1 > x0:
+            out[y0 - top : y1 - top, x0 - left : x1 - left] = scaled[y0:y1, x0:x1]
+        if self.flip:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out)
+
+
+class RandomScaleCropFlip:
+    """Random scale in `scale_range`, random crop of `crop` = (height, width), random h-flip.
+
+    Randomness comes only from the `rng` passed in, so a sample's augmentation is a pure function
+    of (seed, epoch, index): the same in every DataLoader worker layout and after a resume.
+    Crops larger than the scaled image are padded: image with the mean colour (0 after
+    normalisation), labels with 255 (ignored), extra maps with 0.
+    """
+
+    def __init__(
+        self,
+        crop: tuple[int, int],
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        flip: bool = True,
+    ):
+        if crop[0] <= 0 or crop[1] <= 0:
+            raise DataError(f"crop must be positive (height, width), got {crop}")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise DataError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.crop = (int(crop[0]), int(crop[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.flip = flip
+
+    def sample(self, height: int, width: int, rng: np.random.Generator) -> CropPlan:
+        scale = float(rng.uniform(*self.scale_range))
+        sh, sw = max(1, round(height * scale)), max(1, round(width * scale))
+        ch, cw = self.crop
+        # Where the scaled image is smaller than the crop, centre it (negative offset = padding).
+        top = int(rng.integers(0, sh - ch + 1)) if sh >= ch else -((ch - sh) // 2)
+        left = int(rng.integers(0, sw - cw + 1)) if sw >= cw else -((cw - sw) // 2)
+        flip = bool(self.flip and rng.random() < 0.5)
+        return CropPlan(height, width, scale, top, left, ch, cw, flip)
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        label: np.ndarray | None,
+        rng: np.random.Generator,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """Returns (image, label, extra) with one shared geometry; labels use nearest."""
+        plan = self.sample(image.shape[0], image.shape[1], rng)
+        mean_colour = np.array(IMAGENET_MEAN, dtype=np.float64).round().astype(image.dtype)
+        out_image = plan.apply(image, nearest=False, pad_value=mean_colour)
+        out_label = None if label is None else plan.apply(label, nearest=True, pad_value=IGNORE_LABEL)
+        out_extra = {k: plan.apply(v, nearest=False, pad_value=0) for k, v in (extra or {}).items()}
+        return out_image, out_label, out_extra
+
