@@ -1,0 +1,165 @@
+"""Build (and optionally push) the dakd images with the docker SDK.
+
+    python docker/build.py                       # both variants, tagged by git commit
+    python docker/build.py --variant cuda --push --registry ghcr.io/me
+    DAKD_IMAGE=$(python docker/build.py --print-tag --variant cuda) dakd compile
+
+Tags: `{registry}/dakd:{commit}` (CUDA) and `{registry}/dakd:{commit}-cpu`, where commit is the
+12-character HEAD hash, suffixed `-dirty` when tracked files have uncommitted changes (so an image is
+never mistaken for the commit it is not); `--version-tag` also tags the package version
+(`0.1.0`, `0.1.0-cpu`), the tag the committed pipeline YAML refers to by default.
+
+The build context is a tar of the git-tracked files (plus untracked, not ignored ones), built here,
+so .venv, demo_out and secrets in ignored files can never enter an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REGISTRY = "ghcr.io/dakd"
+IMAGE_NAME = "dakd"
+VARIANTS = {"cuda": ("docker/Dockerfile.cuda", ""), "cpu": ("docker/Dockerfile.cpu", "-cpu")}
+
+
+class BuildError(Exception):
+    """The build could not start or the engine reported an error."""
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    variant: str
+    dockerfile: str
+    tags: list[str]
+    buildargs: dict[str, str]
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BuildError(f"git {' '.join(args)} failed in {repo}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def git_commit_tag(repo: Path = REPO) -> str:
+    commit = _git(repo, "rev-parse", "--short=12", "HEAD").strip()
+    dirty = _git(repo, "status", "--porcelain", "--untracked-files=no").strip()
+    return f"{commit}-dirty" if dirty else commit
+
+
+def package_version(repo: Path = REPO) -> str:
+    text = (repo / "dakd_core" / "__init__.py").read_text()
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    raise BuildError(f"no __version__ in {repo / 'dakd_core/__init__.py'}")
+
+
+def plan(variant: str, registry: str, commit_tag: str, version: str | None,
+         buildargs: dict[str, str] | None = None) -> ImagePlan:
+    if variant not in VARIANTS:
+        raise BuildError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    dockerfile, suffix = VARIANTS[variant]
+    repo = f"{registry.rstrip('/')}/{IMAGE_NAME}"
+    tags = [f"{repo}:{commit_tag}{suffix}"]
+    if version:
+        tags.append(f"{repo}:{version}{suffix}")
+    return ImagePlan(variant, dockerfile, tags, dict(buildargs or {}))
+
+
+def context_files(repo: Path = REPO) -> list[str]:
+    """Tracked and untracked-but-not-ignored files: exactly what a fresh clone plus work would hold."""
+    listed = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    return sorted({p for p in listed.split("\0") if p and (repo / p).is_file()})
+
+
+def build_context(repo: Path = REPO) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in context_files(repo):
+            info = tar.gettarinfo(str(repo / rel), arcname=rel)
+            # reproducible context: owner and mtime do not change the image cache key
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            with open(repo / rel, "rb") as f:
+                tar.addfile(info, f)
+    buf.seek(0)
+    return buf
+
+
+def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False) -> list[str]:
+    """Build one image through a docker SDK client; returns the tags built (and pushed)."""
+    context.seek(0)
+    try:
+        built, logs = client.images.build(
+            fileobj=context, custom_context=True, encoding="gzip", dockerfile=image.dockerfile,
+            tag=image.tags[0], buildargs=image.buildargs, rm=True, pull=True,
+        )
+    except Exception as e:  # docker.errors.BuildError / APIError: the message names the step
+        raise BuildError(f"building {image.tags[0]} from {image.dockerfile} failed: {e}") from None
+    for chunk in logs:
+        if "stream" in chunk:
+            sys.stdout.write(chunk["stream"])
+    for tag in image.tags[1:]:
+        repo, _, name = tag.rpartition(":")
+        built.tag(repo, tag=name)
+    if push:
+        for tag in image.tags:
+            repo, _, name = tag.rpartition(":")
+            for line in client.images.push(repo, tag=name, stream=True, decode=True):
+                if "error" in line:
+                    raise BuildError(f"pushing {tag} failed: {line['error']}")
+    return image.tags
+
+
+def main(argv: list[str] | None = None, client=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
+    p.add_argument("--registry", default=DEFAULT_REGISTRY)
+    p.add_argument("--version-tag", action="store_true", help="also tag the package version")
+    p.add_argument("--push", action="store_true")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime")
+    p.add_argument("--print-tag", action="store_true", help="print the commit tag(s) and exit")
+    args = p.parse_args(argv)
+
+    buildargs = {}
+    for item in args.build_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--build-arg must be KEY=VALUE, got {item!r}")
+        buildargs[key] = value
+    variants = list(VARIANTS) if args.variant == "all" else [args.variant]
+    version = package_version() if args.version_tag else None
+    try:
+        plans = [plan(v, args.registry, git_commit_tag(), version, buildargs) for v in variants]
+        if args.print_tag:
+            print("\n".join(pl.tags[0] for pl in plans))
+            return 0
+        if client is None:
+            import docker
+
+            try:
+                client = docker.from_env()
+            except docker.errors.DockerException as e:
+                raise BuildError(f"no docker engine reachable: {e}") from None
+        context = build_context()
+        built = [tag for pl in plans for tag in build(client, pl, context, push=args.push)]
+    except BuildError as e:
+        print(f"docker/build.py: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"built": built, "pushed": args.push}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
