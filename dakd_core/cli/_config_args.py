@@ -1,0 +1,44 @@
+"""Command-line flags generated from a StrictConfig's fields, so a flag can never drift from the
+field it sets: `--field-name VALUE` per field (tuples take one value per element, booleans are
+`--flag/--no-flag`), plus `--config FILE.yaml`. Unset flags stay None and do not override YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Literal
+
+from dakd_core.config import StrictConfig, build_config
+
+
+def _strip_optional(annotation):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (flags override it)")
+    for name, info in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        annotation = _strip_optional(info.annotation)
+        default = info.default if not info.is_required() else "required"
+        help_text = f"(default: {default})"
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(annotation) is tuple:
+            args = typing.get_args(annotation)
+            parser.add_argument(flag, dest=name, nargs=len(args), type=args[0], default=None, help=help_text)
+        elif typing.get_origin(annotation) is Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=annotation, default=None, help=help_text)
+
+
+def config_from_args(cls: type[StrictConfig], args: argparse.Namespace):
+    overrides = {name: getattr(args, name) for name in cls.model_fields}
+    return build_config(cls, args.config, **overrides)

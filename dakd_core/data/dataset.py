@@ -1,0 +1,89 @@
+"""Training/selection samples read from an ingest manifest and the object store.
+
+A sample's augmentation is drawn from `np.random.default_rng((seed, epoch, index))`: it depends on
+nothing else (not on the DataLoader worker that loads it, not on what ran before), which is what
+makes a resumed run replay the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dakd_core.data.imageio import decode_image, decode_label
+from dakd_core.data.manifest import read_manifest
+from dakd_core.data.transforms import RandomScaleCropFlip, normalize, resize_pair
+from dakd_core.errors import DataError
+from dakd_core.storage import read_bytes
+
+
+class ManifestDataset(Dataset):
+    """Items `{"image": float 3xHxW normalised, "label": long HxW (255 = ignore) if with_labels,
+    "index": int, "sample_id": str}`.
+
+    Every image is first resized to `resize` = (height, width) (the configured training
+    resolution; None keeps the stored size). With `train=True` it is then randomly scaled,
+    cropped to `crop` = (height, width) and flipped (`scale_range`, `flip`); with `train=False`
+    nothing random happens.
+    """
+
+    def __init__(
+        self,
+        manifest_uri: str,
+        crop: tuple[int, int] | None = None,
+        train: bool = True,
+        with_labels: bool = True,
+        seed: int = 0,
+        resize: tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        flip: bool = True,
+    ):
+        self.manifest_uri = manifest_uri
+        self.rows = read_manifest(manifest_uri)
+        self.train = train
+        self.with_labels = with_labels
+        self.seed = int(seed)
+        self.resize = tuple(resize) if resize is not None else None
+        self.epoch = 0
+        if with_labels:
+            unlabelled = [r["sample_id"] for r in self.rows if not r.get("label_uri")]
+            if unlabelled:
+                raise DataError(
+                    f"manifest {manifest_uri} has {len(unlabelled)} samples without label_uri "
+                    f"(e.g. '{unlabelled[0]}') but labels are required here"
+                )
+        self.augment = (
+            RandomScaleCropFlip(crop, scale_range, flip) if train and crop is not None else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a fresh augmentation per epoch (called before each epoch's DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The decoded, resized (not augmented, not normalised) uint8 image and label."""
+        row = self.rows[index]
+        image = decode_image(read_bytes(row["image_uri"]), row["image_uri"])
+        label = None
+        if self.with_labels:
+            label = decode_label(read_bytes(row["label_uri"]), row["label_uri"])
+            if label.shape != image.shape[:2]:
+                raise DataError(
+                    f"label {row['label_uri']} is {label.shape[1]}x{label.shape[0]} but image "
+                    f"{row['image_uri']} is {image.shape[1]}x{image.shape[0]}"
+                )
+        return resize_pair(image, label, self.resize)
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = self.load(index)
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            image, label, _ = self.augment(image, label, rng)
+        item = {"image": normalize(image), "index": int(index), "sample_id": self.rows[index]["sample_id"]}
+        if label is not None:
+            item["label"] = torch.from_numpy(label.astype(np.int64))
+        return item

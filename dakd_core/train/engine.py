@@ -1,0 +1,526 @@
+"""What the training loops share: device/DDP setup, seeding, resumable data, poly lr, AMP, the NaN
+guard, checkpoint/resume, best-checkpoint selection and result publication.
+
+Each loop (pretrain, adapt, distill) stays a plain `for step` loop; it calls into `RunKeeper` once
+per step for the bookkeeping that must be identical everywhere:
+
+    keeper = RunKeeper(cfg, "pretrain", dist, eval_model=model, snapshot=snapshot)
+    payload = keeper.resume()              # None, or the last.pt dict of an identical config
+    ... restore the loop's own objects from payload ...
+    with keeper.tracking():                # MLflow stage run (rank 0) + progress bar
+        for step in keeper.steps(start):   # 1-based
+            losses = check_finite(step, {...})   # before any optimizer.step
+            ...
+            keeper.end_step(step, losses)  # log / evaluate / checkpoint
+    return keeper.finish()                 # publishes result.json LAST
+
+Exact resume: a checkpoint holds every network, optimiser, scheduler, GradScaler, the python /
+numpy / torch RNG states of every rank and the position of every data stream. Augmentation is a
+pure function of (seed, epoch, index) and DataLoaders draw their seeds from private generators,
+so the global RNGs only see what an uninterrupted run sees too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from dakd_core.errors import ConfigError, DataError, TrainingError
+from dakd_core.evaluation.metrics import confusion_matrix, miou_from_confusion
+from dakd_core.models.checkpoint import load_checkpoint, save_checkpoint
+from dakd_core.storage import ObjectStore, open_store
+
+LAST = "last.pt"
+BEST = "best.pt"
+RESULT = "result.json"
+CHECKPOINT_KEY = "checkpoints/step_{:07d}.pt"
+
+
+# ----------------------------------------------------------------------------- device, DDP, seeds
+
+
+def default_device() -> torch.device:
+    """cuda if available, else cpu; the environment variable DAKD_DEVICE overrides."""
+    name = os.environ.get("DAKD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(name, "DAKD_DEVICE")
+
+
+def resolve_device(name: str, field_name: str = "device") -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{field_name}: '{name}' is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{field_name}: '{name}' requested but CUDA is not available")
+    return device
+
+
+def progress_disabled() -> bool:
+    return os.environ.get("DAKD_NO_PROGRESS", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str | None = None) -> Dist:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process.
+
+    Backend: nccl on CUDA (one GPU per LOCAL_RANK), gloo on CPU.
+    """
+    device = resolve_device(device_name) if device_name else default_device()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist(0, 1, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world_size, device)
+
+
+def shutdown_distributed(dist: Dist) -> None:
+    if dist.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def wrap_ddp(module: nn.Module, dist: Dist) -> nn.Module:
+    if not dist.enabled:
+        return module
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module behind a DDP wrapper (for evaluation, saving, frozen forward passes)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def no_sync(module: nn.Module):
+    """Skip DDP's gradient all-reduce for a backward whose gradients a later backward completes."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """This process's RNG states as plain types (checkpoints are loaded with weights_only=True)."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng(dist: Dist) -> list[dict]:
+    """Every rank's RNG state, in rank order (a collective: every rank must call it)."""
+    own = capture_rng()
+    if not dist.enabled:
+        return [own]
+    gathered: list = [None] * dist.world_size
+    torch_dist.all_gather_object(gathered, own)
+    return gathered
+
+
+# ----------------------------------------------------------------------------- optimisation helpers
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, iterations: int, power: float):
+    """lr = initial_lr * (1 - step / iterations) ** power per param group (heads keep their 10x)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / iterations) ** power
+    )
+
+
+def amp_enabled(cfg, device: torch.device) -> bool:
+    """Mixed precision only on CUDA: CPU autocast is slow and changes results."""
+    return bool(cfg.amp) and device.type == "cuda"
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
+
+
+def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    # A disabled scaler is a pass-through (scale() returns the loss, step() just steps).
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def check_finite(step: int, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss terms as floats; a NaN/inf term stops training with a TrainingError naming it.
+
+    One host sync for all terms. Call it before any optimizer.step(), so the weights (and the
+    last checkpoint) stay the last good ones.
+    """
+    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()]).cpu().tolist()
+    result = dict(zip(terms, values))
+    for name, value in result.items():
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"step {step}: loss term '{name}' is {value}; training stopped, "
+                "the last good checkpoint is kept (lower the lr or check the inputs)"
+            )
+    return result
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ResumableShardSampler(Sampler):
+    """An endless stream of (epoch, index) keys: epoch after epoch of DistributedSampler's
+    shuffled shard for this rank, starting `start` keys in (the position a checkpoint stored).
+
+    Keys carry the epoch so the dataset can seed each sample's augmentation with it while one
+    DataLoader iterator (and its workers) lives for the whole run.
+    """
+
+    def __init__(self, size: int, seed: int, dist: Dist, start: int = 0):
+        self.shard = DistributedSampler(
+            range(size), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_epoch = len(self.shard)
+        epoch, offset = divmod(self.start, per_epoch)
+        while True:
+            self.shard.set_epoch(epoch)
+            for index in list(self.shard)[offset:]:
+                yield (epoch, index)
+            epoch, offset = epoch + 1, 0
+
+
+class BatchStream:
+    """Endless batches of one dataset for one rank, whose position survives a checkpoint."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, dist: Dist, num_workers: int, name: str):
+        per_rank = len(dataset) // dist.world_size
+        if per_rank < 1:
+            raise DataError(
+                f"{name}: {getattr(dataset, 'manifest_uri', 'dataset')} has {len(dataset)} samples, "
+                f"fewer than the {dist.world_size} processes"
+            )
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.dist, self.num_workers, self.name = dist, num_workers, name
+        self.consumed = 0  # samples this rank has taken from the stream
+        self._iter: Iterator | None = None
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed = int(state["consumed"])
+        self._iter = None
+
+    def next(self) -> dict:
+        if self._iter is None:
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=ResumableShardSampler(len(self.dataset), self.seed, self.dist, self.consumed),
+                num_workers=self.num_workers,
+                pin_memory=self.dist.device.type == "cuda",
+                # A private generator: creating this iterator must not consume the global torch
+                # RNG, or a resumed run would draw different dropout masks afterwards.
+                generator=torch.Generator().manual_seed(self.seed),
+                persistent_workers=False,
+            )
+            self._iter = iter(loader)
+        batch = next(self._iter)
+        self.consumed += self.batch_size
+        return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_miou(model: nn.Module, dataset, num_classes: int, device: torch.device, amp: bool, num_workers: int = 0) -> float:
+    """mIoU of `model` (main head, logits upsampled to the label size) on a labelled dataset."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset, batch_size=1, shuffle=False, num_workers=num_workers,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+    )
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for batch in tqdm(loader, desc="select mIoU", leave=False, disable=progress_disabled()):
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            logits = model(batch["image"]).main
+        logits = nn.functional.interpolate(logits.float(), size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
+        cm += confusion_matrix(logits.argmax(1), batch["label"], num_classes)
+    model.train(was_training)
+    return miou_from_confusion(cm)
+
+
+# ----------------------------------------------------------------------------- checkpoints, results
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint_uri: str
+    last_checkpoint_uri: str
+    metrics: dict = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+def config_identity(cfg) -> dict:
+    """The config fields that determine the trained weights (execution-only fields left out)."""
+    from dakd_core.train.configs import EXECUTION_FIELDS
+
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EXECUTION_FIELDS}
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunKeeper:
+    """Checkpoints, selection, logging and the result of one training stage run.
+
+    `snapshot(step)` returns the loop's state (networks, optimisers, streams...) as extra
+    checkpoint entries; it is called on every rank at checkpoint steps (it may gather across
+    ranks) and only rank 0 writes. `eval_model` is the plain (unwrapped) segmenter.
+    """
+
+    def __init__(self, cfg, stage: str, dist: Dist, eval_model: nn.Module, snapshot: Callable[[int], dict]):
+        self.cfg, self.stage, self.dist = cfg, stage, dist
+        self.eval_model, self.snapshot = eval_model, snapshot
+        self.store: ObjectStore = open_store(cfg.out)
+        self.hash = config_hash(cfg)
+        self.amp = amp_enabled(cfg, dist.device)
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.last_losses: dict[str, float] = {}
+        self._loss_sums: dict[str, float] = {}
+        self._loss_count = 0
+        self._select = None
+        if cfg.select_manifest:
+            from dakd_core.data.dataset import ManifestDataset
+
+            self._select = ManifestDataset(
+                cfg.select_manifest, train=False, with_labels=True, resize=cfg.select_resize
+            )
+        self._tracker = None
+        self._bar = None
+        self._started = time.perf_counter()
+
+    # -- resume
+    def resume(self) -> dict | None:
+        """The last checkpoint of an identical config, None for a fresh run; TrainingError if
+        `{out}/last.pt` belongs to a different config (naming the differing fields)."""
+        if not self.store.exists(LAST):
+            return None
+        uri = self.store.url(LAST)
+        payload = load_checkpoint(uri, map_location="cpu")
+        if payload.get("stage") != self.stage:
+            raise TrainingError(f"{uri} was written by stage '{payload.get('stage')}', not '{self.stage}'")
+        if payload.get("config_hash") != self.hash:
+            old, new = payload.get("config", {}), self.cfg.model_dump(mode="json")
+            fields = sorted(k for k in set(old) | set(new) if k not in _execution_fields() and old.get(k) != new.get(k))
+            raise TrainingError(
+                f"{uri} belongs to a run with a different config (fields {fields}); "
+                f"use another --out or the same settings to resume"
+            )
+        self.best_metric = payload.get("best_metric")
+        self.best_step = payload.get("best_step")
+        self.last_losses = dict(payload.get("last_losses", {}))
+        world = payload.get("world_size", 1)
+        rng = payload["rng"]
+        if world != self.dist.world_size:
+            print(
+                f"dakd {self.stage}: resuming a {world}-process run with {self.dist.world_size} "
+                "processes: data order and random streams will differ from an uninterrupted run",
+                file=sys.stderr,
+            )
+        restore_rng(rng[self.dist.rank % len(rng)])
+        return payload
+
+    # -- the loop
+    def steps(self, start: int) -> Iterator[int]:
+        self._bar = tqdm(
+            range(start + 1, self.cfg.iterations + 1), initial=start, total=self.cfg.iterations,
+            desc=self.stage, disable=progress_disabled() or not self.dist.is_main, dynamic_ncols=True,
+        )
+        return iter(self._bar)
+
+    @contextlib.contextmanager
+    def tracking(self):
+        """The MLflow stage run (rank 0 only), with the whole validated config as params."""
+        if not self.dist.is_main:
+            yield None
+            return
+        from dakd_core.tracking import stage_run
+
+        with stage_run(self.stage, params=self.cfg.model_dump(mode="json")) as run:
+            self._tracker = run
+            try:
+                yield run
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
+
+    def end_step(self, step: int, losses: dict[str, float]) -> None:
+        self.last_losses = losses
+        for k, v in losses.items():
+            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
+        self._loss_count += 1
+        if self._bar is not None and self.dist.is_main:
+            self._bar.set_postfix(loss=f"{sum(losses.values()):.4f}", refresh=False)
+        final = step == self.cfg.iterations
+        if step % self.cfg.log_every == 0 or final:
+            self._log({f"train/{k}": v / self._loss_count for k, v in self._loss_sums.items()}, step)
+            self._loss_sums, self._loss_count = {}, 0
+        improved = False
+        if self._select is not None and (step % self.cfg.eval_every == 0 or final):
+            if self.dist.is_main:
+                miou = evaluate_miou(self.eval_model, self._select, self.cfg.num_classes, self.dist.device, self.amp, self.cfg.num_workers)
+                self._log({"select/miou": miou}, step)
+                if self.best_metric is None or miou > self.best_metric:
+                    self.best_metric, self.best_step, improved = miou, step, True
+            improved = self._agree(improved)  # rank 0 decided; all ranks must enter the checkpoint
+        if self._select is None and final:
+            self.best_step, improved = step, True  # nothing to select on: the final weights
+        periodic = step % self.cfg.checkpoint_every == 0 or final
+        if periodic or improved:
+            self._checkpoint(step, improved, periodic)
+
+    def _agree(self, flag: bool) -> bool:
+        if not self.dist.enabled:
+            return flag
+        value = torch.tensor([int(flag)])
+        torch_dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def _checkpoint(self, step: int, best: bool, periodic: bool) -> None:
+        payload = self.snapshot(step)
+        rng = gather_rng(self.dist)  # a collective: every rank gets here
+        if not self.dist.is_main:
+            return
+        payload.update(
+            stage=self.stage, config=self.cfg.model_dump(mode="json"), config_hash=self.hash, step=step,
+            rng=rng, world_size=self.dist.world_size, best_metric=self.best_metric, best_step=self.best_step,
+            last_losses=dict(self.last_losses),
+        )
+        # Order matters for a kill at any moment: step file, then best, then last (the resume point).
+        if periodic:
+            save_checkpoint(self.store, payload, CHECKPOINT_KEY.format(step))
+        if best:
+            save_checkpoint(self.store, payload, BEST)
+        if periodic:
+            save_checkpoint(self.store, payload, LAST)
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.dist.is_main and self._tracker is not None:
+            from dakd_core.tracking import log_metrics
+
+            log_metrics(metrics, step=step)
+
+    def finish(self, steps_run: int) -> TrainResult:
+        """Publish result.json (last, after every checkpoint it names) and return the result."""
+        metrics = {f"train/{k}": v for k, v in self.last_losses.items()}
+        if self.best_metric is not None:
+            metrics["select/best_miou"] = self.best_metric
+        metrics["best_step"] = self.best_step
+        metrics["steps"] = self.cfg.iterations
+        run_id = getattr(self._tracker, "info", None) and self._tracker.info.run_id
+        result = TrainResult(self.store.url(BEST), self.store.url(LAST), metrics, run_id)
+        if self.dist.is_main:
+            if steps_run:
+                rate = steps_run / max(time.perf_counter() - self._started, 1e-9)
+                metrics["steps_per_second"] = rate
+            document = {"stage": self.stage, "config_hash": self.hash, **result.__dict__}
+            self.store.put_bytes(RESULT, json.dumps(document, indent=2, sort_keys=True).encode())
+        return result
+
+
+def _execution_fields() -> frozenset:
+    from dakd_core.train.configs import EXECUTION_FIELDS
+
+    return EXECUTION_FIELDS
+
+
+# ----------------------------------------------------------------------------- pieces every loop builds
+
+
+def build_segmenter(cfg, dist: Dist):
+    """(model on the device, SGD with heads at 10x lr, poly schedule) from the shared fields."""
+    from dakd_core.models import create_model
+
+    model = create_model(cfg.model, num_classes=cfg.num_classes, backbone_weights=cfg.backbone_weights)
+    model.to(dist.device)
+    optimizer = torch.optim.SGD(
+        model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    return model, optimizer, poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
+
+
+def image_stream(cfg, dist: Dist, manifest_uri: str, resize, with_labels: bool, name: str, seed_offset: int = 0) -> BatchStream:
+    """Augmented training batches (random scale, crop `cfg.crop`, flip) of one manifest."""
+    from dakd_core.data.dataset import ManifestDataset
+
+    dataset = ManifestDataset(
+        manifest_uri, crop=cfg.crop, train=True, with_labels=with_labels, seed=cfg.seed + seed_offset,
+        resize=resize, scale_range=cfg.scale_range, flip=cfg.flip,
+    )
+    return BatchStream(dataset, cfg.batch_size, cfg.seed + seed_offset, dist, cfg.num_workers, name)
+
+
+def source_seg_terms(output, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CE (ignore 255) of both heads on labelled source images; weight aux with cfg.aux_weight."""
+    from dakd_core.losses import segmentation_loss
+
+    return {"seg_main": segmentation_loss(output.main, labels), "seg_aux": segmentation_loss(output.aux, labels)}
