@@ -76,7 +76,7 @@ class ExportResult:
 # ---------------------------------------------------------------- building the artifacts
 
 
-def export_onnx(module: torch.nn.Module, opset: int = 17, example_hw: tuple[int, int] = (64, 64)) -> bytes:
+def export_onnx(module: DeployedSegmenter, opset: int = 17, example_hw: tuple[int, int] = (64, 64)) -> bytes:
     """ONNX bytes of `module` (CPU, float32), dynamic batch/height/width."""
     module = module.cpu().eval()
     example = torch.rand(1, 3, *example_hw) * 255
@@ -96,8 +96,13 @@ def export_onnx(module: torch.nn.Module, opset: int = 17, example_hw: tuple[int,
         )
     import onnx
 
-    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
-    return buffer.getvalue()
+    graph_model = onnx.load_from_string(buffer.getvalue())
+    # Shape inference through Resize leaves the class axis symbolic; it is fixed, say so.
+    class_dim = graph_model.graph.output[0].type.tensor_type.shape.dim[1]
+    class_dim.Clear()
+    class_dim.dim_value = int(module.model.num_classes)
+    onnx.checker.check_model(graph_model)
+    return graph_model.SerializeToString()
 
 
 def onnx_to_fp16(model_bytes: bytes) -> bytes:
