@@ -237,3 +237,16 @@ def test_non_plain_payload_is_refused_before_writing(tmp_path):
     with pytest.raises(TrainingError, match="config.path"):
         save_checkpoint(str(target), payload)
     assert not target.exists()
+
+
+def test_model_table_reports_measured_parameter_counts():
+    from dakd_core.models import count_parameters
+    from dakd_core.models.__main__ import table
+
+    text = table(["deeplabv2_tiny", "swiftnet_mobilenetv4"], 1, 1, (32, 64), "cpu")
+    lines = text.splitlines()
+    assert len(lines) == 4 and "step s" in lines[0]
+    tiny = create_model("deeplabv2_tiny")
+    assert f"| {count_parameters(tiny) / 1e6:.2f}M |" in lines[2] and "| 8/8 |" in lines[2]
+    assert "| 4/8 |" in lines[3]
+    assert float(lines[2].rstrip(" |").split("|")[-1]) > 0
