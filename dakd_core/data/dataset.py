@@ -78,10 +78,13 @@ class ManifestDataset(Dataset):
                 )
         return resize_pair(image, label, self.resize)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key` is an index (augmented with the epoch of `set_epoch`) or an (epoch, index) pair,
+        as the training engine's endless sampler yields them."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         image, label = self.load(index)
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            rng = np.random.default_rng((self.seed, int(epoch), int(index)))
             image, label, _ = self.augment(image, label, rng)
         item = {"image": normalize(image), "index": int(index), "sample_id": self.rows[index]["sample_id"]}
         if label is not None:

@@ -23,8 +23,9 @@ from dakd_core.config import StrictConfig
 
 Size = tuple[int, int]
 
-# Fields that change how a run is executed but not what it computes: a resumed run may change them.
-EXECUTION_FIELDS = frozenset({"num_workers", "log_every", "device"})
+# Fields that change how or where a run executes but not what it computes: a resumed run may
+# change them (`out` too: a copied run directory resumes).
+EXECUTION_FIELDS = frozenset({"num_workers", "log_every", "device", "out"})
 
 
 class TrainConfig(StrictConfig):

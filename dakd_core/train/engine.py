@@ -354,7 +354,8 @@ class RunKeeper:
             self._select = ManifestDataset(
                 cfg.select_manifest, train=False, with_labels=True, resize=cfg.select_resize
             )
-        self._tracker = None
+        self._tracking = False  # inside this rank-0 process's MLflow stage run
+        self._run_id: str | None = None
         self._bar = None
         self._started = time.perf_counter()
 
@@ -405,11 +406,16 @@ class RunKeeper:
             return
         from dakd_core.tracking import stage_run
 
+        import mlflow
+
         with stage_run(self.stage, params=self.cfg.model_dump(mode="json")) as run:
-            self._tracker = run
+            active = mlflow.active_run()
+            self._run_id = active.info.run_id if active is not None else None
+            self._tracking = True
             try:
                 yield run
             finally:
+                self._tracking = False
                 if self._bar is not None:
                     self._bar.close()
 
@@ -464,7 +470,7 @@ class RunKeeper:
             save_checkpoint(self.store, payload, LAST)
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
-        if self.dist.is_main and self._tracker is not None:
+        if self._tracking:
             from dakd_core.tracking import log_metrics
 
             log_metrics(metrics, step=step)
@@ -476,8 +482,7 @@ class RunKeeper:
             metrics["select/best_miou"] = self.best_metric
         metrics["best_step"] = self.best_step
         metrics["steps"] = self.cfg.iterations
-        run_id = getattr(self._tracker, "info", None) and self._tracker.info.run_id
-        result = TrainResult(self.store.url(BEST), self.store.url(LAST), metrics, run_id)
+        result = TrainResult(self.store.url(BEST), self.store.url(LAST), metrics, self._run_id)
         if self.dist.is_main:
             if steps_run:
                 rate = steps_run / max(time.perf_counter() - self._started, 1e-9)

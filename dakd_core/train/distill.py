@@ -1,0 +1,341 @@
+"""DAKD stage B: distil a frozen adapted teacher into an adapted student (seed 000, eqs. 3-7).
+
+The student keeps its own adaptation (the adapt loop's G/D alternation: L_seg on source, multi-level
+L_adv on target, discriminators stepped on detached maps) and adds, per distilled domain d:
+
+    L_d = lambda_kl * KL(main) + lambda_kl_aux * KL(aux) + lambda_mse * MSE(aux probs)
+          + lambda_pseudo * CE(main, teacher argmax)
+    L   = L_seg + L_adv + [L_source if paradigm in a, c] + lambda_target * [L_target if b, c, d]
+
+KL is kl_div(log_softmax(s/T), softmax(t/T)) * T^2 (dakd_core.losses). Paradigm d is b started from
+a paradigm-c checkpoint. Teacher targets come from the teacher cache (dakd_core.cache, maps warped
+with the same CropPlan as the image) or from the live teacher (`teacher_online`), which is frozen
+in eval mode so its BatchNorm statistics never move.
+
+Teacher-quality gate: distilling from a teacher that is worse than the student on the target
+hurts. With `gate_manifest` (a labelled target tuning split, never the reported val split) both are
+scored first and a worse teacher stops the run (`gate="error"`) or warns (`gate="warn"`); without
+it, unsupervised proxies (mean max probability, mean entropy on target images) are logged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+
+from dakd_core.cache import TeacherCache, load_frozen_teacher, sha256_uri, teacher_targets
+from dakd_core.data.dataset import ManifestDataset
+from dakd_core.data.transforms import IGNORE_LABEL
+from dakd_core.errors import ConfigError, DakdError, TrainingError
+from dakd_core.losses import bce_adversarial, kl_distill, mse_distill, pseudo_label_ce
+from dakd_core.models import discriminator_input
+from dakd_core.models.checkpoint import load_checkpoint, load_state_into, make_payload
+from dakd_core.train import engine
+from dakd_core.train.adapt import LEVELS, build_discriminators
+from dakd_core.train.distill_config import PARADIGM_DOMAINS, DistillConfig
+
+STAGE = "distill"
+__all__ = ["DistillConfig", "run"]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DistillDataset(ManifestDataset):
+    """ManifestDataset items plus the teacher's cached maps, warped with the image's CropPlan.
+
+    Extra item entries: `valid` (H, W bool: crop pixels that come from the image, not padding)
+    and, with a cache, `t_main`/`t_aux` (C, h, w probabilities), `t_label` (H, W long, 255 where
+    padded) and `t_conf` (H, W). The plan is redrawn from the same (seed, epoch, index) generator
+    the parent used, so it is the image's plan exactly.
+    """
+
+    def __init__(self, *args, cache: TeacherCache | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache = cache
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        row = self.rows[index]
+        height, width = self.resize or (row["height"], row["width"])
+        maps = {"valid": np.ones((height, width), np.uint8)}
+        if self.cache is not None:
+            t = self.cache.get(row["sample_id"])
+            maps.update(
+                t_main=t["main"].transpose(1, 2, 0), t_aux=t["aux"].transpose(1, 2, 0),
+                t_label=t["label"], t_conf=t["confidence"],
+            )
+        if self.augment is not None:
+            plan = self.augment.sample(height, width, np.random.default_rng((self.seed, int(epoch), int(index))))
+            nearest = {"valid": 0, "t_label": IGNORE_LABEL}  # ids must not blend; their pad values
+            maps = {k: plan.apply(v, nearest=k in nearest, pad_value=nearest.get(k, 0)) for k, v in maps.items()}
+        item["valid"] = torch.from_numpy(maps.pop("valid").astype(bool))
+        for k in ("t_main", "t_aux"):
+            if k in maps:
+                item[k] = torch.from_numpy(np.ascontiguousarray(maps[k].transpose(2, 0, 1)))
+        if "t_label" in maps:
+            item["t_label"] = torch.from_numpy(maps["t_label"].astype(np.int64))
+            item["t_conf"] = torch.from_numpy(maps["t_conf"].astype(np.float32))
+        return item
+
+
+def distill_stream(cfg: DistillConfig, dist, manifest: str, resize, with_labels: bool, augment: bool,
+                   cache: TeacherCache | None, name: str, seed_offset: int) -> engine.BatchStream:
+    dataset = DistillDataset(
+        manifest, crop=cfg.crop, train=True, with_labels=with_labels, seed=cfg.seed + seed_offset,
+        resize=resize, scale_range=cfg.scale_range if augment else (1.0, 1.0), flip=cfg.flip and augment,
+        cache=cache,
+    )
+    return engine.BatchStream(dataset, cfg.batch_size, cfg.seed + seed_offset, dist, cfg.num_workers, name)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def batch_targets(batch: dict, teacher: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """Teacher targets of a device batch: from its cached entries, or the live frozen teacher."""
+    valid = batch["valid"]
+    if teacher is None:
+        t = {"main": batch["t_main"], "aux": batch["t_aux"], "label": batch["t_label"], "confidence": batch["t_conf"]}
+    else:
+        t = teacher_targets(teacher, batch["image"])
+        t["label"] = torch.where(valid, t["label"], torch.full_like(t["label"], IGNORE_LABEL))
+    return {**t, "valid": valid}
+
+
+def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str) -> dict[str, torch.Tensor]:
+    """The four unweighted DAKD terms of one domain (padding pixels excluded from all)."""
+    T, valid = cfg.temperature, targets["valid"]
+    return {
+        f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid),
+        f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid),
+        f"{prefix}_mse_aux": mse_distill(output.aux, targets["aux"], mask=valid),
+        f"{prefix}_pseudo": pseudo_label_ce(
+            output.main, targets["label"], targets["confidence"], threshold=cfg.pseudo_threshold
+        ),
+    }
+
+
+def weighted_distill(terms: dict[str, torch.Tensor], cfg: DistillConfig, prefix: str) -> torch.Tensor:
+    return (
+        cfg.lambda_kl * terms[f"{prefix}_kl_main"] + cfg.kl_aux_weight * terms[f"{prefix}_kl_aux"]
+        + cfg.lambda_mse * terms[f"{prefix}_mse_aux"] + cfg.lambda_pseudo * terms[f"{prefix}_pseudo"]
+    )
+
+
+# ----------------------------------------------------------------------------- gate
+
+
+@torch.no_grad()
+def prediction_proxies(prob_batches) -> dict[str, float]:
+    """Mean max probability and mean entropy (nats) over all pixels of (N, C, h, w) prob maps."""
+    total_conf = total_ent = 0.0
+    pixels = 0
+    for probs in prob_batches:
+        probs = probs.float()
+        total_conf += probs.max(dim=1).values.sum().item()
+        total_ent += -(probs * probs.clamp_min(1e-8).log()).sum(dim=1).sum().item()
+        pixels += probs.shape[0] * probs.shape[2] * probs.shape[3]
+    return {"mean_max_prob": total_conf / max(pixels, 1), "mean_entropy": total_ent / max(pixels, 1)}
+
+
+def _model_probs(model, dataset, device, amp, limit):
+    model.eval()
+    for i in range(min(len(dataset), limit)):
+        image = dataset[i]["image"][None].to(device)
+        with engine.autocast(device, amp):
+            yield model(image).main.float().softmax(dim=1)
+
+
+def teacher_gate(cfg: DistillConfig, student, teacher, cache, device, amp) -> dict:
+    """Score teacher and undistilled student; raise (gate=error) when the teacher is not better."""
+    if cfg.gate_manifest:
+        gate_set = ManifestDataset(cfg.gate_manifest, train=False, with_labels=True, resize=cfg.gate_resize)
+        t_miou = engine.evaluate_miou(teacher, gate_set, cfg.num_classes, device, amp)
+        s_miou = engine.evaluate_miou(student, gate_set, cfg.num_classes, device, amp)
+        passed = t_miou > s_miou
+        info = {"gate/teacher_miou": t_miou, "gate/student_miou": s_miou, "gate/passed": float(passed)}
+        if not passed:
+            msg = (f"teacher mIoU {t_miou:.4f} is not better than the undistilled student's {s_miou:.4f} "
+                   f"on gate_manifest {cfg.gate_manifest}: distillation would not help")
+            info["gate/message"] = msg
+        return info
+    # No labels: unsupervised proxies on target images, for the record only.
+    targets = ManifestDataset(cfg.target_manifest, train=False, with_labels=False, resize=cfg.target_resize)
+    info = {f"gate/student_{k}": v for k, v in prediction_proxies(_model_probs(student, targets, device, amp, cfg.gate_max_images)).items()}
+    if teacher is not None:
+        t_probs = _model_probs(teacher, targets, device, amp, cfg.gate_max_images)
+    else:
+        ids = [r["sample_id"] for r in targets.rows[: cfg.gate_max_images]]
+        t_probs = (torch.from_numpy(cache.get(i)["main"])[None] for i in ids)
+    info.update({f"gate/teacher_{k}": v for k, v in prediction_proxies(t_probs).items()})
+    return info
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def run(cfg: DistillConfig) -> engine.TrainResult:
+    dist = engine.init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist)
+    finally:
+        engine.shutdown_distributed(dist)
+
+
+def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:
+    """The cache, checked against the teacher checkpoint and every distilled manifest."""
+    if cfg.teacher_online:
+        return None
+    cache = TeacherCache(cfg.teacher_cache)
+    teacher_sha = sha256_uri(cfg.teacher) if cfg.teacher else None
+    manifests = {"source": cfg.source_manifest, "target": cfg.target_manifest}
+    for d in domains:
+        from dakd_core.data.manifest import read_manifest
+
+        cache.check(teacher_sha, read_manifest(manifests[d]), manifests[d])
+    return cache
+
+
+def _load_init(cfg: DistillConfig, model) -> None:
+    init = load_checkpoint(cfg.init, map_location="cpu")
+    if cfg.paradigm == "d" and (init.get("stage") != STAGE or init.get("config", {}).get("paradigm") != "c"):
+        raise ConfigError(f"paradigm d starts from a paradigm-c distill checkpoint, but init {cfg.init} is not one")
+    try:
+        load_state_into(model, init, cfg.init)
+    except TrainingError as e:
+        raise TrainingError(f"init: {e}") from None
+
+
+def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
+    device = dist.device
+    engine.seed_everything(cfg.seed + dist.rank)
+    domains = PARADIGM_DOMAINS[cfg.paradigm]
+    cache = _open_cache(cfg, domains)
+    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    discs, d_optimizers, d_schedulers = build_discriminators(cfg, dist)
+    amp = engine.amp_enabled(cfg, device)
+    scaler = engine.make_scaler(device, amp)
+    # Teacher maps ride along only for the domains being distilled.
+    source = distill_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, True,
+                            cache if "source" in domains else None, "source_manifest", 0)
+    target = distill_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, cfg.target_augment,
+                            cache if "target" in domains else None, "target_manifest", 1)
+    live_teacher = load_frozen_teacher(cfg.teacher, device) if cfg.teacher_online else None
+    adv_weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
+
+    def snapshot(step: int) -> dict:
+        return make_payload(
+            model, step,
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+            discriminators={k: {n: t.detach().cpu() for n, t in d.state_dict().items()} for k, d in discs.items()},
+            d_optimizers={k: o.state_dict() for k, o in d_optimizers.items()},
+            d_schedulers={k: s.state_dict() for k, s in d_schedulers.items()},
+            data={"source": source.state_dict(), "target": target.state_dict()},
+            paradigm=cfg.paradigm, init=cfg.init,
+        )
+
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    start = 0
+    payload = keeper.resume()
+    if payload is not None:
+        load_state_into(model, payload, keeper.store.url(engine.LAST))
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        for lvl in LEVELS:
+            discs[lvl].load_state_dict(payload["discriminators"][lvl])
+            d_optimizers[lvl].load_state_dict(payload["d_optimizers"][lvl])
+            d_schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
+        source.load_state_dict(payload["data"]["source"])
+        target.load_state_dict(payload["data"]["target"])
+        start = int(payload["step"])
+    else:
+        _load_init(cfg, model)
+
+    net = engine.wrap_ddp(model, dist)
+    d_nets = {lvl: engine.wrap_ddp(d, dist) for lvl, d in discs.items()}
+
+    with keeper.tracking():
+        if start == 0 and dist.is_main:
+            _run_gate(cfg, model, live_teacher, cache, device, amp)
+        net.train()
+        for step in keeper.steps(start):
+            src = engine.to_device(source.next(), device)
+            tgt = engine.to_device(target.next(), device)
+            size = tuple(src["image"].shape[-2:])
+            optimizer.zero_grad(set_to_none=True)
+            for o in d_optimizers.values():
+                o.zero_grad(set_to_none=True)
+
+            # 1. segmenter step, discriminators fixed: source seg (+ source distillation) ...
+            for d in discs.values():
+                d.requires_grad_(False)
+            with engine.no_sync(net):  # the target backward below all-reduces both gradients
+                with engine.autocast(device, amp):
+                    out_s = net(src["image"])
+                terms = engine.source_seg_terms(out_s, src["label"])
+                loss_s = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"]
+                if "source" in domains:
+                    terms.update(distill_terms(out_s, batch_targets(src, live_teacher), cfg, "s"))
+                    loss_s = loss_s + weighted_distill(terms, cfg, "s")
+                scaler.scale(loss_s).backward()
+            # ... then target adversarial (+ lambda_target * target distillation).
+            with engine.autocast(device, amp):
+                out_t = net(tgt["image"])
+                for lvl in LEVELS:
+                    d_in = discriminator_input(getattr(out_t, lvl), cfg.discriminator_input, size)
+                    terms[f"adv_{lvl}"] = bce_adversarial(discs[lvl](d_in), True)
+            loss_t = sum(adv_weights[lvl] * terms[f"adv_{lvl}"] for lvl in LEVELS)
+            if "target" in domains:
+                terms.update(distill_terms(out_t, batch_targets(tgt, live_teacher), cfg, "t"))
+                loss_t = loss_t + cfg.lambda_target * weighted_distill(terms, cfg, "t")
+            scaler.scale(loss_t).backward()
+
+            # 2. discriminator step on detached maps: source -> SOURCE label, target -> TARGET label.
+            for d in discs.values():
+                d.requires_grad_(True)
+            for lvl in LEVELS:
+                maps = torch.cat([
+                    discriminator_input(getattr(out_s, lvl).detach(), cfg.discriminator_input, size),
+                    discriminator_input(getattr(out_t, lvl).detach(), cfg.discriminator_input, size),
+                ])
+                with engine.autocast(device, amp):
+                    d_out = d_nets[lvl](maps)
+                n = src["image"].shape[0]
+                terms[f"d_{lvl}"] = (bce_adversarial(d_out[:n], True) + bce_adversarial(d_out[n:], False)) / 2
+            scaler.scale(terms["d_main"] + terms["d_aux"]).backward()
+
+            losses = engine.check_finite(step, terms)  # before any optimizer step: NaN guard
+            scaler.step(optimizer)
+            for o in d_optimizers.values():
+                scaler.step(o)
+            scaler.update()
+            scheduler.step()
+            for s in d_schedulers.values():
+                s.step()
+            keeper.end_step(step, losses)
+        return keeper.finish(cfg.iterations - start)
+
+
+def _run_gate(cfg: DistillConfig, student, live_teacher, cache, device, amp) -> None:
+    """The teacher-quality gate, logged to MLflow before it may stop the run."""
+    teacher = live_teacher
+    if teacher is None and cfg.teacher and cfg.gate_manifest:
+        teacher = load_frozen_teacher(cfg.teacher, device)
+    info = teacher_gate(cfg, student, teacher, cache, device, amp)
+    message = info.pop("gate/message", None)
+    from dakd_core.tracking import log_metrics, set_tags
+
+    log_metrics({k: v for k, v in info.items() if math.isfinite(v)}, step=0)
+    decision = "proxies-only" if "gate/passed" not in info else ("pass" if info["gate/passed"] else f"fail-{cfg.gate}")
+    set_tags({"dakd.gate_decision": decision})
+    if message:
+        if cfg.gate == "error":
+            raise DakdError(message + " (use gate=warn / --gate warn to distil anyway)")
+        print(f"dakd distill: warning: {message}", file=sys.stderr)
+
