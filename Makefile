@@ -20,7 +20,7 @@ $(STAMP): $(REQS)
 	# requirements are in runtime.txt, kfp itself goes in without dependency resolution.
 	$(PIP) --no-deps -r requirements/kfp.txt
 	$(PIP) --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import dakd_core, kfp, mlflow; print('dakd installed')"
+	$(BIN)/python -c "import dakd_core.models, kfp, mlflow; print('dakd installed')"
 	touch $(STAMP)
 
 install: $(STAMP)
