@@ -1,0 +1,63 @@
+"""Output-space adversarial adaptation (AdaptSegNet / ADVENT) of one network from its pretrain
+checkpoint."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Metrics, Model, Output
+
+from components._base import gpu_component, run_prefix, tracked
+from components.pretrain import train_outputs, training_common
+from dakd_core.orchestration.pins import resolve
+
+
+def adapt_fields(*, init: str, target_manifest: str, target_resize: list, method: str,
+                 lambda_adv_main: float, lambda_adv_aux: float) -> dict:
+    """AdaptConfig fields beyond TrainConfig (also used by distillation, which keeps its own DA)."""
+    return dict(init=resolve(init), target_manifest=resolve(target_manifest),
+                target_resize=tuple(target_resize), method=method,
+                lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux)
+
+
+@tracked("adapt")
+def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, init: str,
+               target_manifest: str, target_resize: list, method: str, lambda_adv_main: float,
+               lambda_adv_aux: float, **train) -> dict:
+    from dakd_core.config import build_config
+    from dakd_core.train import adapt
+    from dakd_core.train.configs import AdaptConfig
+
+    out = f"{run_prefix(store_uri, run_name)}/adapt_{role}"
+    cfg = build_config(
+        AdaptConfig,
+        **training_common(out=out, experiment=experiment, mlflow_run_name=f"adapt-{role}", **train),
+        **adapt_fields(init=init, target_manifest=target_manifest, target_resize=target_resize,
+                       method=method, lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux),
+    )
+    return train_outputs(adapt.run(cfg), cfg.model)
+
+
+@gpu_component
+def adapt(
+    store_uri: str, run_name: str, role: str, network: str, init: str, source_manifest: str,
+    target_manifest: str, source_resize: list, target_resize: list, crop: list, batch_size: int,
+    iterations: int, lr: float, eval_every: int, num_workers: int, seed: int, method: str,
+    lambda_adv_main: float, lambda_adv_aux: float, experiment: str, parent_run_id: str,
+    kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], model: Output[Model],
+) -> NamedTuple("TrainOutputs", checkpoint=str):
+    from collections import namedtuple
+
+    from components._base import log_metrics
+    from components.adapt import adapt_task
+
+    out = adapt_task(
+        store_uri=store_uri, run_name=run_name, role=role, network=network, init=init,
+        source_manifest=source_manifest, target_manifest=target_manifest, source_resize=source_resize,
+        target_resize=target_resize, crop=crop, batch_size=batch_size, iterations=iterations, lr=lr,
+        eval_every=eval_every, num_workers=num_workers, seed=seed, method=method,
+        lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux, experiment=experiment,
+        parent_run_id=parent_run_id, kfp_run_id=kfp_run_id, kfp_task=kfp_task,
+    )
+    log_metrics(metrics, out["metrics"])
+    model.uri = out["checkpoint"].split("#")[0]
+    model.metadata.update(network=out["network"], checkpoint=out["checkpoint"], stage="adapt", role=role)
+    return namedtuple("TrainOutputs", "checkpoint")(out["checkpoint"])

@@ -1,0 +1,63 @@
+"""Evaluate every model of the run on the target validation split, one table:
+teacher source-only / adapted, student source-only / adapted / distilled (+ its FP16 export)."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Markdown, Metrics, Output
+
+from components._base import gpu_component, run_prefix, tracked
+from dakd_core.orchestration.pins import pin, resolve, split
+
+# Display names, in table order; `dakd run` prints the same rows.
+ROWS = ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
+        "student distilled", "student distilled ONNX FP16"]
+
+
+@tracked("evaluate")
+def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dict, val_manifest: str,
+                  resolution: list) -> dict:
+    """`models`: display name -> pinned URI (checkpoints verified here, ONNX by evaluate's sha256)."""
+    from dakd_core.config import build_config
+    from dakd_core.evaluation.evaluate import EvalConfig, run
+
+    specs, sha = [], {}
+    for name, pinned in models.items():
+        uri, digest = split(pinned)
+        if uri.lower().endswith(".onnx"):
+            sha[uri] = digest  # evaluate verifies ONNX bytes itself, no second read here
+        else:
+            uri = resolve(pinned)
+        specs.append(f"{name}={uri}")
+    cfg = build_config(EvalConfig, models=specs, manifest=resolve(val_manifest),
+                       out=f"{run_prefix(store_uri, run_name)}/evaluate", resolution=tuple(resolution),
+                       sha256={k: v for k, v in sha.items() if v})
+    res = run(cfg)
+    from dakd_core.storage import read_bytes
+
+    return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(),
+            "miou": {name: m["miou"] for name, m in res.metrics["models"].items()}}
+
+
+@gpu_component
+def evaluate(
+    store_uri: str, run_name: str, teacher_source_only: str, teacher_adapted: str,
+    student_source_only: str, student_adapted: str, student_distilled: str, student_onnx_fp16: str,
+    val_manifest: str, resolution: list, experiment: str, parent_run_id: str, kfp_run_id: str,
+    kfp_task: str, metrics: Output[Metrics], report: Output[Markdown],
+) -> NamedTuple("EvalOutputs", metrics_uri=str):
+    from collections import namedtuple
+
+    from components.evaluate import ROWS, evaluate_task
+
+    uris = [teacher_source_only, teacher_adapted, student_source_only, student_adapted,
+            student_distilled, student_onnx_fp16]
+    out = evaluate_task(
+        store_uri=store_uri, run_name=run_name, models=dict(zip(ROWS, uris)), val_manifest=val_manifest,
+        resolution=resolution, experiment=experiment, parent_run_id=parent_run_id,
+        kfp_run_id=kfp_run_id, kfp_task=kfp_task,
+    )
+    for name, miou in out["miou"].items():
+        metrics.log_metric("miou " + name, float(miou))
+    with open(report.path, "w") as f:
+        f.write(out["report"])
+    return namedtuple("EvalOutputs", "metrics_uri")(out["metrics"])

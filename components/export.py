@@ -1,0 +1,55 @@
+"""Export the distilled student: ONNX FP32/FP16 and a TorchScript-AMP artifact, parity and latency."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Metrics, Model, Output
+
+from components._base import gpu_component, run_prefix, tracked
+from dakd_core.orchestration.pins import pin, resolve
+
+
+@tracked("export")
+def export_task(*, store_uri: str, run_name: str, experiment: str, checkpoint: str, val_manifest: str,
+                resolution: list, parity_samples: int = 0) -> dict:
+    from dakd_core.config import build_config
+    from dakd_core.export import ExportConfig, run
+
+    cfg = build_config(
+        ExportConfig, model=resolve(checkpoint), out=f"{run_prefix(store_uri, run_name)}/export",
+        val_manifest=resolve(val_manifest), parity_samples=parity_samples or None,
+        resolution=tuple(resolution),
+    )
+    res = run(cfg)
+    fp16 = res.record["artifacts"]["onnx_fp16"]
+    return {
+        "record": pin(res.record_uri),
+        "onnx_fp16": fp16["uri"],
+        "onnx_fp16_sha256": fp16["sha256"],
+        "num_parameters": res.record.get("num_parameters"),
+        "latency": res.record.get("latency", {}),
+    }
+
+
+@gpu_component
+def export(
+    store_uri: str, run_name: str, checkpoint: str, val_manifest: str, resolution: list,
+    experiment: str, parent_run_id: str, kfp_run_id: str, kfp_task: str,
+    metrics: Output[Metrics], onnx_model: Output[Model],
+) -> NamedTuple("ExportOutputs", record=str, onnx_fp16=str):
+    from collections import namedtuple
+
+    from components.export import export_task
+
+    out = export_task(
+        store_uri=store_uri, run_name=run_name, checkpoint=checkpoint, val_manifest=val_manifest,
+        resolution=resolution, experiment=experiment, parent_run_id=parent_run_id,
+        kfp_run_id=kfp_run_id, kfp_task=kfp_task,
+    )
+    for kind, lat in out["latency"].items():
+        if isinstance(lat, dict) and isinstance(lat.get("latency_ms"), (int, float)):
+            metrics.log_metric(f"latency_ms_{kind}", float(lat["latency_ms"]))
+    onnx_model.uri = out["onnx_fp16"]
+    onnx_model.metadata.update(sha256=out["onnx_fp16_sha256"], format="onnx", precision="fp16",
+                               num_parameters=out["num_parameters"], export_record=out["record"])
+    pinned_onnx = f"{out['onnx_fp16']}#sha256={out['onnx_fp16_sha256']}"
+    return namedtuple("ExportOutputs", "record onnx_fp16")(out["record"], pinned_onnx)

@@ -1,0 +1,53 @@
+"""What a pipeline task sets before calling a stage: the KFP identity and the MLflow parent run.
+
+`dakd_core.tracking` reads these variables: every stage's MLflow run is tagged with the KFP run id
+and task name and nested under the pipeline's parent run. The platform may inject `MLFLOW_RUN_ID`
+(the parent run it created); it then wins over the parent run created by the pipeline's first task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+from dakd_core.storage import write_bytes
+
+ENV_KFP_RUN_ID = "DAKD_KFP_RUN_ID"
+ENV_KFP_TASK = "DAKD_KFP_TASK"
+ENV_PARENT_RUN_ID = "DAKD_PARENT_RUN_ID"
+
+
+@contextlib.contextmanager
+def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experiment: str = "",
+                 timings_uri: str = ""):
+    """Set the tracking environment for one stage call; restore the previous values after.
+
+    With `timings_uri` (a store prefix), the seconds the stage itself took are written to
+    `{timings_uri}/{kfp_task}.json`: `dakd run` subtracts them from the wall time to report the
+    orchestration overhead (process start, imports, KFP executor)."""
+    values = {ENV_KFP_RUN_ID: kfp_run_id, ENV_KFP_TASK: kfp_task}
+    if parent_run_id:
+        values[ENV_PARENT_RUN_ID] = parent_run_id
+    if experiment:
+        values["MLFLOW_EXPERIMENT_NAME"] = experiment
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    start = time.perf_counter()
+    try:
+        yield
+        if timings_uri:
+            record = {"task": kfp_task, "seconds": round(time.perf_counter() - start, 3)}
+            write_bytes(f"{timings_uri.rstrip('/')}/{kfp_task}.json", json.dumps(record).encode())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_name_for(run_name: str, kfp_run_id: str) -> str:
+    """The run-scoped output folder name: the configured one, else the KFP run id."""
+    return run_name or f"kfp-{kfp_run_id}"

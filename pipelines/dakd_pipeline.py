@@ -1,0 +1,188 @@
+"""The dakd DAG:
+
+    start (MLflow parent run) ─┬─ ingest source ∥ ingest target
+                               ├─ pretrain teacher ∥ pretrain student          (source only)
+                               ├─ adapt teacher ∥ adapt student                (AdaptSegNet / ADVENT)
+                               ├─ cache-teacher: ParallelFor shard slices → index fan-in
+                               ├─ distill (paradigm; for d: c first, then d initialised from c)
+                               ├─ export → evaluate (5 models + FP16 export, one table)
+                               └─ register → promote                  exit handler: finish parent run
+
+Parameter defaults come from dakd_core.orchestration.params.PipelineParams (one source of truth).
+Kubernetes settings (GPU, shm, tolerations, secrets) are ignored by kfp.local with a warning, so
+`dakd run` executes this very function on a laptop.
+"""
+
+from kfp import dsl, kubernetes
+
+from components.adapt import adapt
+from components.cache_teacher import cache_teacher_index, cache_teacher_shard
+from components.distill import distill, passthrough
+from components.evaluate import evaluate
+from components.export import export
+from components.ingest import ingest
+from components.pretrain import pretrain
+from components.register import promote, register
+from components.start import finish, start
+from dakd_core.orchestration.params import PipelineParams
+
+PIPELINE_NAME = "dakd"
+_D = PipelineParams()  # defaults
+
+# Secrets the tasks read as env (k8s/secrets/): object store and MLflow client settings.
+S3_SECRET = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+             "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"}
+MLFLOW_SECRET = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+                 "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")  # set by NVIDIA GPU feature discovery
+
+
+def _platform(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
+    """Credentials from Kubernetes secrets (never parameters); caching only for pure tasks."""
+    kubernetes.use_secret_as_env(task, "dakd-s3", S3_SECRET)
+    kubernetes.use_secret_as_env(task, "dakd-mlflow", MLFLOW_SECRET)
+    task.set_env_variable("DAKD_NO_PROGRESS", "1")  # tqdm bars garble pod logs
+    task.set_caching_options(cache)
+    return task
+
+
+def _gpu(task: dsl.PipelineTask, cpu: str = "8", memory: str = "48Gi", retries: int = 2) -> dsl.PipelineTask:
+    """A training/inference task: one GPU on the GPU pool, memory-backed /dev/shm for DataLoader
+    workers, retried (preemptible nodes, transient store errors; stages resume from checkpoints)."""
+    _platform(task)
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="16Gi")
+    kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    return task
+
+
+def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str = "4Gi") -> dsl.PipelineTask:
+    _platform(task, cache)
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    return task
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Domain Adaptive Knowledge Distillation for semantic segmentation")
+def dakd_pipeline(
+    source_format: str = _D.source_format,
+    source_uri: str = _D.source_uri,
+    target_format: str = _D.target_format,
+    target_uri: str = _D.target_uri,
+    store_uri: str = _D.store_uri,
+    run_name: str = _D.run_name,
+    teacher_model: str = _D.teacher_model,
+    student_model: str = _D.student_model,
+    source_resize_h: int = _D.source_resize_h,
+    source_resize_w: int = _D.source_resize_w,
+    target_resize_h: int = _D.target_resize_h,
+    target_resize_w: int = _D.target_resize_w,
+    crop_h: int = _D.crop_h,
+    crop_w: int = _D.crop_w,
+    pretrain_iterations: int = _D.pretrain_iterations,
+    adapt_iterations: int = _D.adapt_iterations,
+    distill_iterations: int = _D.distill_iterations,
+    teacher_batch_size: int = _D.teacher_batch_size,
+    student_batch_size: int = _D.student_batch_size,
+    lr: float = _D.lr,
+    eval_every: int = _D.eval_every,
+    num_workers: int = _D.num_workers,
+    adaptation_method: str = _D.adaptation_method,
+    lambda_adv_main: float = _D.lambda_adv_main,
+    lambda_adv_aux: float = _D.lambda_adv_aux,
+    paradigm: str = _D.paradigm,
+    lambda_kl: float = _D.lambda_kl,
+    lambda_kl_aux: float = _D.lambda_kl_aux,
+    lambda_mse: float = _D.lambda_mse,
+    lambda_pseudo: float = _D.lambda_pseudo,
+    lambda_target: float = _D.lambda_target,
+    temperature: float = _D.temperature,
+    cache_shards: int = _D.cache_shards,
+    eval_resize_h: int = _D.eval_resize_h,
+    eval_resize_w: int = _D.eval_resize_w,
+    seed: int = _D.seed,
+    mlflow_experiment: str = _D.mlflow_experiment,
+    registered_model: str = _D.registered_model,
+):
+    job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    exit_task = _cpu(finish(kfp_run_id=job_id, experiment=mlflow_experiment), cache=False)
+    with dsl.ExitHandler(exit_task, name="dakd-run"):
+        begin = _cpu(start(run_name=run_name, kfp_run_id=job_id, experiment=mlflow_experiment,
+                           cache_shards=cache_shards), cache=False)
+        begin.set_display_name("start: MLflow parent run")
+        run_name_out = begin.outputs["run_name"]
+        track = dict(store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
+                     parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id,
+                     kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+
+        # -- ingest: reads data outside the pipeline's control, so never cached
+        src = _cpu(ingest(fmt=source_format, root_uri=source_uri, domain="source", splits=["train"], **track),
+                   cache=False, memory="8Gi").set_display_name("ingest source")
+        tgt = _cpu(ingest(fmt=target_format, root_uri=target_uri, domain="target", splits=["train", "val"], **track),
+                   cache=False, memory="8Gi").set_display_name("ingest target")
+        src_train = src.outputs["train_manifest"]
+        tgt_train, tgt_val = tgt.outputs["train_manifest"], tgt.outputs["val_manifest"]
+
+        source_resize = [source_resize_h, source_resize_w]
+        target_resize = [target_resize_h, target_resize_w]
+        crop = [crop_h, crop_w]
+        common = dict(source_resize=source_resize, crop=crop, lr=lr, eval_every=eval_every,
+                      num_workers=num_workers, seed=seed, **track)
+        roles = {"teacher": (teacher_model, teacher_batch_size), "student": (student_model, student_batch_size)}
+
+        # -- pretrain (source only) ∥, then adapt ∥
+        pre, ada = {}, {}
+        for role, (network, batch) in roles.items():
+            pre[role] = _gpu(pretrain(role=role, network=network, source_manifest=src_train, batch_size=batch,
+                                      iterations=pretrain_iterations, **common)).set_display_name(f"pretrain {role}")
+        for role, (network, batch) in roles.items():
+            ada[role] = _gpu(adapt(
+                role=role, network=network, init=pre[role].outputs["checkpoint"], source_manifest=src_train,
+                target_manifest=tgt_train, target_resize=target_resize, batch_size=batch,
+                iterations=adapt_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
+                lambda_adv_aux=lambda_adv_aux, **common)).set_display_name(f"adapt {role}")
+
+        # -- teacher cache: one task per shard slice, then the index fan-in
+        teacher = ada["teacher"].outputs["checkpoint"]
+        cache_inputs = dict(teacher=teacher, manifests=[src_train, tgt_train], num_shards=cache_shards)
+        with dsl.ParallelFor(begin.outputs["shards"], name="cache-shards") as shard:
+            slice_task = _gpu(cache_teacher_shard(shard_index=shard, **cache_inputs, **track), cpu="4", memory="24Gi")
+            slice_task.set_display_name("cache-teacher shard")
+        index = _gpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **cache_inputs, **track),
+                     cpu="2", memory="8Gi").set_display_name("cache-teacher index")
+
+        # -- distill: the paradigm; for (d), (c) first and (d) initialised from it
+        distill_inputs = dict(
+            network=student_model, teacher=teacher, cache_index=index.outputs["Output"], source_manifest=src_train,
+            target_manifest=tgt_train, target_resize=target_resize, batch_size=student_batch_size,
+            iterations=distill_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
+            lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
+            lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
+            temperature=temperature, **common)
+        first = _gpu(distill(paradigm=paradigm, stage="first", init=ada["student"].outputs["checkpoint"],
+                             **distill_inputs)).set_display_name("distill")
+        with dsl.If(paradigm == "d", name="paradigm-d"):
+            second = _gpu(distill(paradigm=paradigm, stage="second", init=first.outputs["checkpoint"],
+                                  **distill_inputs)).set_display_name("distill (d) from (c)")
+        with dsl.Else(name="paradigm-abc"):
+            kept = _cpu(passthrough(value=first.outputs["checkpoint"])).set_display_name("distilled student")
+        distilled = dsl.OneOf(second.outputs["checkpoint"], kept.output)
+
+        # -- export → evaluate → register → promote
+        eval_resolution = [eval_resize_h, eval_resize_w]
+        exp = _gpu(export(checkpoint=distilled, val_manifest=tgt_val, resolution=eval_resolution, **track),
+                   retries=1).set_display_name("export")
+        ev = _gpu(evaluate(
+            teacher_source_only=pre["teacher"].outputs["checkpoint"], teacher_adapted=teacher,
+            student_source_only=pre["student"].outputs["checkpoint"],
+            student_adapted=ada["student"].outputs["checkpoint"], student_distilled=distilled,
+            student_onnx_fp16=exp.outputs["onnx_fp16"], val_manifest=tgt_val, resolution=eval_resolution,
+            **track), retries=1).set_display_name("evaluate")
+        # registry writes are side effects: never served from cache
+        reg = _cpu(register(export_record=exp.outputs["record"], metrics=ev.outputs["metrics_uri"],
+                            source=source_format, target=target_format, name=registered_model,
+                            paradigm=paradigm, teacher=teacher_model, **track), cache=False)
+        _cpu(promote(name=reg.outputs["name"], version=reg.outputs["version"], **track), cache=False)
