@@ -7,6 +7,7 @@ because some libraries read it once when imported.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import pytest
@@ -81,8 +82,21 @@ def file_store(tmp_path) -> str:
     return root.as_uri()
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory) -> str:
+    """An empty, fully migrated MLflow sqlite database, built once per session.
+
+    Creating the schema takes seconds (alembic migrations); copying the finished file is instant.
+    """
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlruns.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return str(path)
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
+def mlflow_uri(tmp_path, monkeypatch, _mlflow_template_db) -> str:
     """A fresh sqlite tracking URI (artifacts beside it in ``tmp_path/mlartifacts``).
 
     MLFLOW_TRACKING_URI is set for the test; any run a test left open is ended afterwards and
@@ -90,7 +104,9 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     """
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    db = tmp_path / "mlruns.db"
+    shutil.copyfile(_mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("DAKD_MLFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
     for name in ("MLFLOW_RUN_ID", "DAKD_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME",

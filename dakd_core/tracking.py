@@ -1,0 +1,343 @@
+"""MLflow runs for pipeline stages: one run per stage, nested under the pipeline's parent run.
+
+Where runs go
+  ``tracking_uri()``: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlruns.db`` (MLflow
+  3.17 refuses the file store by default). The experiment is the ``experiment`` argument, else
+  ``MLFLOW_EXPERIMENT_NAME``, else ``dakd``; a new experiment gets its artifact location from
+  ``DAKD_MLFLOW_ARTIFACT_ROOT`` or ``MLFLOW_ARTIFACT_ROOT``, else ``<sqlite db dir>/mlartifacts``
+  (MLflow's own default is ``./mlartifacts`` relative to whatever the working directory is).
+  With a remote tracking server and no root set, the server's default applies.
+
+Nesting
+  The parent run is, in order: the run already active in this process; ``MLFLOW_RUN_ID`` (the
+  platform injected a run: MLflow would *resume* it as the stage's own run, so it is taken out of
+  the environment and the stage nests under it instead; it is put back afterwards);
+  ``DAKD_PARENT_RUN_ID`` (set by the pipeline's first task). A stage run with a parent is created
+  in the parent's experiment, because the MLflow UI shows nesting only within one experiment.
+
+What a stage run records
+  Params: the config flattened to dotted keys (``optim.lr``), with secrets redacted (see
+  ``redact``). Tags: ``dakd.stage``, ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task``
+  (``DAKD_KFP_TASK``), ``dakd.git_commit`` and ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or
+  ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
+  ``DAKD_SYSTEM_METRICS=0``.
+
+Helpers (``log_metrics``, ``log_dict``, ...) log to the active run and raise ``DakdError`` when
+there is none, so a stage that forgot ``stage_run`` fails loudly instead of losing its metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dakd_core.errors import DakdError
+
+DEFAULT_EXPERIMENT = "dakd"
+REDACTED = "***"
+
+# A config/tag key is secret when one of its words is one of these (``aws_secret_access_key``,
+# ``apiKey``, ``mlflow.tracking_password``), not when a word merely contains one (``keys``).
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "token", "key", "apikey",
+                 "credential", "credentials", "passphrase", "auth"}
+# AWS secret access keys: 40 characters of base64 alphabet. Requiring mixed case and a digit (or
+# '/' '+') keeps git SHAs and other hex digests, which are single-case, from being redacted.
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AWS_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_URL_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+_MAX_TAG_LEN = 8000
+
+
+# ------------------------------------------------------------------------------ redaction
+
+
+def _words(key: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)  # camelCase -> camel Case
+    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config/env/tag name denotes a secret (any word is secret/password/token/key...)."""
+    return any(w in _SECRET_WORDS for w in _words(key))
+
+
+def _looks_like_aws_secret(token: str) -> bool:
+    if "/" in token or "+" in token:
+        return any(c.isalpha() for c in token) and any(c.isdigit() for c in token)
+    return (any(c.islower() for c in token) and any(c.isupper() for c in token)
+            and any(c.isdigit() for c in token))
+
+
+def _secret_env_values() -> list[str]:
+    """Values of secret-named environment variables (long enough not to match by accident)."""
+    return sorted((v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 6),
+                  key=len, reverse=True)
+
+
+def redact(key: str, value: Any) -> str:
+    """The string MLflow may record for ``key=value``: secrets become ``***``.
+
+    Redacted: the whole value when the key names a secret; inside any value, the values of
+    secret-named environment variables (e.g. ``AWS_SECRET_ACCESS_KEY``), things shaped like AWS
+    secret keys and key ids, and the ``user:password@`` part of URLs.
+    """
+    if is_secret_key(key):
+        return REDACTED
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    for secret in _secret_env_values():
+        text = text.replace(secret, REDACTED)
+    text = _URL_USERINFO_RE.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    text = _AWS_KEY_ID_RE.sub(REDACTED, text)
+    return _AWS_SECRET_RE.sub(lambda m: REDACTED if _looks_like_aws_secret(m.group()) else m.group(),
+                              text)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A pydantic model or (nested) mapping as ``{"a.b": leaf}``; lists stay leaves."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    if not isinstance(config, Mapping):
+        raise DakdError(f"stage config must be a mapping or pydantic model, got {type(config).__name__}")
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            flat.update(flatten(v, prefix=f"{name}."))
+        else:
+            flat[name] = v
+    return flat
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------ where runs go
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else a sqlite database in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts (None: leave it to the tracking server)."""
+    explicit = os.environ.get("DAKD_MLFLOW_ARTIFACT_ROOT") or os.environ.get("MLFLOW_ARTIFACT_ROOT")
+    if explicit:
+        return explicit.rstrip("/")
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def ensure_experiment(name: str | None = None) -> str:
+    """The id of experiment ``name`` (default: MLFLOW_EXPERIMENT_NAME or 'dakd'), created if new."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise DakdError(f"MLflow experiment '{name}' is deleted; restore it or choose another name")
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except MlflowException:
+        # Another stage created it in the meantime (parallel KFP tasks start together).
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _git_commit() -> str:
+    commit = os.environ.get("DAKD_GIT_COMMIT", "").strip()
+    if commit:
+        return commit
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""  # not a checkout (e.g. inside the container image): no commit tag
+
+
+def _system_metrics() -> bool:
+    if os.environ.get("DAKD_SYSTEM_METRICS", "1") == "0":
+        return False
+    return importlib.util.find_spec("psutil") is not None
+
+
+@contextlib.contextmanager
+def _without_env(name: str) -> Iterator[str | None]:
+    """Take ``name`` out of the environment for the block (MLflow would resume MLFLOW_RUN_ID)."""
+    value = os.environ.pop(name, None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    config: Any = None,
+    tags: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    *,
+    params: Any = None,
+    run_name: str | None = None,
+):
+    """Run the block inside an MLflow run for ``stage``; yields ``mlflow.ActiveRun``.
+
+    ``config`` (pydantic model or mapping; ``params`` is accepted as another name for it) is
+    logged as flattened, redacted params. An exception in the block marks the run FAILED.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if config is not None and params is not None:
+        raise DakdError("stage_run: pass the config as `config` or `params`, not both")
+    source = config if config is not None else params
+    flat = flatten(source) if source is not None else {}
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    # MLFLOW_RUN_ID stays out of the environment until the stage run has ended: end_run() would
+    # delete it, and the next stage in this process must still find the platform's run.
+    with _without_env("MLFLOW_RUN_ID") as platform_run_id:
+        active = mlflow.active_run()
+        parent_id = (active.info.run_id if active else None) or platform_run_id or (
+            os.environ.get("DAKD_PARENT_RUN_ID") or None)
+        if parent_id is None:
+            experiment_id = ensure_experiment(experiment)
+        else:
+            try:
+                experiment_id = mlflow.MlflowClient(uri).get_run(parent_id).info.experiment_id
+            except MlflowException as e:
+                raise DakdError(f"MLflow parent run {parent_id!r} not found at "
+                                f"{redact('uri', uri)}: {e.message}") from None
+        run_tags = {
+            "dakd.stage": stage,
+            "dakd.kfp_run_id": os.environ.get("DAKD_KFP_RUN_ID", ""),
+            "dakd.kfp_task": os.environ.get("DAKD_KFP_TASK", ""),
+        }
+        commit = _git_commit()
+        if commit:
+            run_tags.update({"dakd.git_commit": commit, "mlflow.source.git.commit": commit})
+        run_tags.update(dict(tags or {}))
+        run_tags = {k: _clip(redact(k, v), _MAX_TAG_LEN) for k, v in run_tags.items() if v != ""}
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name or stage,
+            nested=active is not None,
+            parent_run_id=parent_id if active is None else None,
+            tags=run_tags,
+            log_system_metrics=_system_metrics(),
+        )
+        with run:  # ends the run: FINISHED, or FAILED/KILLED when the block raises
+            if flat:
+                mlflow.log_params({k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN)
+                                   for k, v in flat.items()})
+            yield run
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _require_run():
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise DakdError("no active MLflow run: log inside `with dakd_core.tracking.stage_run(...)`")
+    return run
+
+
+def _check_artifact_file(artifact_file: str) -> str:
+    parts = artifact_file.replace("\\", "/").split("/")
+    if not artifact_file or artifact_file.startswith("/") or ".." in parts or "" in parts:
+        raise DakdError(f"invalid MLflow artifact path {artifact_file!r}: use a relative path")
+    return artifact_file
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log numeric metrics (ints, floats, numpy/torch scalars) to the active run."""
+    import mlflow
+
+    _require_run()
+    values = {}
+    for name, value in metrics.items():
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError):
+            raise DakdError(f"metric '{name}' is not a number: {value!r}") from None
+    mlflow.log_metrics(values, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set (redacted) tags on the active run."""
+    import mlflow
+
+    _require_run()
+    mlflow.set_tags({k: _clip(redact(k, v), _MAX_TAG_LEN) for k, v in tags.items()})
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    _require_run()
+    mlflow.log_text(text, _check_artifact_file(artifact_file))
+
+
+def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
+    """A JSON (or YAML, by extension) artifact."""
+    import mlflow
+
+    _require_run()
+    mlflow.log_dict(dict(data), _check_artifact_file(artifact_file))
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    """A matplotlib (or plotly) figure as an image artifact."""
+    import mlflow
+
+    _require_run()
+    mlflow.log_figure(figure, _check_artifact_file(artifact_file))
+
+
+def log_artifact(local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    """Upload a local file or directory under ``artifact_path`` of the active run."""
+    import mlflow
+
+    _require_run()
+    if not Path(local_path).exists():
+        raise DakdError(f"artifact to log not found: {local_path}")
+    mlflow.log_artifact(str(local_path), _check_artifact_file(artifact_path) if artifact_path else None)
+
+
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Raw bytes (e.g. a PNG or a model file read from the store) as artifact ``artifact_file``."""
+    import mlflow
+
+    _require_run()
+    artifact_file = _check_artifact_file(artifact_file)
+    directory, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="dakd-artifact-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), directory or None)

@@ -1,0 +1,185 @@
+"""dakd_core.tracking: stage runs nest, carry redacted params and KFP tags, and log to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from pydantic import BaseModel
+
+from dakd_core import tracking
+from dakd_core.errors import DakdError
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example shape
+
+
+class _Optim(BaseModel):
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+
+
+class _StageConfig(BaseModel):
+    model: str = "deeplabv2_tiny"
+    optim: _Optim = _Optim()
+    crop: tuple[int, int] = (32, 64)
+    api_token: str = "tok-123456"
+    endpoint: str = "https://alice:hunter22@mlflow.example.com"
+    note: str = f"uploaded with {AWS_SECRET}"
+    git_sha: str = "0123456789abcdef0123456789abcdef01234567"  # hex: must NOT be redacted
+
+
+def _client(uri):
+    return mlflow.MlflowClient(uri)
+
+
+def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.tracking_uri() == "http://mlflow:5000"
+
+
+def test_stage_run_params_tags_metrics(mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAKD_KFP_RUN_ID", "kfp-run-42")
+    monkeypatch.setenv("DAKD_KFP_TASK", "distill-c")
+    monkeypatch.setenv("DAKD_GIT_COMMIT", "abc1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value-xyz")
+    cfg = _StageConfig()
+    with tracking.stage_run("distill", cfg, tags={"paradigm": "c",
+                                                  "note": "key env-secret-value-xyz"}) as run:
+        tracking.log_metrics({"train/loss": 1.5, "select/miou": 0.25}, step=1)
+        tracking.log_metrics({"train/loss": 0.5}, step=2)
+        tracking.set_tags({"db_password": "pw", "extra": "ok"})
+        run_id = run.info.run_id
+    client = _client(mlflow_uri)
+    data = client.get_run(run_id).data
+    params, tags = data.params, data.tags
+    assert params["model"] == "deeplabv2_tiny"
+    assert float(params["optim.lr"]) == 2.5e-4 and float(params["optim.momentum"]) == 0.9
+    assert params["crop"] == "[32, 64]"
+    assert params["git_sha"] == cfg.git_sha
+    assert params["api_token"] == "***"
+    assert params["endpoint"] == "https://***@mlflow.example.com"
+    assert params["note"] == "uploaded with ***"
+    assert tags["dakd.stage"] == "distill"
+    assert tags["dakd.kfp_run_id"] == "kfp-run-42" and tags["dakd.kfp_task"] == "distill-c"
+    assert tags["dakd.git_commit"] == "abc1234" == tags["mlflow.source.git.commit"]
+    assert tags["paradigm"] == "c" and tags["extra"] == "ok" and tags["db_password"] == "***"
+    assert tags["note"] == "key ***"
+    recorded = " ".join(list(params.values()) + list(tags.values()))
+    for secret in ["tok-123456", "hunter22", AWS_SECRET, "env-secret-value-xyz", "pw "]:
+        assert secret not in recorded + " "
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.5), (2, 0.5)]
+    assert data.metrics["select/miou"] == 0.25
+    assert client.get_run(run_id).info.status == "FINISHED"
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.name == "dakd"
+    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_nesting_under_parent_from_env(mlflow_uri, monkeypatch):
+    parent = _client(mlflow_uri).create_run(tracking.ensure_experiment("pipeline-exp"))
+    parent_id = parent.info.run_id
+    monkeypatch.setenv("DAKD_PARENT_RUN_ID", parent_id)
+    with tracking.stage_run("ingest", {"a": 1}, experiment="ignored-when-nested") as run:
+        child_id = run.info.run_id
+    child = _client(mlflow_uri).get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert child.info.experiment_id == parent.info.experiment_id
+    assert child.info.run_name == "ingest"
+
+
+def test_platform_mlflow_run_id_wins_and_survives(mlflow_uri, monkeypatch):
+    client = _client(mlflow_uri)
+    exp = tracking.ensure_experiment()
+    platform, pipeline = client.create_run(exp), client.create_run(exp)
+    monkeypatch.setenv("MLFLOW_RUN_ID", platform.info.run_id)
+    monkeypatch.setenv("DAKD_PARENT_RUN_ID", pipeline.info.run_id)
+    ids = []
+    for stage in ("adapt", "distill"):
+        with tracking.stage_run(stage) as run:
+            ids.append(run.info.run_id)
+    assert platform.info.run_id not in ids  # the platform's run was not resumed as a stage run
+    for run_id in ids:
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == platform.info.run_id
+    assert os.environ["MLFLOW_RUN_ID"] == platform.info.run_id
+
+
+def test_in_process_active_run_is_the_parent(mlflow_uri):
+    with tracking.stage_run("pipeline") as outer:
+        with tracking.stage_run("score", params={"x": 1}) as inner:
+            inner_id = inner.info.run_id
+    tags = _client(mlflow_uri).get_run(inner_id).data.tags
+    assert tags["mlflow.parentRunId"] == outer.info.run_id
+
+
+def test_failed_block_marks_run_failed(mlflow_uri):
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("export") as run:
+            raise RuntimeError("boom")
+    assert _client(mlflow_uri).get_run(run.info.run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_artifacts(mlflow_uri, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    local = tmp_path / "local.txt"
+    local.write_text("local file")
+    with tracking.stage_run("evaluate") as run:
+        tracking.log_text("hello", "notes/hello.txt")
+        tracking.log_dict({"miou": 0.5}, "metrics.json")
+        tracking.log_bytes(b"\x89PNG-ish", "plots/raw.bin")
+        tracking.log_artifact(local, "inputs")
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        tracking.log_figure(fig, "plots/curve.png")
+        plt.close(fig)
+        with pytest.raises(DakdError, match="missing.txt"):
+            tracking.log_artifact(tmp_path / "missing.txt")
+        with pytest.raises(DakdError, match="invalid MLflow artifact path"):
+            tracking.log_text("x", "../escape.txt")
+        with pytest.raises(DakdError, match="'bad'"):
+            tracking.log_metrics({"bad": "not-a-number"})
+    root = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "dl")))
+    assert (root / "notes/hello.txt").read_text() == "hello"
+    assert json.loads((root / "metrics.json").read_text()) == {"miou": 0.5}
+    assert (root / "plots/raw.bin").read_bytes() == b"\x89PNG-ish"
+    assert (root / "inputs/local.txt").read_text() == "local file"
+    assert (root / "plots/curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_helpers_need_an_active_run(mlflow_uri):
+    with pytest.raises(DakdError, match="no active MLflow run"):
+        tracking.log_metrics({"a": 1.0})
+    with pytest.raises(DakdError, match="no active MLflow run"):
+        tracking.set_tags({"a": "b"})
+
+
+def test_missing_parent_run_is_an_error(mlflow_uri, monkeypatch):
+    monkeypatch.setenv("DAKD_PARENT_RUN_ID", "0" * 32)
+    with pytest.raises(DakdError, match="0{32}"):
+        with tracking.stage_run("ingest"):
+            pass
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("aws_secret_access_key", "abc", "***"),
+    ("mlflowTrackingPassword", "abc", "***"),
+    ("api.key", 5, "***"),
+    ("sort_keys", True, "true"),
+    ("tokenizer", "bpe", "bpe"),
+    ("id", "AKIAIOSFODNN7EXAMPLE", "***"),
+    ("digest", "DEADBEEF" * 5, "DEADBEEF" * 5),
+    ("lr", 0.01, "0.01"),
+])
+def test_redact(key, value, expected):
+    assert tracking.redact(key, value) == expected
