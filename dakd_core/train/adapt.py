@@ -69,17 +69,13 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     start = 0
     payload = keeper.resume()
     if payload is not None:
-        load_state_into(model, payload, keeper.store.url(engine.LAST))
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
+        start = keeper.restore_segmenter(
+            payload, model, optimizer, scheduler, scaler, {"source": source, "target": target}
+        )
         for lvl in LEVELS:
             discs[lvl].load_state_dict(payload["discriminators"][lvl])
             d_optimizers[lvl].load_state_dict(payload["d_optimizers"][lvl])
             d_schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
-        source.load_state_dict(payload["data"]["source"])
-        target.load_state_dict(payload["data"]["target"])
-        start = int(payload["step"])
     else:
         init = load_checkpoint(cfg.init, map_location="cpu")
         try:
@@ -142,4 +138,4 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             for s in d_schedulers.values():
                 s.step()
             keeper.end_step(step, losses)
-        return keeper.finish(cfg.iterations - start)
+        return keeper.finish(cfg.iterations - start, model)

@@ -475,8 +475,12 @@ class RunKeeper:
 
             log_metrics(metrics, step=step)
 
-    def finish(self, steps_run: int) -> TrainResult:
-        """Publish result.json (last, after every checkpoint it names) and return the result."""
+    def finish(self, steps_run: int, model: nn.Module | None = None) -> TrainResult:
+        """Publish result.json (last, after every checkpoint it names) and return the result.
+
+        Under DDP, `model` is first checked to be identical on every rank."""
+        if model is not None:
+            verify_replicas(model, self.dist)
         metrics = {f"train/{k}": v for k, v in self.last_losses.items()}
         if self.best_metric is not None:
             metrics["select/best_miou"] = self.best_metric
@@ -489,7 +493,40 @@ class RunKeeper:
                 metrics["steps_per_second"] = rate
             document = {"stage": self.stage, "config_hash": self.hash, **result.__dict__}
             self.store.put_bytes(RESULT, json.dumps(document, indent=2, sort_keys=True).encode())
+            if self._tracking:
+                from dakd_core import tracking
+
+                tracking.set_tags({"dakd.best_checkpoint": result.best_checkpoint_uri,
+                                   "dakd.last_checkpoint": result.last_checkpoint_uri})
+                tracking.log_dict(document, RESULT)
         return result
+
+    def restore_segmenter(self, payload: dict, model, optimizer, scheduler, scaler, streams: dict) -> int:
+        """Load the state every loop has (segmenter, its optimiser/schedule, scaler, data streams)
+        from a resume payload; returns the step to continue after."""
+        from dakd_core.models.checkpoint import load_state_into
+
+        load_state_into(model, payload, self.store.url(LAST))
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        for name, stream in streams.items():
+            stream.load_state_dict(payload["data"][name])
+        return int(payload["step"])
+
+
+def verify_replicas(model: nn.Module, dist: Dist) -> None:
+    """DDP keeps replicas identical; a divergence (e.g. a rank-dependent code path) is a bug that
+    would silently publish rank 0's weights only, so it is an error."""
+    if not dist.enabled:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.detach().double().reshape(-1) for t in unwrap(model).state_dict().values()])
+        local = torch.stack([flat.sum(), (flat * flat).sum()]).cpu()
+    gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
+    torch_dist.all_gather(gathered, local)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise TrainingError(f"DDP replicas diverged: weight checksums per rank {[g.tolist() for g in gathered]}")
 
 
 def _execution_fields() -> frozenset:

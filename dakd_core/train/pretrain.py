@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dakd_core.models.checkpoint import load_state_into, make_payload
+from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import PretrainConfig
 
@@ -35,12 +35,7 @@ def _train(cfg: PretrainConfig, dist: engine.Dist) -> engine.TrainResult:
     start = 0
     payload = keeper.resume()
     if payload is not None:
-        load_state_into(model, payload, keeper.store.url(engine.LAST))
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
-        source.load_state_dict(payload["data"]["source"])
-        start = int(payload["step"])
+        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source})
     net = engine.wrap_ddp(model, dist)
     net.train()
 
@@ -58,4 +53,4 @@ def _train(cfg: PretrainConfig, dist: engine.Dist) -> engine.TrainResult:
             scaler.update()
             scheduler.step()
             keeper.end_step(step, losses)
-        return keeper.finish(cfg.iterations - start)
+        return keeper.finish(cfg.iterations - start, model)
