@@ -131,18 +131,26 @@ def test_file_put_is_atomic(file_store):
 
 
 def test_failed_file_write_leaves_nothing(file_store, monkeypatch):
+    """Disk full halfway through a write: the old object stays, no temp file is left."""
     store = open_store(file_store)
     store.put_bytes("obj", b"old")
 
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
+    def half_then_enospc(data):
+        def write(tmp):
+            Path(tmp).write_bytes(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "replace", broken_replace)
-    with pytest.raises(StoreError, match=f"{store.uri}/obj"):
-        store.put_bytes("obj", b"new")
+        return write
+
+    monkeypatch.setattr(storage, "_write_bytes_fsync", half_then_enospc)
+    with pytest.raises(StoreError, match=f"{store.uri}/obj.*No space left"):
+        store.put_bytes("obj", b"new content")
+    with pytest.raises(StoreError, match="No space left"):
+        store.put_bytes("fresh/obj", b"new content")
     monkeypatch.undo()
     assert store.get_bytes("obj") == b"old"
-    assert [p.name for p in Path(store.root).iterdir()] == ["obj"]
+    assert store.list() == ["obj"] and not store.exists("fresh/obj")
+    assert sorted(p.name for p in Path(store.root).rglob("*") if p.is_file()) == ["obj"]
 
 
 def test_s3_list_paginates(s3_store, monkeypatch):
@@ -226,3 +234,17 @@ class _Raw:
 
     def stream(self, *_args, **_kwargs):
         yield self._data
+
+
+def test_s3_multipart_file_round_trip(s3_store, tmp_path):
+    """Above boto3's 8 MB threshold put_file goes multipart; the object appears whole."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(9 * 1024 * 1024))
+    store = open_store(s3_store)
+    store.put_file("big.bin", src)
+    client = storage._s3_client()
+    head = client.head_object(Bucket=store.bucket, Key=f"{store.prefix}/big.bin")
+    assert "-" in head["ETag"]  # multipart ETags end in -<parts>
+    dest = tmp_path / "back.bin"
+    store.get_file("big.bin", dest)
+    assert dest.read_bytes() == src.read_bytes()
