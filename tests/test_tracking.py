@@ -41,6 +41,14 @@ def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking.tracking_uri() == "http://mlflow:5000"
+    # Artifact root of new experiments: beside the sqlite DB, never MLflow's ./mlartifacts.
+    for name in ("DAKD_MLFLOW_ARTIFACT_ROOT", "MLFLOW_ARTIFACT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    assert tracking._artifact_root(f"sqlite:///{tmp_path}/db/m.db") == (tmp_path / "db/mlartifacts").as_uri()
+    assert tracking._artifact_root("sqlite:///rel.db") == (tmp_path / "mlartifacts").as_uri()
+    assert tracking._artifact_root("http://mlflow:5000") is None
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", "s3://bucket/mlflow/")
+    assert tracking._artifact_root("http://mlflow:5000") == "s3://bucket/mlflow"
 
 
 def test_stage_run_params_tags_metrics(mlflow_uri, tmp_path, monkeypatch):
