@@ -245,7 +245,6 @@ def run(cfg: ExportConfig) -> ExportResult:
     eager = DeployedSegmenter(model).eval()
     onnx32 = export_onnx(eager, cfg.opset)
     onnx16 = onnx_to_fp16(onnx32)
-    torch16 = export_torch_fp16(model)
 
     # The exported graph must compute what the eager module computes (normalisation included).
     probe = torch.rand(1, 3, *cfg.resolution) * 255
@@ -277,6 +276,7 @@ def run(cfg: ExportConfig) -> ExportResult:
                 f"FP16 export of {cfg.model} changes mIoU by {parity['miou_delta_points']:.3f} points on "
                 f"{cfg.val_manifest} (max_miou_delta {cfg.max_miou_delta}); nothing was published"
             )
+    torch16 = export_torch_fp16(model)  # after the parity gate: the slowest step
     record["latency"] = _latencies(model, onnx32, onnx16, torch16, cfg, device)
 
     out = open_store(cfg.out)
@@ -317,13 +317,20 @@ def _log_mlflow(model, onnx32: bytes, onnx16: bytes, torch16: bytes, record: dic
     logged = {}
     with tracking.stage_run("export", params={"checkpoint": record["checkpoint"], "opset": record["opset"]}):
         for name, data in (("student_onnx_fp32", onnx32), ("student_onnx_fp16", onnx16)):
-            info = mlflow.onnx.log_model(onnx.load_from_string(data), name=name, signature=signature)
+            info = mlflow.onnx.log_model(
+                onnx.load_from_string(data),
+                name=name,
+                signature=signature,
+                save_as_external_data=False,  # one file, byte-identical to the exported artifact
+                pip_requirements=["onnx", "onnxruntime"],
+            )
             logged[name] = info.model_uri
         info = mlflow.pytorch.log_model(
             DeployedSegmenter(copy.deepcopy(model)).eval(),
             name="student_pytorch",
             signature=signature,
             serialization_format="pickle",
+            pip_requirements=["torch", "dakd"],  # the pickled module's classes live in dakd_core
         )
         logged["student_pytorch"] = info.model_uri
         tracking.log_bytes(torch16, TORCH_FP16)

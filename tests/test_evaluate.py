@@ -161,8 +161,40 @@ def student(tmp_path_factory):
     torch.manual_seed(1)
     tmp = tmp_path_factory.mktemp("student")
     ckpt = save_checkpoint(str(tmp / "student.pt"), make_payload(create_model("deeplabv2_tiny")))
-    export(ExportConfig(model=ckpt, out=str(tmp / "export"), resolution=(H, W), warmup=0, iters=1, log_mlflow=False))
+    cfg = ExportConfig(
+        model=ckpt, out=str(tmp / "export"), val_manifest=_manifest(tmp), resolution=(H, W), warmup=0, iters=1,
+        log_mlflow=False,
+    )
+    export(cfg)
     return ckpt, tmp / "export"
+
+
+def test_export_parity_on_a_manifest_is_recorded(student):
+    record = json.loads((student[1] / "export.json").read_text())
+    parity = record["parity"]
+    assert parity["samples"] == 3 and parity["miou_delta_points"] <= 0.1
+    assert 0 <= parity["max_prob_diff"] < 1e-2 and parity["argmax_agreement"] > 0.99
+    assert parity["miou_fp32"] == pytest.approx(parity["miou_fp16"], abs=1e-3)
+
+
+def test_export_fails_when_fp16_loses_miou_and_publishes_nothing(tmp_path, student, monkeypatch):
+    """An FP16 graph that computes something else (here: another network's FP32 graph) must trip
+    the mIoU-delta gate before anything is written."""
+    from dakd_core import export as export_mod
+    from dakd_core.evaluation.inference import DeployedSegmenter
+    from dakd_core.models import create_model
+
+    torch.manual_seed(7)
+    other = export_mod.export_onnx(DeployedSegmenter(create_model("deeplabv2_tiny")).eval())
+    monkeypatch.setattr(export_mod, "onnx_to_fp16", lambda _: other)
+    out = tmp_path / "export"
+    cfg = export_mod.ExportConfig(
+        model=student[0], out=str(out), val_manifest=_manifest(tmp_path), resolution=(H, W), max_miou_delta=0.1,
+        log_mlflow=False,
+    )
+    with pytest.raises(DakdError, match="changes mIoU by"):
+        export_mod.run(cfg)
+    assert not out.exists() or not any(out.rglob("*"))
 
 
 def test_evaluate_two_models_one_table_with_conditions_and_plots(tmp_path, student, mlflow_uri):
