@@ -1,0 +1,221 @@
+"""Training engine, pretrain and adapt on deeplabv2_tiny with 64x32 images (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dakd_core.cli import main as cli_main
+from dakd_core.config import build_config
+from dakd_core.data.dataset import ManifestDataset
+from dakd_core.errors import ConfigError, TrainingError
+from dakd_core.losses import segmentation_loss
+from dakd_core.models import create_model
+from dakd_core.models.checkpoint import load_checkpoint, load_model
+from dakd_core.train import adapt, engine, pretrain
+from dakd_core.train.configs import AdaptConfig, PretrainConfig
+
+from _train_data import make_split, tiny_fields
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store").as_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        # stage runs of this module's fixtures go to a throw-away MLflow db, not ./mlruns.db
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/m.db")
+        yield {
+            "store": store,
+            "source": make_split(store, "src", 6, "source", seed=0),
+            "target": make_split(store, "tgt", 6, "target", seed=1, labelled=False),
+            "select": make_split(store, "tune", 3, "target", seed=2),
+        }
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre").as_uri()
+    cfg = build_config(PretrainConfig, None, **tiny_fields(source_manifest=data["source"], out=out, iterations=4))
+    return pretrain.run(cfg)
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    base = dict(source_manifest="m", out="o")
+    for bad, field in [({"lr": -1.0}, "lr"), ({"iterations": 0}, "iterations"), ({"bogus": 1}, "bogus"),
+                       ({"crop": [0, 8]}, "crop"), ({"aux_weight": "x"}, "aux_weight")]:
+        with pytest.raises(ConfigError, match=f"field '{field}'"):
+            build_config(PretrainConfig, None, **base, **bad)
+    with pytest.raises(ConfigError, match="field 'lambda_adv_main'"):
+        build_config(AdaptConfig, None, **base, init="c", target_manifest="t", lambda_adv_main=-1e-3)
+    with pytest.raises(ConfigError, match="field 'init'"):
+        build_config(AdaptConfig, None, **base, target_manifest="t")
+    # defaults are the published ones
+    cfg = build_config(AdaptConfig, None, **base, init="c", target_manifest="t")
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power, cfg.d_lr, cfg.d_betas) == (
+        2.5e-4, 0.9, 5e-4, 0.9, 1e-4, (0.9, 0.99))
+    assert (cfg.lambda_adv_main, cfg.lambda_adv_aux, cfg.aux_weight) == (1e-3, 2e-4, 0.1)
+    # CLI flags override the YAML file; an unknown YAML key fails the command with exit 2
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("lr: 0.5\niterations: 7\nsource_manifest: m\nout: o\n")
+    from dakd_core.cli import build_parser
+    from dakd_core.cli._config_args import config_from_args
+
+    args = build_parser().parse_args(["pretrain", "--config", str(yaml), "--lr", "0.25", "--crop", "16", "32"])
+    cfg = config_from_args(PretrainConfig, args)
+    assert (cfg.lr, cfg.iterations, cfg.crop) == (0.25, 7, (16, 32))
+    yaml.write_text("lr: 0.5\nunknown_key: 1\n")
+    assert cli_main(["pretrain", "--config", str(yaml), "--source-manifest", "m", "--out", "o"]) == 2
+
+
+def test_pretrain_lowers_source_loss_and_tracks_in_mlflow(data, tmp_path, mlflow_uri):
+    import mlflow
+
+    cfg = build_config(PretrainConfig, None, **tiny_fields(source_manifest=data["source"], select_manifest=data["select"],
+                                       out=(tmp_path / "run").as_uri(), iterations=12, eval_every=6))
+    ds = ManifestDataset(data["source"], train=False, with_labels=True)
+    batch = torch.stack([ds[i]["image"] for i in range(len(ds))]), torch.stack([ds[i]["label"] for i in range(len(ds))])
+    torch.manual_seed(cfg.seed)  # the loop's initialisation
+    initial = create_model(cfg.model).eval()
+    result = pretrain.run(cfg)
+    final, _ = load_model(result.last_checkpoint_uri)
+    with torch.no_grad():
+        before = segmentation_loss(initial(batch[0]).main, batch[1]).item()
+        after = segmentation_loss(final.eval()(batch[0]).main, batch[1]).item()
+    assert after < 0.6 * before
+
+    out = Path(tmp_path / "run")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step_{n:07d}.pt" for n in (2, 4, 6, 8, 10, 12)]
+    published = json.loads((out / "result.json").read_text())
+    assert published["last_checkpoint_uri"] == result.last_checkpoint_uri
+    assert published["metrics"]["best_step"] in (6, 12)
+    best = load_checkpoint(result.best_checkpoint_uri)
+    assert best["step"] == published["metrics"]["best_step"]
+    assert best["best_metric"] == pytest.approx(result.metrics["select/best_miou"])
+
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert float(run.data.params["lr"]) == 0.01 and run.data.params["model"] == "deeplabv2_tiny"
+    assert "train/seg_main" in run.data.metrics and "select/miou" in run.data.metrics
+    assert run.data.tags["dakd.last_checkpoint"] == result.last_checkpoint_uri
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/seg_main")
+    assert len(history) == 12
+
+
+@pytest.mark.parametrize("method", ["adaptsegnet", "advent"])
+def test_adapt_alternates_generator_and_discriminators(data, pretrained, tmp_path, method):
+    cfg = build_config(AdaptConfig, None, **tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
+                                    init=pretrained.last_checkpoint_uri, out=(tmp_path / "a").as_uri(),
+                                    iterations=3, method=method, lambda_adv_main=0.1, lambda_adv_aux=0.02))
+    result = adapt.run(cfg)
+    ckpt = load_checkpoint(result.last_checkpoint_uri)
+    init = load_checkpoint(pretrained.last_checkpoint_uri)
+    assert ckpt["method"] == method and ckpt["step"] == 3
+    # both discriminators and the segmenter stepped every iteration
+    for lvl in ("main", "aux"):
+        states = ckpt["d_optimizers"][lvl]["state"]
+        assert states and all(int(s["step"]) == 3 for s in states.values())
+    assert all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())
+    assert not _weights_equal(ckpt["model"], init["model"])
+    for term in ("seg_main", "adv_main", "adv_aux", "d_main", "d_aux"):
+        assert 0 < result.metrics[f"train/{term}"] < 10
+
+
+def test_adapt_resume_from_an_earlier_checkpoint_is_exact(data, pretrained, tmp_path):
+    fields = tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
+                         init=pretrained.last_checkpoint_uri, iterations=4, num_workers=1)
+    full = adapt.run(build_config(AdaptConfig, None, **fields, out=(tmp_path / "full").as_uri()))
+    part = tmp_path / "part"
+    # a run that died right after its step-2 checkpoint: last.pt is the step-2 state
+    (part / "checkpoints").mkdir(parents=True)
+    step2 = (tmp_path / "full" / "checkpoints" / "step_0000002.pt").read_bytes()
+    (part / "last.pt").write_bytes(step2)
+    resumed = adapt.run(build_config(AdaptConfig, None, **fields, out=part.as_uri()))
+    a, b = load_checkpoint(full.last_checkpoint_uri), load_checkpoint(resumed.last_checkpoint_uri)
+    assert _weights_equal(a["model"], b["model"])
+    for lvl in ("main", "aux"):
+        assert _weights_equal(a["discriminators"][lvl], b["discriminators"][lvl])
+    # another config at the same --out: refused, naming the differing fields
+    with pytest.raises(TrainingError, match=r"lambda_adv_main"):
+        adapt.run(build_config(AdaptConfig, None, **fields, out=part.as_uri(), lambda_adv_main=0.5))
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    original = ManifestDataset.__getitem__
+    calls = {"n": 0}
+
+    def poisoned(self, key):
+        item = original(self, key)
+        calls["n"] += 1
+        if calls["n"] > 6:  # batches of 2: steps 1-3 are clean, step 4 sees an image of NaNs
+            item["image"] = torch.full_like(item["image"], float("nan"))
+        return item
+
+    monkeypatch.setattr(ManifestDataset, "__getitem__", poisoned)
+    out = tmp_path / "nan"
+    cfg = build_config(PretrainConfig, None, **tiny_fields(source_manifest=data["source"], out=out.as_uri(), iterations=6, checkpoint_every=1))
+    with pytest.raises(TrainingError, match=r"step 4: loss term 'seg_main' is nan"):
+        pretrain.run(cfg)
+    last = load_checkpoint((out / "last.pt").as_uri())
+    assert last["step"] == 3
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert not (out / "result.json").exists()
+
+
+def _cli_pretrain(data, out: Path, iterations: int) -> list[str]:
+    fields = tiny_fields(source_manifest=data["source"], out=out.as_uri(), iterations=iterations, checkpoint_every=1)
+    argv = [sys.executable, "-m", "dakd_core", "pretrain"]
+    for k, v in fields.items():
+        argv += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list) else [v])]
+    return argv
+
+
+def test_kill_9_at_a_random_step_then_rerun_matches_an_uninterrupted_run(data, tmp_path):
+    iterations = 8
+    env = {**os.environ, "DAKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    kill_after = random.Random().randint(1, iterations - 2)
+    proc = subprocess.Popen(_cli_pretrain(data, killed, iterations), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = killed / "checkpoints" / f"step_{kill_after:07d}.pt"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (killed / "result.json").exists()
+    assert load_checkpoint((killed / "last.pt").as_uri())["step"] < iterations
+
+    rerun = subprocess.run(_cli_pretrain(data, killed, iterations), env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # the uninterrupted reference runs in this process (same config, one torch thread)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pretrain.run(build_config(PretrainConfig, None, **tiny_fields(
+            source_manifest=data["source"], out=full.as_uri(), iterations=iterations, checkpoint_every=1)))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load_checkpoint((full / "last.pt").as_uri()), load_checkpoint((killed / "last.pt").as_uri())
+    assert a["step"] == b["step"] == iterations
+    assert _weights_equal(a["model"], b["model"]), f"killed after step {kill_after}"
+    assert _weights_equal(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
+
+
+def test_default_device_honours_env(monkeypatch):
+    monkeypatch.setenv("DAKD_DEVICE", "cpu")
+    assert engine.default_device() == torch.device("cpu")
+    monkeypatch.setenv("DAKD_DEVICE", "nonsense")
+    with pytest.raises(ConfigError, match="DAKD_DEVICE"):
+        engine.default_device()
