@@ -59,6 +59,8 @@ def _check_complete(data: bytes, name: str) -> str:
 
 
 def _imdecode(data: bytes, name: str) -> np.ndarray:
+    # IMREAD_UNCHANGED keeps the stored bit depth (so 16-bit can be refused) and ignores EXIF
+    # rotation, keeping image pixels on the same grid as their label's.
     array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise DataError(f"{name}: not a decodable image (corrupt or unsupported format)")
