@@ -76,6 +76,7 @@ class _Task:
     split: str
     domain: str
     previous: dict[str, Any] | None  # the previous manifest's row, if its objects all exist
+    source_sha256: str | None  # hash of the source image, when already computed
 
 
 @dataclass
@@ -118,13 +119,14 @@ def _ingest_one(task: _Task) -> _Outcome:
     s = task.sample
     out = _Outcome(s.sample_id, label_path=str(s.label_path) if s.label_path else None)
     try:
-        data = _read_source(s.image_path)
-        digest = hashlib.sha256(data).hexdigest()
         prev = task.previous
-        if prev is not None and prev["sha256"] == digest and (prev["label_uri"] is not None) == task.with_labels:
+        if (prev is not None and prev["sha256"] == task.source_sha256
+                and (prev["label_uri"] is not None) == task.with_labels):
             out.row = {**prev, "split": task.split, "domain": task.domain, "condition": s.condition}
             out.skipped = True
             return out
+        data = _read_source(s.image_path)
+        digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, str(s.image_path))
         height, width = image.shape[:2]
         class_pixels = [0] * NUM_CLASSES
@@ -268,13 +270,14 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         # Re-ingest overwrites the objects of changed samples in place: drop the old manifest
         # first, so that a run failing halfway leaves no manifest pointing at mixed objects.
         known = [s for s in samples if s.sample_id in previous]
-        hashes = list(_map(pool, _source_sha256, [s.image_path for s in known], chunksize=16))
-        if any(h != previous[s.sample_id]["sha256"] for s, h in zip(known, hashes)):
+        hashes = dict(zip((s.sample_id for s in known),
+                          _map(pool, _source_sha256, [s.image_path for s in known], chunksize=16)))
+        if any(h != previous[i]["sha256"] for i, h in hashes.items()):
             dataset.delete("manifest.parquet")
 
         tasks = [
             _Task(s, cfg.format, cfg.labels, cfg.unknown_ids, dataset.uri, cfg.split, cfg.domain,
-                  previous.get(s.sample_id))
+                  previous.get(s.sample_id), hashes.get(s.sample_id))
             for s in samples
         ]
         outcomes = []
