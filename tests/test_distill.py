@@ -115,6 +115,14 @@ def test_all_paradigms_run_and_teacher_stays_frozen(world, mlflow_uri, monkeypat
     assert "train/t_pseudo" in results["b"].metrics and "train/s_pseudo" not in results["b"].metrics
     assert {"train/s_mse_aux", "train/t_mse_aux"} <= set(results["c"].metrics)
     assert load_checkpoint(results["d"].last_checkpoint_uri)["config"]["paradigm"] == "d"
+    # Without a gate split: unsupervised proxies for teacher and student are logged.
+    import mlflow
+
+    proxy = mlflow.get_run(results["b"].mlflow_run_id)
+    assert proxy.data.tags["dakd.gate_decision"] == "proxies-only"
+    assert 0 < proxy.data.metrics["gate/teacher_mean_max_prob"] <= 1
+    assert proxy.data.metrics["gate/student_mean_entropy"] >= 0
+    assert proxy.data.params["paradigm"] == "b" and proxy.data.params["lambda_kl"] == "0.1"
     with pytest.raises(ConfigError, match="paradigm d"):
         distill.run(_cfg(world, "bad_d", paradigm="d"))  # init is not a paradigm-c checkpoint
 
@@ -147,11 +155,6 @@ def test_gate_refuses_a_teacher_no_better_than_the_student(world, mlflow_uri):
     run = mlflow.get_run(result.mlflow_run_id)
     assert run.data.tags["dakd.gate_decision"] == "fail-warn"
     assert run.data.metrics["gate/teacher_miou"] == run.data.metrics["gate/student_miou"]
-    # Without a gate split: unsupervised proxies for both, logged.
-    proxy = mlflow.get_run(distill.run(_cfg(world, "proxy", paradigm="b")).mlflow_run_id)
-    assert proxy.data.tags["dakd.gate_decision"] == "proxies-only"
-    assert 0 < proxy.data.metrics["gate/teacher_mean_max_prob"] <= 1
-    assert proxy.data.metrics["gate/student_mean_entropy"] >= 0
 
 
 def test_stale_cache_nan_guard_and_resume(world, mlflow_uri, monkeypatch):
