@@ -1,4 +1,4 @@
-"""`dakd adapt --method adaptsegnet|advent`: adversarial UDA from a pretrain checkpoint (--init)."""
+"""`dakd adapt --method adaptsegnet|advent|road|diga|sfda`: UDA from a pretrain checkpoint (--init)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dakd_core.train.configs import AdaptConfig
 
 NAME = "adapt"
 HELP = (
-    "output-space adversarial adaptation (AdaptSegNet multi-level or ADVENT) from --init CKPT; "
+    "unsupervised adaptation from --init CKPT: output-space adversarial (AdaptSegNet multi-level, ADVENT), "
+    "ROAD, DiGA or source-free SFDA (--method); "
     "select the best checkpoint on a labelled target tuning split (--select-manifest)"
 )
 

@@ -8,9 +8,13 @@ Per iteration, as in AdaptSegNet's reference loop:
        (BCE(D(source maps), source) + BCE(D(target maps), target)) / 2.
 The maps are softmax probabilities (AdaptSegNet) or weighted self-information -p log p (ADVENT),
 upsampled to the crop size before the discriminator.
+
+`run` dispatches the other methods (road, diga, sfda) to dakd_core/train/{method}.py.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -19,13 +23,15 @@ from dakd_core.losses import bce_adversarial
 from dakd_core.models import Discriminator, discriminator_input
 from dakd_core.models.checkpoint import load_checkpoint, load_state_into, make_payload
 from dakd_core.train import engine
-from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.configs import ADVERSARIAL_METHODS, AdaptConfig
 
 STAGE = "adapt"
 LEVELS = ("main", "aux")
 
 
 def run(cfg: AdaptConfig) -> engine.TrainResult:
+    if cfg.method not in ADVERSARIAL_METHODS:  # road / diga / sfda: one loop module each
+        return importlib.import_module(f"dakd_core.train.{cfg.method}").run(cfg)
     dist = engine.init_distributed(cfg.device)
     try:
         return _train(cfg, dist)

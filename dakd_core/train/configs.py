@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dakd_core.config import StrictConfig
 
@@ -78,10 +78,16 @@ class PretrainConfig(TrainConfig):
     """Source-only training: CE on source labels (ignore 255), aux head weighted `aux_weight`."""
 
 
-class AdaptConfig(TrainConfig):
-    """Output-space adversarial adaptation, initialised from a pretrain checkpoint."""
+ADVERSARIAL_METHODS = ("adaptsegnet", "advent")  # dakd_core.train.adapt; the others: train/{road,diga,sfda}.py
+METHOD_PREFIXES = ("road_", "diga_", "sfda_")  # fields that only the method of that name reads
 
-    method: Literal["adaptsegnet", "advent"] = "adaptsegnet"
+
+class AdaptConfig(TrainConfig):
+    """Unsupervised adaptation from a pretrain checkpoint: output-space adversarial (AdaptSegNet,
+    ADVENT) or ROAD / DiGA / source-free SFDA (their `road_*` / `diga_*` / `sfda_*` fields;
+    defaults from the papers, see dakd_core/losses/{road,diga,sfda}.py)."""
+
+    method: Literal["adaptsegnet", "advent", "road", "diga", "sfda"] = "adaptsegnet"
     init: str = Field(..., min_length=1)  # checkpoint URI (usually the pretrain stage's best.pt)
     target_manifest: str = Field(..., min_length=1)  # unlabelled target training images
     target_resize: Size | None = (512, 1024)
@@ -90,6 +96,44 @@ class AdaptConfig(TrainConfig):
     d_lr: float = Field(1e-4, gt=0)
     d_betas: tuple[float, float] = (0.9, 0.99)
     d_ndf: int = Field(64, gt=0)
+    # ROAD (seed 003): L = L_seg + road_lambda_dist * L_dist + road_lambda_spt * L_spt, rows x cols regions
+    road_lambda_dist: float = Field(0.1, ge=0)
+    road_lambda_spt: float = Field(0.01, ge=0)
+    road_grid: tuple[int, int] = (3, 3)
+    # DiGA (seed 001): the first diga_warmup_fraction of the iterations warm up, the rest self-train
+    diga_warmup_fraction: float = Field(0.5, gt=0, le=1)
+    diga_alpha: float = Field(1.0, ge=0)  # weight of H(teacher(strong), student(clean)) in eq. 4
+    diga_ema: float = Field(0.999, ge=0, lt=1)  # xi of the EMA teacher, eq. 5
+    diga_proto_momentum: float = Field(0.99, ge=0, lt=1)  # delta of eq. 10
+    diga_lambda_distil: float = Field(1.0, ge=0)
+    diga_lambda_seg: float = Field(1.0, ge=0)
+    # SFDA (seed 002), eq. 11 / 16 weights; never reads source_manifest
+    sfda_alpha: float = Field(1.0, ge=0)  # MAE
+    sfda_beta: float = Field(0.5, ge=0)  # DAD between fixed and adapted model
+    sfda_tau: float | None = Field(None, ge=0)  # DAD fake vs target in G's objective; None: = beta
+    sfda_gamma: float = Field(0.01, ge=0)  # IPSM adversarial
+    sfda_patches: int = Field(3, ge=1)  # K of the K x K IPSM patches
+    sfda_latent: int = Field(256, gt=0)
+    sfda_g_lr: float = Field(0.1, gt=0)  # generator Adam lr (paper: 0.1)
+    sfda_fake_size: Size | None = None  # fake image (height, width); None: half the crop
+
+    @field_validator("road_grid", "sfda_fake_size")
+    @classmethod
+    def _positive_pair(cls, value):
+        if value is not None and min(value) < 1:
+            raise ValueError("must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> "AdaptConfig":
+        # A field of another method would be silently ignored: refuse it instead.
+        for name in sorted(self.model_fields_set):
+            prefix = next((p for p in METHOD_PREFIXES if name.startswith(p)), None)
+            if prefix and prefix[:-1] != self.method:
+                raise ValueError(f"field '{name}' applies to method '{prefix[:-1]}' only, not '{self.method}'")
+        if self.method == "sfda" and self.batch_size % 2:
+            raise ValueError("field 'batch_size' must be even for method 'sfda' (IPSM ranks halves of a batch)")
+        return self
 
     @field_validator("d_betas")
     @classmethod

@@ -19,6 +19,7 @@ PARADIGM_DOMAINS = {"a": ("source",), "b": ("target",), "c": ("source", "target"
 class DistillConfig(AdaptConfig):
     """AdaptConfig (`init` = the student's own adapted checkpoint) plus distillation settings."""
 
+    method: Literal["adaptsegnet", "advent"] = "adaptsegnet"  # the student's own (adversarial) DA
     paradigm: Literal["a", "b", "c", "d"] = "c"
     teacher: str | None = None  # teacher checkpoint URI (required with teacher_online or a gate)
     teacher_cache: str | None = None  # index.parquet URI written by `dakd cache-teacher`

@@ -1,0 +1,154 @@
+"""DiGA (seed 001): distillation warm-up, then threshold-free self-training (one stage run).
+
+Steps 1 .. W (W = ceil(diga_warmup_fraction * iterations)), no adversarial alignment:
+    x_cdm = CrDoMix(strong(x_s), x_s in the style of a target image, ClassMix mask of y_s)
+    student on [x_s; x_cdm], EMA teacher on the same (no gradient)
+    L = diga_lambda_distil * L_distil(eq. 4, alpha = diga_alpha) + diga_lambda_seg * L_s^seg
+    after each step: teacher <- xi * teacher + (1 - xi) * student (eq. 5, xi = diga_ema)
+Step W+1 freezes the EMA teacher as the warm-up model; steps W+1 .. end add target crops:
+    prototypes: EMA (eq. 10, delta = diga_proto_momentum) of per-class mean features of the
+      warm-up model (its last backbone map) on source crops (labels) and target crops (consensus)
+    y_t = nearest-prototype label where it equals the warm-up model's argmax, else ignored
+    L = diga_lambda_distil * L_distil + diga_lambda_seg * (L_s^seg + CE(student(x_t), y_t))   (eq. 11)
+The strong view is photometric only (contrast, brightness, noise per image), so every pixel keeps
+its label and the pixel-wise distillation compares the same scene point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dakd_core.losses import segmentation_loss
+from dakd_core.losses.diga import (
+    batch_prototypes, class_mix_mask, consensus_labels, crdomix, mean_std_style, nearest_prototype_labels,
+    symmetric_distillation, update_prototypes,
+)
+from dakd_core.models import create_model
+from dakd_core.models.checkpoint import make_payload
+from dakd_core.train import engine
+from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.uda_common import WithFeatures, ema_update, frozen_copy, launch, load_init, split_output
+
+STAGE = "adapt"
+
+
+def warmup_steps(cfg: AdaptConfig) -> int:
+    return math.ceil(cfg.diga_warmup_fraction * cfg.iterations)
+
+
+def strong_photometric(images: torch.Tensor) -> torch.Tensor:
+    """Per image: contrast x U(0.6, 1.4) around the channel means, brightness + U(-0.4, 0.4) (in
+    normalised units, per channel), Gaussian noise sigma 0.1. Draws from the global torch RNG (which
+    checkpoints restore)."""
+    n, c = images.shape[:2]
+    gen_device = images.device
+    contrast = torch.empty(n, 1, 1, 1, device=gen_device).uniform_(0.6, 1.4)
+    brightness = torch.empty(n, c, 1, 1, device=gen_device).uniform_(-0.4, 0.4)
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    return (images - mean) * contrast + mean + brightness + 0.1 * torch.randn_like(images)
+
+
+def run(cfg: AdaptConfig) -> engine.TrainResult:
+    return launch(_train, cfg)
+
+
+def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
+    device = dist.device
+    engine.seed_everything(cfg.seed + dist.rank)
+    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    amp = engine.amp_enabled(cfg, device)
+    scaler = engine.make_scaler(device, amp)
+    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
+    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
+    warmup = warmup_steps(cfg)
+    dim = model.feature_channels["last"]
+    state = {  # what self-training adds; all of it goes into checkpoints
+        "warm": None,  # frozen warm-up model (set at step W+1)
+        "prototypes": torch.zeros(cfg.num_classes, dim, device=device),
+        "valid": torch.zeros(cfg.num_classes, dtype=torch.bool, device=device),
+    }
+
+    def snapshot(step: int) -> dict:
+        warm = state["warm"]
+        return make_payload(
+            model, step,
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+            teacher={n: t.detach().cpu() for n, t in teacher.state_dict().items()},
+            warm_model=None if warm is None else {n: t.detach().cpu() for n, t in warm.state_dict().items()},
+            prototypes=state["prototypes"].cpu(), prototypes_valid=state["valid"].cpu(),
+            data={"source": source.state_dict(), "target": target.state_dict()},
+            method=cfg.method, init=cfg.init,
+        )
+
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    start = 0
+    payload = keeper.resume()
+    if payload is not None:
+        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source, "target": target})
+        teacher = frozen_copy(model)
+        teacher.load_state_dict(payload["teacher"])
+        if payload["warm_model"] is not None:
+            state["warm"] = frozen_copy(model)
+            state["warm"].load_state_dict(payload["warm_model"])
+        state["prototypes"] = payload["prototypes"].to(device)
+        state["valid"] = payload["prototypes_valid"].to(device)
+    else:
+        load_init(model, cfg.init)
+        teacher = frozen_copy(model)
+    net = engine.wrap_ddp(WithFeatures(model), dist)
+    net.train()
+
+    with keeper.tracking():
+        for step in keeper.steps(start):
+            src = engine.to_device(source.next(), device)
+            tgt = engine.to_device(target.next(), device)
+            x_s, y_s, x_t = src["image"], src["label"], tgt["image"]
+            n = x_s.shape[0]
+            self_training = step > warmup
+            if self_training and state["warm"] is None:
+                state["warm"] = frozen_copy(teacher)  # the warm-up model: the EMA teacher at step W
+            # target styling: source image i takes the colour statistics of target image i
+            styled = mean_std_style(x_s, x_t[torch.arange(n, device=device) % x_t.shape[0]])
+            x_cdm = crdomix(strong_photometric(x_s), styled, class_mix_mask(y_s))
+            images = [x_s, x_cdm] + ([x_t] if self_training else [])
+            with engine.autocast(device, amp):
+                _, out = net(torch.cat(images))
+                with torch.no_grad():
+                    t_out = teacher(torch.cat([x_s, x_cdm]))
+            parts = split_output(out, [im.shape[0] for im in images])
+            t_clean, t_strong = split_output(t_out, [n, n])
+            terms = engine.source_seg_terms(parts[0], y_s)
+            terms["distil"] = symmetric_distillation(parts[0].main, parts[1].main, t_clean.main, t_strong.main, cfg.diga_alpha)
+            if self_training:
+                terms["seg_target"], terms["pseudo_coverage"] = _self_training_term(cfg, state, x_s, y_s, x_t, parts[2], device, amp)
+            losses = engine.check_finite(step, terms)
+            seg = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"] + terms.get("seg_target", 0.0)
+            loss = cfg.diga_lambda_distil * terms["distil"] + cfg.diga_lambda_seg * seg
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            ema_update(teacher, model, cfg.diga_ema)
+            keeper.end_step(step, losses)
+        return keeper.finish(cfg.iterations - start, model)
+
+
+def _self_training_term(cfg: AdaptConfig, state: dict, x_s, y_s, x_t, out_t, device, amp):
+    """CE of the student's target prediction on bilateral-consensus pseudo labels (eqs. 8-10),
+    and the fraction of target pixels that got a label (logged, not optimised)."""
+    warm = state["warm"]
+    with torch.no_grad(), engine.autocast(device, amp):
+        feats_s = warm.forward_features(x_s)["last"]
+        feats_t = warm.forward_features(x_t)
+        logits_t = warm.forward_head(feats_t).main
+    delta = cfg.diga_proto_momentum
+    rho, present = batch_prototypes(feats_s, y_s, cfg.num_classes)
+    state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)
+    pseudo = consensus_labels(nearest_prototype_labels(feats_t["last"], state["prototypes"], state["valid"]), logits_t)
+    rho, present = batch_prototypes(feats_t["last"], pseudo, cfg.num_classes)
+    state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)
+    coverage = (pseudo != 255).float().mean()
+    return segmentation_loss(out_t.main, pseudo), coverage

@@ -1,0 +1,101 @@
+"""ROAD (seed 003): L = L_seg + road_lambda_dist * L_dist + road_lambda_spt * L_spt.
+
+Per iteration, one forward of [source crops; target crops] through the segmenter (the paper feeds
+both domains together):
+- L_seg: CE of both heads on the labelled source crops (aux weighted `aux_weight`);
+- L_dist: target-guided distillation, ||x - z||_2 per position between the segmenter's last
+  backbone features and those of a frozen copy of the init checkpoint (the "pretrained real-style
+  model": the network as it was before adaptation) on the TARGET crops;
+- L_spt: spatial-aware adaptation, a pixel-level domain classifier per cell of a road_grid split of
+  the crop's feature map, behind a gradient reversal layer: one backward trains the classifiers to
+  tell the domains apart and the segmenter to confuse them. The regions are those of the training
+  crop (the paper maps activations back to full-image coordinates; with crop == resized image,
+  as in the built-in pair's runs, the two coincide).
+The classifiers use Adam (`d_lr`, `d_betas`), so their step does not shrink with road_lambda_spt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dakd_core.losses.road import RegionDomainClassifiers, spatial_aware_loss, target_guided_distillation
+from dakd_core.models import create_model
+from dakd_core.models.checkpoint import make_payload
+from dakd_core.train import engine
+from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.uda_common import WithFeatures, frozen_copy, launch, load_init, split_output
+
+STAGE = "adapt"
+
+
+def run(cfg: AdaptConfig) -> engine.TrainResult:
+    return launch(_train, cfg)
+
+
+def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
+    device = dist.device
+    engine.seed_everything(cfg.seed + dist.rank)
+    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    classifiers = RegionDomainClassifiers(model.feature_channels["last"], cfg.road_grid).to(device)
+    c_optimizer = torch.optim.Adam(classifiers.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+    c_scheduler = engine.poly_schedule(c_optimizer, cfg.iterations, cfg.poly_power)
+    amp = engine.amp_enabled(cfg, device)
+    scaler = engine.make_scaler(device, amp)
+    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
+    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
+
+    def snapshot(step: int) -> dict:
+        return make_payload(
+            model, step,
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+            classifiers={n: t.detach().cpu() for n, t in classifiers.state_dict().items()},
+            c_optimizer=c_optimizer.state_dict(), c_scheduler=c_scheduler.state_dict(),
+            data={"source": source.state_dict(), "target": target.state_dict()},
+            method=cfg.method, init=cfg.init,
+        )
+
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    # The frozen real-style model is always the init checkpoint, fresh run or resume.
+    reference = create_model(cfg.model, num_classes=cfg.num_classes).to(device)
+    load_init(reference, cfg.init)
+    reference = frozen_copy(reference)
+    start = 0
+    payload = keeper.resume()
+    if payload is not None:
+        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source, "target": target})
+        classifiers.load_state_dict(payload["classifiers"])
+        c_optimizer.load_state_dict(payload["c_optimizer"])
+        c_scheduler.load_state_dict(payload["c_scheduler"])
+    else:
+        model.load_state_dict(reference.state_dict())
+    net = engine.wrap_ddp(WithFeatures(model), dist)
+    c_net = engine.wrap_ddp(classifiers, dist)
+    net.train()
+
+    with keeper.tracking():
+        for step in keeper.steps(start):
+            src = engine.to_device(source.next(), device)
+            tgt = engine.to_device(target.next(), device)
+            n = src["image"].shape[0]
+            with engine.autocast(device, amp):
+                feats, out = net(torch.cat([src["image"], tgt["image"]]))
+                with torch.no_grad():
+                    frozen_t = reference.forward_features(tgt["image"])["last"]
+            out_s, _ = split_output(out, [n, tgt["image"].shape[0]])
+            last_s, last_t = feats["last"][:n], feats["last"][n:]
+            terms = engine.source_seg_terms(out_s, src["label"])
+            terms["dist"] = target_guided_distillation(last_t, frozen_t)
+            terms["spt"] = spatial_aware_loss(c_net, last_s, last_t)
+            losses = engine.check_finite(step, terms)
+            loss = (terms["seg_main"] + cfg.aux_weight * terms["seg_aux"]
+                    + cfg.road_lambda_dist * terms["dist"] + cfg.road_lambda_spt * terms["spt"])
+            optimizer.zero_grad(set_to_none=True)
+            c_optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.step(c_optimizer)
+            scaler.update()
+            scheduler.step()
+            c_scheduler.step()
+            keeper.end_step(step, losses)
+        return keeper.finish(cfg.iterations - start, model)

@@ -1,0 +1,68 @@
+"""Pieces the ROAD / DiGA / SFDA loops share beyond dakd_core.train.engine."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from dakd_core.errors import TrainingError
+from dakd_core.models.checkpoint import load_checkpoint, load_state_into
+
+
+def launch(train, cfg):
+    """Run `train(cfg, dist)` inside this process's (possibly single-process) group."""
+    from dakd_core.train import engine
+
+    dist = engine.init_distributed(cfg.device)
+    try:
+        return train(cfg, dist)
+    finally:
+        engine.shutdown_distributed(dist)
+
+
+def load_init(model: nn.Module, init_uri: str) -> None:
+    """Load the pretrain checkpoint `init_uri` into `model` (strict; other network -> TrainingError)."""
+    payload = load_checkpoint(init_uri, map_location="cpu")
+    try:
+        load_state_into(model, payload, init_uri)
+    except TrainingError as e:
+        raise TrainingError(f"init: {e}") from None
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy without gradients (BatchNorm uses its running statistics)."""
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """theta_teacher <- decay * theta_teacher + (1 - decay) * theta_student; buffers (BatchNorm
+    statistics) follow the same average, integer buffers are copied."""
+    for t, s in zip(teacher.state_dict().values(), student.state_dict().values()):
+        if t.is_floating_point():
+            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+        else:
+            t.copy_(s)
+
+
+class WithFeatures(nn.Module):
+    """forward(x) -> (features dict, SegOutput): one DDP-wrappable forward for loops that need the
+    backbone features too (DDP only synchronises what runs through `forward`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        feats = self.model.forward_features(x)
+        return feats, self.model.forward_head(feats)
+
+
+def split_output(out, sizes: list[int]):
+    """Split a SegOutput of a concatenated batch into one SegOutput per part."""
+    mains, auxs = out.main.split(sizes), out.aux.split(sizes)
+    return [type(out)(m, a) for m, a in zip(mains, auxs)]

@@ -1,0 +1,125 @@
+"""ROAD (seed 003): losses on hand-computed tensors; `dakd adapt --method road` end to end (tiny)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dakd_core.cli import build_parser
+from dakd_core.cli._config_args import config_from_args
+from dakd_core.config import build_config
+from dakd_core.errors import ConfigError, TrainingError
+from dakd_core.losses.road import (
+    RegionDomainClassifiers, grad_reverse, grid_regions, region_bounds, spatial_aware_loss, target_guided_distillation,
+)
+from dakd_core.models.checkpoint import load_checkpoint
+from dakd_core.train import adapt
+from dakd_core.train.configs import AdaptConfig
+
+from _methods_data import method_config, pretrained_pair
+
+
+def test_target_guided_distillation_is_the_mean_euclidean_distance():
+    x = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    z = torch.tensor([[[[3.0, 0.0]], [[4.0, 0.0]]]])  # position 0 differs by (3, 4), position 1 not at all
+    loss = target_guided_distillation(x, z)
+    assert loss.item() == pytest.approx((5.0 + 0.0) / 2, abs=1e-3)  # norm, not squared: (25 + 0) / 2 would be 12.5
+    loss.backward()
+    # d/dx of |x - z| / N at position 0: (x - z) / |x - z| / 2; finite (0) at the identical position
+    assert torch.allclose(x.grad[0, :, 0, 0], torch.tensor([-0.3, -0.4]), atol=1e-4)
+    assert torch.equal(x.grad[0, :, 0, 1], torch.zeros(2))
+    assert not z.requires_grad
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    (grad_reverse(x, 0.5) * torch.tensor([3.0, 4.0])).sum().backward()
+    assert x.grad.tolist() == [-1.5, -2.0]
+
+
+def test_regions_cover_the_map_in_near_equal_bands():
+    assert region_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    cells = grid_regions(4, 6, (2, 3))
+    assert len(cells) == 6 and cells[4] == (slice(2, 4), slice(2, 4))
+    with pytest.raises(TrainingError, match="cannot split 2"):
+        region_bounds(2, 3)
+
+
+def test_spatial_aware_loss_sums_each_regions_mean_bce():
+    torch.manual_seed(0)
+    clf = RegionDomainClassifiers(3, grid=(2, 2), hidden=4)
+    biases = [0.0, 1.0, -2.0, 0.5]
+    for m, b in zip(clf.classifiers, biases):  # each region's classifier outputs its constant bias
+        torch.nn.init.zeros_(m[2].weight)
+        torch.nn.init.constant_(m[2].bias, b)
+    fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, 4, 4)
+    loss = spatial_aware_loss(clf, fs, ft)
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    # equal source/target counts per region: mean = (BCE(b, 0) + BCE(b, 1)) / 2
+    expected = sum((softplus(b) + softplus(-b)) / 2 for b in biases)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # gradient reversal: the features get minus the gradient the plain source BCE would give them
+    # (halved: the region mean runs over both domains); with random classifier weights now
+    for m in clf.classifiers:
+        torch.nn.init.normal_(m[2].weight)
+    loss = spatial_aware_loss(clf, fs, ft)
+    loss.backward()
+    plain = sum(
+        torch.nn.functional.binary_cross_entropy_with_logits(clf(fs)[..., r, c], torch.zeros(2, 1, 2, 2))
+        for r, c in grid_regions(4, 4, (2, 2))
+    )
+    (g_plain,) = torch.autograd.grad(plain, fs)
+    assert g_plain.abs().sum() > 0
+    assert torch.allclose(fs.grad, -g_plain / 2, atol=1e-6)
+    with torch.no_grad():  # one descent step of the classifiers lowers L_spt
+        for p in clf.parameters():
+            p -= 0.1 * p.grad
+    assert spatial_aware_loss(clf, fs, ft).item() < loss.item()
+
+
+def test_road_config_is_strict_and_reaches_the_cli(tmp_path):
+    base = dict(source_manifest="m", out="o", init="c", target_manifest="t")
+    cfg = build_config(AdaptConfig, None, **base, method="road")
+    assert (cfg.road_lambda_dist, cfg.road_lambda_spt, cfg.road_grid) == (0.1, 0.01, (3, 3))  # the paper's
+    with pytest.raises(ConfigError, match="field 'road_grid' applies to method 'road' only"):
+        build_config(AdaptConfig, None, **base, method="advent", road_grid=[2, 2])
+    with pytest.raises(ConfigError, match="road_grid"):
+        build_config(AdaptConfig, None, **base, method="road", road_grid=[0, 2])
+    with pytest.raises(ConfigError, match="method"):
+        build_config(AdaptConfig, None, **base, method="roadnet")
+    args = build_parser().parse_args(["adapt", "--method", "road", "--road-grid", "2", "1", "--source-manifest", "m",
+                                      "--out", "o", "--init", "c", "--target-manifest", "t"])
+    assert config_from_args(AdaptConfig, args).road_grid == (2, 1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, _mlflow_template_db):
+    return pretrained_pair(tmp_path_factory, _mlflow_template_db)
+
+
+def _road(data, out, **overrides):
+    return method_config(data, out, "road", road_grid=[2, 2], **overrides)
+
+
+def test_road_trains_segmenter_and_region_classifiers_and_resumes_exactly(data, tmp_path, mlflow_uri):
+    import mlflow
+
+    full = adapt.run(_road(data, tmp_path / "full"))
+    ckpt, init = load_checkpoint(full.last_checkpoint_uri), load_checkpoint(data["init"])
+    assert ckpt["method"] == "road" and ckpt["step"] == 4
+    assert any(not torch.equal(ckpt["model"][k], init["model"][k]) for k in init["model"])
+    assert all(int(s["step"]) == 4 for s in ckpt["c_optimizer"]["state"].values())  # classifiers stepped each time
+    assert len(ckpt["classifiers"]) == 4 * 4  # 4 regions x (2 convs x weight, bias)
+    for term in ("seg_main", "dist", "spt"):
+        assert 0 <= full.metrics[f"train/{term}"] < 20
+    assert full.metrics["train/dist"] > 0  # the segmenter moved away from the frozen model
+    assert mlflow.get_run(full.mlflow_run_id).data.params["method"] == "road"
+
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "last.pt").write_bytes((tmp_path / "full" / "checkpoints" / "step_0000002.pt").read_bytes())
+    resumed = load_checkpoint(adapt.run(_road(data, part)).last_checkpoint_uri)
+    for key in ("model", "classifiers"):
+        assert all(torch.equal(ckpt[key][k], resumed[key][k]) for k in ckpt[key]), key
