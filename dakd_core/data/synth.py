@@ -288,7 +288,7 @@ def preview(path: str | os.PathLike, size: tuple[int, int] = (256, 128), seed: i
     fig.suptitle(f"dakd synth: source (game-like) vs target (camera-like), {size[0]}x{size[1]}, seed {seed}")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=85)
     plt.close(fig)
     out = Path(path)
     write_atomic(out, buf.getvalue())

@@ -494,20 +494,34 @@ def _draw_sprite(scene, X, Z, parts, key):
     if y0 < 0 or x0 < -8 * s or x0 > scene.width + 8 * s:
         return
     to_px = lambda uu, vv: (x0 + s * uu, y0 - s * vv)  # noqa: E731 - billboard: affine in (u, v)
+    previous, pending = None, []  # consecutive polygons of one (label, role): one instance, one fill
+
+    def flush():
+        if pending:
+            scene.polys(pending, scene.new(*previous, Z, key, lit=previous[1] in LIT_ROLES), clip=False)
+            pending.clear()
+
     for label, role, kind, geo in parts:
         role = f"paint_{label}" if role == "paint" else role  # each vehicle class has its paints
-        iid = scene.new(label, role, Z, key, lit=role in LIT_ROLES)
         if kind == "poly":
-            scene.poly(geo * scale + offset, iid)
-        elif kind == "ell":
-            scene.ellipse(to_px(geo[0], geo[1]), (s * geo[2], s * geo[3]), iid)
-        elif kind == "line":
-            scene.line(to_px(geo[0], geo[1]), to_px(geo[2], geo[3]), s * geo[4], iid)
-        else:  # ring
-            scene.ellipse(to_px(geo[0], geo[1]), (s * geo[2], s * geo[2]), iid, max(1, int(round(s * geo[3]))))
+            if (label, role) != previous:
+                flush()
+                previous = (label, role)
+            pending.append(geo * scale + offset)
+        else:
+            flush()
+            previous = None
+            iid = scene.new(label, role, Z, key, lit=role in LIT_ROLES)
+            if kind == "ell":
+                scene.ellipse(to_px(geo[0], geo[1]), (s * geo[2], s * geo[3]), iid)
+            elif kind == "line":
+                scene.line(to_px(geo[0], geo[1]), to_px(geo[2], geo[3]), s * geo[4], iid)
+            else:  # ring
+                scene.ellipse(to_px(geo[0], geo[1]), (s * geo[2], s * geo[2]), iid, max(1, int(round(s * geo[3]))))
         if role in LIT_ROLES:  # remembered for the night glow
             c = to_px(*((geo[0] + geo[2]) / 2 if kind == "poly" else geo[:2]))
             scene.lights.append((c[0], c[1], max(1.0, s * 0.5), role))
+    flush()
 
 
 def _ego_hood(scene, rng, key):

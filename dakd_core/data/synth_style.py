@@ -67,6 +67,8 @@ NIGHT_EMIT = {"window": (255, 200, 120), "head": (255, 250, 230), "tail": (255, 
               "lamp_red": (255, 40, 30), "lamp_amber": (255, 190, 40), "lamp_green": (60, 255, 140),
               "lamphead": (255, 225, 160)}
 TEX = 256  # texture tile size (periodic)
+_GROUND_IDS = np.zeros(256, bool)
+_GROUND_IDS[[L["road"], L["sidewalk"], L["terrain"]]] = True
 
 
 @lru_cache(maxsize=1)
@@ -98,11 +100,13 @@ def texture_bank() -> np.ndarray:
     return bank.astype(np.float32)
 
 
-def _texture_crop(H: int, W: int, rng) -> np.ndarray:
-    """(5, H, W) window of the periodic texture bank at a random offset."""
+def _texture(material: np.ndarray, rng) -> np.ndarray:
+    """HxW texture factors: each pixel's material, sampled at a random offset of the periodic bank."""
+    H, W = material.shape
     rows = (np.arange(H) + rng.integers(TEX)) % TEX
     cols = (np.arange(W) + rng.integers(TEX)) % TEX
-    return texture_bank()[:, rows][:, :, cols]
+    flat = material * (TEX * TEX) + (rows * TEX)[:, None] + cols[None, :]  # one gather, no 5-plane crop
+    return texture_bank().reshape(-1)[flat]
 
 
 def _instance_colours(scene: Scene, domain: str, rng) -> np.ndarray:
@@ -152,11 +156,10 @@ def _render_camera(scene: Scene, colours, rng, condition):
     img = np.take(colours, scene.inst, axis=0)
     # textures, sampled at a random offset of the periodic bank
     material = np.array([MATERIAL.get(r, 0) for r in scene.role], np.intp)[scene.inst]
-    tex = _texture_crop(H, W, rng)
-    img *= np.take_along_axis(tex, material[None], 0)[0][..., None]
+    img *= _texture(material, rng)[..., None]
 
-    labels = np.asarray(scene.label)[scene.inst]
-    ground = np.isin(labels, (L["road"], L["sidewalk"], L["terrain"]))
+    labels = np.asarray(scene.label, np.uint8)[scene.inst]
+    ground = _GROUND_IDS[labels]
     depth = _depth_map(scene)
     if condition != "night":  # cast shadow of the sunny side's buildings across the street
         img[ground & _shadow_mask(scene, lit_side, rng)] *= u(0.45, 0.7)
@@ -251,7 +254,7 @@ def _rain(scene, img, labels, ground, depth, rng):
 def _snow(scene, img, labels, ground, depth, rng):
     H, W = scene.height, scene.width
     cover = rng.uniform(0.45, 0.85)
-    patchy = _texture_crop(H, W, rng)[2]  # snow lies in patches
+    patchy = _texture(np.full((H, W), 2), rng)  # snow lies in patches (foliage noise)
     cover_map = np.zeros((H, W), np.float32)
     cover_map[ground] = cover
     cover_map[labels == L["vegetation"]] = cover * 0.4
