@@ -1,0 +1,141 @@
+"""SFDA (seed 002): losses on hand-computed tensors; source-free end to end (no source object is read)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dakd_core.errors import ConfigError, TrainingError
+from dakd_core.losses.sfda import (
+    ConditionalPatchDiscriminator, attention_maps, bn_statistics, bns_loss, dad_ss, dad_st, mae_loss, max_squares,
+    patch_entropy, patches, rank_easy_hard, select_patches,
+)
+from dakd_core.models.checkpoint import load_checkpoint
+from dakd_core.storage import FileStore
+from dakd_core.train import adapt, sfda
+
+from _methods_data import method_config, pretrained_pair
+
+
+def test_max_squares_and_mae():
+    uniform = torch.zeros(2, 4, 3, 3)
+    assert max_squares(uniform).item() == pytest.approx(-4 * 0.25**2)
+    confident = torch.tensor([100.0, 0.0, 0.0, 0.0]).reshape(1, 4, 1, 1)
+    assert max_squares(confident).item() == pytest.approx(-1.0)
+    # |(1, 0, 0, 0) - (.25, .25, .25, .25)| summed = 1.5, / C = 0.375
+    assert mae_loss(confident, torch.zeros(1, 4, 1, 1)).item() == pytest.approx(0.375, rel=1e-5)
+
+
+def test_bns_loss_matches_batch_statistics_to_running_statistics():
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(2)).eval()
+    net[0].running_mean.copy_(torch.tensor([1.0, 0.0]))
+    net[0].running_var.copy_(torch.tensor([1.0, 4.0]))
+    x = torch.tensor([[[[0.0, 2.0]], [[1.0, 3.0]]]])  # channel means (1, 2), variances (1, 1)
+    with bn_statistics(net) as records:
+        net(x)
+    assert len(records) == 1
+    # (1-1)^2 + (2-0)^2 + (1-1)^2 + (1-4)^2
+    assert bns_loss(records).item() == pytest.approx(13.0)
+    with pytest.raises(TrainingError, match="BatchNorm2d"):
+        bns_loss([])
+    assert not net[0]._forward_hooks  # hooks removed
+
+
+def test_dual_attention_hand_case_and_distances():
+    f = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # C = 2, N = 2 positions: one-hot vectors
+    dual, spatial, channel = attention_maps(f)
+    e = math.exp(1 / math.sqrt(2))
+    expected = torch.tensor([[e / (e + 1), 1 / (e + 1)], [1 / (e + 1), e / (e + 1)]])
+    assert torch.allclose(spatial[0], expected) and torch.allclose(channel[0], expected)
+    assert dual.shape == (1, 2, 4) and dual[0, 0, :2].tolist() == pytest.approx([e / (e + 1), 1 / (e + 1)])
+    g = torch.randn(2, 3, 4, 4)
+    assert dad_ss(g, g).item() == 0 and dad_ss(g, g + 1).item() > 0
+    # target maps are pooled to the fake maps' size before the KL
+    assert dad_st(g, g.repeat_interleave(2, -1).repeat_interleave(2, -2)).item() == pytest.approx(0, abs=1e-6)
+    assert dad_st(g, torch.randn(2, 3, 8, 8)).item() > 0
+
+
+def test_ipsm_patches_entropy_ranking_and_conditional_discriminator():
+    logits = torch.zeros(4, 3, 4, 4)  # uniform (max entropy) everywhere ...
+    logits[1, 0, :2, :2] = logits[3, 0, :2, :2] = 50.0  # ... except patch 0 of images 1 and 3: confident
+    ent = patch_entropy(logits, 2)
+    assert ent.shape == (4, 4)
+    assert ent[:, 1].tolist() == pytest.approx([math.log(3)] * 4)
+    assert ent[1, 0].item() == pytest.approx(0, abs=1e-6)
+    easy, hard = rank_easy_hard(ent)
+    assert sorted(easy[:, 0].tolist()) == [1, 3] and sorted(hard[:, 0].tolist()) == [0, 2]
+    with pytest.raises(TrainingError, match="even batch"):
+        rank_easy_hard(ent[:3])
+    maps = torch.arange(4 * 1 * 4 * 4, dtype=torch.float).reshape(4, 1, 4, 4)
+    p = patches(maps, 2, min_size=2)
+    assert p.shape == (4, 4, 1, 2, 2) and torch.equal(p[2, 3, 0], maps[2, 0, 2:, 2:])
+    chosen = select_patches(p, easy)
+    assert torch.equal(chosen[0, 0], p[easy[0, 0], 0]) and torch.equal(chosen[1, 3], p[easy[1, 3], 3])
+    disc = ConditionalPatchDiscriminator(num_classes=3, k=2, embed_dim=4, ndf=8)
+    out = disc(patches(torch.softmax(logits, 1), 2, min_size=32)[:2])
+    assert out.shape == (2 * 4, 1, 1, 1)
+
+
+def test_generator_makes_fakes_of_the_configured_size():
+    g = sfda.Generator(latent=8, size=(10, 18), ngf=4)
+    x = g(torch.randn(2, 8))
+    assert x.shape == (2, 3, 10, 18)
+    assert x.mean().abs().item() < 0.2  # affine-free BatchNorm output: normalised-image range
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, _mlflow_template_db):
+    return pretrained_pair(tmp_path_factory, _mlflow_template_db)
+
+
+def test_sfda_adapts_without_reading_any_source_object(data, tmp_path, mlflow_uri, monkeypatch):
+    read: list[str] = []
+    for name in ("get_bytes", "get_file", "exists"):
+        original = getattr(FileStore, name)
+
+        def spy(self, key, *args, _original=original, **kwargs):
+            read.append(self.url(key))
+            return _original(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(FileStore, name, spy)
+    missing_source = data["store"] + "/datasets/src_gone/train/manifest.parquet"  # never existed
+    cfg = method_config(data, tmp_path / "sf", "sfda", source_manifest=missing_source, iterations=3,
+                        sfda_patches=2, sfda_g_lr=1e-3, checkpoint_every=3, eval_every=3)
+    result = adapt.run(cfg)
+    assert not any("/datasets/src" in uri for uri in read), [u for u in read if "/datasets/src" in u]
+    assert any("/datasets/tgt/" in uri for uri in read)  # the spy does see the target reads
+    ckpt, init = load_checkpoint(result.last_checkpoint_uri), load_checkpoint(data["init"])
+    assert ckpt["method"] == "sfda" and set(ckpt["data"]) == {"target"}
+    assert any(not torch.equal(ckpt["model"][k], init["model"][k]) for k in init["model"])
+    for opt in ("optimizer", "g_optimizer", "d_optimizer"):
+        assert ckpt[opt]["state"], opt  # segmenter, generator and discriminator all stepped
+    assert all(group["nesterov"] for group in ckpt["optimizer"]["param_groups"])
+    for term in ("bns", "g_mae", "mae", "dad_ss", "g_dad_st", "adv", "d_ipsm"):
+        assert math.isfinite(result.metrics[f"train/{term}"]) and result.metrics[f"train/{term}"] >= 0, term
+    assert -1 <= result.metrics["train/tar"] < 0
+
+
+def test_sfda_nan_stops_with_the_term_and_keeps_the_last_good_checkpoint(data, tmp_path, mlflow_uri, monkeypatch):
+    original = sfda.Generator.forward
+    calls = {"n": 0}
+
+    def poisoned(self, z):
+        calls["n"] += 1
+        out = original(self, z)
+        return out * float("nan") if calls["n"] >= 2 else out
+
+    monkeypatch.setattr(sfda.Generator, "forward", poisoned)
+    out = tmp_path / "nan"
+    cfg = method_config(data, out, "sfda", iterations=3, sfda_patches=2, checkpoint_every=1, eval_every=3)
+    with pytest.raises(TrainingError, match=r"step 2: loss term 'bns' is nan"):
+        adapt.run(cfg)
+    assert load_checkpoint((out / "last.pt").as_uri())["step"] == 1
+    assert not (out / "result.json").exists()
+
+
+def test_sfda_config_needs_an_even_batch(data, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size"):
+        method_config(data, tmp_path, "sfda", batch_size=3)
+    assert method_config(data, tmp_path, "sfda").sfda_tau is None  # tau = beta (paper)
