@@ -516,12 +516,13 @@ class RunKeeper:
 
 
 def verify_replicas(model: nn.Module, dist: Dist) -> None:
-    """DDP keeps replicas identical; a divergence (e.g. a rank-dependent code path) is a bug that
-    would silently publish rank 0's weights only, so it is an error."""
+    """DDP keeps the replicas' parameters identical; a divergence (e.g. a rank-dependent code path)
+    would silently publish rank 0's weights only, so it is an error. Buffers are not compared:
+    BatchNorm running statistics are rank 0's, broadcast at the start of each forward."""
     if not dist.enabled:
         return
     with torch.no_grad():
-        flat = torch.cat([t.detach().double().reshape(-1) for t in unwrap(model).state_dict().values()])
+        flat = torch.cat([p.detach().double().reshape(-1) for p in unwrap(model).parameters()])
         local = torch.stack([flat.sum(), (flat * flat).sum()]).cpu()
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     torch_dist.all_gather(gathered, local)
