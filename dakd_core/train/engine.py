@@ -392,6 +392,7 @@ class RunKeeper:
 
     # -- the loop
     def steps(self, start: int) -> Iterator[int]:
+        self._started = time.perf_counter()  # the rate counts the loop, not MLflow/startup
         self._bar = tqdm(
             range(start + 1, self.cfg.iterations + 1), initial=start, total=self.cfg.iterations,
             desc=self.stage, disable=progress_disabled() or not self.dist.is_main, dynamic_ncols=True,

@@ -1,0 +1,107 @@
+"""Training throughput: a `dakd pretrain` step vs a bare PyTorch loop doing the same work.
+
+Both sides train the same network from the same seed on the same images (batch, crop), with SGD
+(momentum, heads at 10x lr), CE on the main and aux heads and the poly schedule. The bare loop
+keeps its batches in memory and does nothing else; dakd reads PNGs from the store through the
+DataLoader, augments, runs the NaN guard, logs to MLflow and writes its final checkpoint. Rates
+vary 20-30% run to run on shared machines, so both are measured in one run, alternating
+bare / dakd / bare, and the ratio is reported (goal >= 0.9).
+
+    .venv/bin/python benchmarks/bench_train.py --models deeplabv2_tiny deeplabv2_resnet18 --iters 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DAKD_NO_PROGRESS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dakd_core.config import build_config  # noqa: E402
+from dakd_core.data.imageio import encode_png  # noqa: E402
+from dakd_core.data.manifest import write_manifest  # noqa: E402
+from dakd_core.losses import segmentation_loss  # noqa: E402
+from dakd_core.models import create_model  # noqa: E402
+from dakd_core.storage import open_store  # noqa: E402
+from dakd_core.train import engine, pretrain  # noqa: E402
+from dakd_core.train.configs import PretrainConfig  # noqa: E402
+
+
+def write_split(store_uri: str, n: int, size: tuple[int, int]) -> str:
+    store, rng, rows = open_store(store_uri), np.random.default_rng(0), []
+    h, w = size
+    for i in range(n):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        label = rng.integers(0, 19, (h, w), dtype=np.uint8)
+        rows.append({
+            "sample_id": f"b{i}", "split": "train", "domain": "source", "condition": None,
+            "image_uri": store.put_bytes(f"img/{i}.png", encode_png(image)),
+            "label_uri": store.put_bytes(f"lbl/{i}.png", encode_png(label)),
+            "height": h, "width": w, "sha256": "0" * 64, "class_pixels": [0] * 19,
+        })
+    return write_manifest(store, "manifest.parquet", rows)
+
+
+def bare_rate(cfg: PretrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], device) -> float:
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=cfg.num_classes).to(device).train()
+    opt = torch.optim.SGD(model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = engine.poly_schedule(opt, cfg.iterations, cfg.poly_power)
+    start = time.perf_counter()
+    for step in range(cfg.iterations):
+        image, label = batches[step % len(batches)]
+        image, label = image.to(device), label.to(device)
+        out = model(image)
+        loss = segmentation_loss(out.main, label) + cfg.aux_weight * segmentation_loss(out.aux, label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return cfg.iterations / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["deeplabv2_tiny", "deeplabv2_resnet18"])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+    device = engine.default_device()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlruns.db")
+    manifest = write_split(tmp.as_uri() + "/store", 8, tuple(args.size))
+    print(f"device {device}, batch {args.batch}, crop {args.size[0]}x{args.size[1]}, {args.iters} iterations, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'network':<24}{'bare img/s':>12}{'dakd img/s':>12}{'ratio':>8}")
+    for name in args.models:
+        cfg = build_config(
+            PretrainConfig, None, model=name, source_manifest=manifest, iterations=args.iters,
+            batch_size=args.batch, crop=list(args.size), source_resize=list(args.size), scale_range=[1.0, 1.0],
+            num_workers=args.workers, checkpoint_every=args.iters, eval_every=args.iters, log_every=10,
+            out=(tmp / name).as_uri(),
+        )
+        ds = pretrain.engine.image_stream(cfg, engine.Dist(0, 1, device), manifest, cfg.source_resize, True, "bench")
+        batches = [(b["image"], b["label"]) for b in (ds.next() for _ in range(4))]
+        bare = [bare_rate(cfg, batches, device)]
+        result = pretrain.run(cfg)
+        dakd = result.metrics["steps_per_second"]
+        bare.append(bare_rate(cfg, batches, device))
+        bare_mean = sum(bare) / len(bare)
+        print(f"{name:<24}{bare_mean * args.batch:>12.2f}{dakd * args.batch:>12.2f}{dakd / bare_mean:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
