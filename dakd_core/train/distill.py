@@ -7,7 +7,14 @@ L_adv on target, discriminators stepped on detached maps) and adds, per distille
           + lambda_pseudo * CE(main, teacher argmax)
     L   = L_seg + L_adv + [L_source if paradigm in a, c] + lambda_target * [L_target if b, c, d]
 
-KL is kl_div(log_softmax(s/T), softmax(t/T)) * T^2 (dakd_core.losses). Paradigm d is b started from
+KL is kl_div(log_softmax(s/T), softmax(t/T)) * T^2 (dakd_core.losses).
+
+Real-time students (seed 004, all off by default): `seg_loss=border_focal` replaces the source CE of
+both heads by the border-focal loss; per distilled domain the loss gains
+    lambda_border_kl * border-weighted KL(main)   (borders of the teacher's argmax labels)
+    + lambda_l2_feature * L2 + lambda_cwd * CWD + lambda_lad * LAD   (on `feature_level` maps)
+The feature terms need the live teacher; a 1x1 FeatureAdapter (student -> teacher channels, when
+they differ) is trained with the student (heads' 10x lr) and saved in every checkpoint ("adapter"). Paradigm d is b started from
 a paradigm-c checkpoint. Teacher targets come from the teacher cache (dakd_core.cache, maps warped
 with the same CropPlan as the image) or from the live teacher (`teacher_online`), which is frozen
 in eval mode so its BatchNorm statistics never move.
@@ -25,12 +32,25 @@ import sys
 
 import numpy as np
 import torch
+from torch import nn
 
 from dakd_core.cache import TeacherCache, load_frozen_teacher, sha256_uri, teacher_targets
 from dakd_core.data.dataset import ManifestDataset
 from dakd_core.data.transforms import IGNORE_LABEL
 from dakd_core.errors import ConfigError, DakdError, TrainingError
-from dakd_core.losses import bce_adversarial, kl_distill, mse_distill, pseudo_label_ce
+from dakd_core.losses import (
+    FeatureAdapter,
+    bce_adversarial,
+    border_focal_loss,
+    border_weighted_kl,
+    border_weights,
+    cwd_loss,
+    kl_distill,
+    l2_feature,
+    lad_loss,
+    mse_distill,
+    pseudo_label_ce,
+)
 from dakd_core.models import discriminator_input
 from dakd_core.models.checkpoint import load_checkpoint, load_state_into, make_payload
 from dakd_core.train import engine
@@ -96,21 +116,74 @@ def distill_stream(cfg: DistillConfig, dist, manifest: str, resize, with_labels:
 # ----------------------------------------------------------------------------- losses
 
 
+class FeatureTap(nn.Module):
+    """The live teacher, keeping the `level` map of its last forward (one pass gives targets and
+    features, and `teacher_targets` stays the single definition of the targets)."""
+
+    def __init__(self, teacher: nn.Module, level: str):
+        super().__init__()
+        self.teacher, self.level, self.features = teacher, level, None
+
+    def forward(self, x: torch.Tensor):
+        feats = self.teacher.forward_features(x)
+        self.features = feats[self.level]
+        return self.teacher.forward_head(feats)
+
+
+class DistillStudent(nn.Module):
+    """forward(x) -> (SegOutput, student `level` map through the adapter, or None without feature
+    distillation). The adapter lives in this module so DDP synchronises its gradients too."""
+
+    def __init__(self, model: nn.Module, level: str | None = None, adapter: nn.Module | None = None):
+        super().__init__()
+        self.model, self.level, self.adapter = model, level, adapter
+
+    def forward(self, x: torch.Tensor):
+        if self.level is None:
+            return self.model(x), None
+        feats = self.model.forward_features(x)
+        feature = feats[self.level] if self.adapter is None else self.adapter(feats[self.level])
+        return self.model.forward_head(feats), feature
+
+
+def build_adapter(cfg: DistillConfig, student: nn.Module, teacher: nn.Module) -> FeatureAdapter | None:
+    """1x1 adapter from the student's to the teacher's `feature_level` channels (None when equal)."""
+    level = cfg.feature_level
+    for role, net in (("student", student), ("teacher", teacher)):
+        if level not in net.feature_channels:
+            raise ConfigError(
+                f"feature_level '{level}' is not a feature map of the {role} {net.name} "
+                f"(it has {sorted(net.feature_channels)})"
+            )
+    c_s, c_t = student.feature_channels[level], teacher.feature_channels[level]
+    return None if c_s == c_t else FeatureAdapter(c_s, c_t)
+
+
 def batch_targets(batch: dict, teacher: torch.nn.Module | None) -> dict[str, torch.Tensor]:
-    """Teacher targets of a device batch: from its cached entries, or the live frozen teacher."""
+    """Teacher targets of a device batch: from its cached entries, or the live frozen teacher
+    (plus its `features` when it is a FeatureTap)."""
     valid = batch["valid"]
     if teacher is None:
         t = {"main": batch["t_main"], "aux": batch["t_aux"], "label": batch["t_label"], "confidence": batch["t_conf"]}
     else:
         t = teacher_targets(teacher, batch["image"])
         t["label"] = torch.where(valid, t["label"], torch.full_like(t["label"], IGNORE_LABEL))
+        if isinstance(teacher, FeatureTap):
+            t["features"] = teacher.features
     return {**t, "valid": valid}
 
 
-def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str) -> dict[str, torch.Tensor]:
-    """The four unweighted DAKD terms of one domain (padding pixels excluded from all)."""
+# Optional terms: name suffix -> the config field weighting it (computed only when the weight > 0).
+OPTIONAL_WEIGHTS = {"border_kl": "lambda_border_kl", "l2_feat": "lambda_l2_feature", "cwd": "lambda_cwd",
+                    "lad": "lambda_lad"}
+
+
+def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str,
+                  student_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The unweighted DAKD terms of one domain (padding pixels excluded from all), plus the enabled
+    border-weighted KL and feature terms (`student_features` already through the adapter)."""
     T, valid = cfg.temperature, targets["valid"]
-    return {
+    terms = {
         f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid),
         f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid),
         f"{prefix}_mse_aux": mse_distill(output.aux, targets["aux"], mask=valid),
@@ -118,13 +191,47 @@ def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str) -> dic
             output.main, targets["label"], targets["confidence"], threshold=cfg.pseudo_threshold
         ),
     }
+    if cfg.lambda_border_kl > 0:
+        # Teacher argmax labels give borders on both domains (255 on padding -> weight 0).
+        weights = border_weights(targets["label"])
+        terms[f"{prefix}_border_kl"] = border_weighted_kl(output.main, targets["main"], weights, T=T)
+    if cfg.feature_distillation:
+        if student_features is None or "features" not in targets:
+            raise TrainingError("feature distillation needs student and live-teacher feature maps")
+        s_feat, t_feat = student_features, targets["features"]
+        if cfg.lambda_l2_feature > 0:
+            terms[f"{prefix}_l2_feat"] = l2_feature(s_feat, t_feat)
+        if cfg.lambda_cwd > 0:
+            terms[f"{prefix}_cwd"] = cwd_loss(s_feat, t_feat, tau=cfg.cwd_tau)
+        if cfg.lambda_lad > 0:
+            terms[f"{prefix}_lad"] = lad_loss(s_feat, t_feat)
+    return terms
 
 
 def weighted_distill(terms: dict[str, torch.Tensor], cfg: DistillConfig, prefix: str) -> torch.Tensor:
-    return (
+    loss = (
         cfg.lambda_kl * terms[f"{prefix}_kl_main"] + cfg.kl_aux_weight * terms[f"{prefix}_kl_aux"]
         + cfg.lambda_mse * terms[f"{prefix}_mse_aux"] + cfg.lambda_pseudo * terms[f"{prefix}_pseudo"]
     )
+    for suffix, field in OPTIONAL_WEIGHTS.items():
+        if f"{prefix}_{suffix}" in terms:
+            loss = loss + getattr(cfg, field) * terms[f"{prefix}_{suffix}"]
+    return loss
+
+
+def _domain_terms(output, student_features, targets: dict, cfg: DistillConfig, prefix: str) -> dict:
+    # Student features go in only when present, so distill_terms keeps its 4-argument form.
+    extra = {} if student_features is None else {"student_features": student_features}
+    return distill_terms(output, targets, cfg, prefix, **extra)
+
+
+def source_terms(output, labels: torch.Tensor, cfg: DistillConfig) -> dict[str, torch.Tensor]:
+    """Supervised source loss of both heads: CE, or the border-focal loss (eq. 3.3)."""
+    if cfg.seg_loss == "ce":
+        return engine.source_seg_terms(output, labels)
+    weights = border_weights(labels)  # once for both heads
+    return {f"seg_{head}": border_focal_loss(getattr(output, head), labels, gamma=cfg.focal_gamma, weights=weights)
+            for head in ("main", "aux")}
 
 
 # ----------------------------------------------------------------------------- gate
@@ -226,6 +333,16 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
     target = distill_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, cfg.target_augment,
                             cache if "target" in domains else None, "target_manifest", 1)
     live_teacher = load_frozen_teacher(cfg.teacher, device) if cfg.teacher_online else None
+    adapter = None
+    if cfg.feature_distillation:
+        adapter = build_adapter(cfg, model, live_teacher)
+        live_teacher = FeatureTap(live_teacher, cfg.feature_level)
+        if adapter is not None:
+            adapter.to(device)
+            # A new layer, like the heads: 10x lr; the schedule is rebuilt to cover its group.
+            optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.lr * 10,
+                                       "lr_mult": 10.0, "name": "adapter"})
+            scheduler = engine.poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
     adv_weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
 
     def snapshot(step: int) -> dict:
@@ -237,6 +354,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             d_schedulers={k: s.state_dict() for k, s in d_schedulers.items()},
             data={"source": source.state_dict(), "target": target.state_dict()},
             paradigm=cfg.paradigm, init=cfg.init,
+            **({"adapter": {k: t.detach().cpu() for k, t in adapter.state_dict().items()}} if adapter is not None else {}),
         )
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
@@ -253,11 +371,14 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             d_schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
         source.load_state_dict(payload["data"]["source"])
         target.load_state_dict(payload["data"]["target"])
+        if adapter is not None:
+            adapter.load_state_dict(payload["adapter"])
         start = int(payload["step"])
     else:
         _load_init(cfg, model)
 
-    net = engine.wrap_ddp(model, dist)
+    student = DistillStudent(model, cfg.feature_level if cfg.feature_distillation else None, adapter)
+    net = _wrap_student(student, dist, unused_possible=cfg.feature_distillation and cfg.paradigm == "a")
     d_nets = {lvl: engine.wrap_ddp(d, dist) for lvl, d in discs.items()}
 
     with keeper.tracking():
@@ -277,22 +398,22 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
                 d.requires_grad_(False)
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
                 with engine.autocast(device, amp):
-                    out_s = net(src["image"])
-                terms = engine.source_seg_terms(out_s, src["label"])
+                    out_s, feat_s = net(src["image"])
+                terms = source_terms(out_s, src["label"], cfg)
                 loss_s = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"]
                 if "source" in domains:
-                    terms.update(distill_terms(out_s, batch_targets(src, live_teacher), cfg, "s"))
+                    terms.update(_domain_terms(out_s, feat_s, batch_targets(src, live_teacher), cfg, "s"))
                     loss_s = loss_s + weighted_distill(terms, cfg, "s")
                 scaler.scale(loss_s).backward()
             # ... then target adversarial (+ lambda_target * target distillation).
             with engine.autocast(device, amp):
-                out_t = net(tgt["image"])
+                out_t, feat_t = net(tgt["image"])
                 for lvl in LEVELS:
                     d_in = discriminator_input(getattr(out_t, lvl), cfg.discriminator_input, size)
                     terms[f"adv_{lvl}"] = bce_adversarial(discs[lvl](d_in), True)
             loss_t = sum(adv_weights[lvl] * terms[f"adv_{lvl}"] for lvl in LEVELS)
             if "target" in domains:
-                terms.update(distill_terms(out_t, batch_targets(tgt, live_teacher), cfg, "t"))
+                terms.update(_domain_terms(out_t, feat_t, batch_targets(tgt, live_teacher), cfg, "t"))
                 loss_t = loss_t + cfg.lambda_target * weighted_distill(terms, cfg, "t")
             scaler.scale(loss_t).backward()
 
@@ -320,6 +441,15 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
                 s.step()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start)
+
+
+def _wrap_student(student: DistillStudent, dist: engine.Dist, unused_possible: bool) -> nn.Module:
+    """DDP over student + adapter. With paradigm a the adapter only gets gradients in the source
+    backward (under no_sync), so DDP must be told that parameters may go unused."""
+    if not (dist.enabled and unused_possible):
+        return engine.wrap_ddp(student, dist)
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(student, device_ids=ids, find_unused_parameters=True)
 
 
 def _run_gate(cfg: DistillConfig, student, live_teacher, cache, device, amp) -> None:

@@ -36,6 +36,18 @@ class DistillConfig(AdaptConfig):
     gate: Literal["error", "warn"] = "error"
     gate_resize: Size | None = (512, 1024)
     gate_max_images: int = Field(100, gt=0)  # target images for the unsupervised proxies
+    # Real-time students under adverse weather (seed 004, thesis eqs. 3.3-3.9); all off by default.
+    seg_loss: Literal["ce", "border_focal"] = "ce"  # supervised source loss of both heads
+    focal_gamma: float = Field(2.0, ge=0)  # gamma of the border-focal loss (eq. 3.3)
+    lambda_border_kl: float = Field(0.0, ge=0)  # border-weighted KL on the main head (eq. 3.5)
+    # Feature distillation on `feature_level` (a key of both networks' forward_features); needs the
+    # live teacher (the cache stores output maps only). A 1x1 FeatureAdapter maps the student's
+    # channels to the teacher's when they differ; it is trained with the student and checkpointed.
+    lambda_l2_feature: float = Field(0.0, ge=0)  # eq. 3.6
+    lambda_cwd: float = Field(0.0, ge=0)  # channel-wise distillation, eqs. 3.7-3.8
+    cwd_tau: float = Field(4.0, gt=0)
+    lambda_lad: float = Field(0.0, ge=0)  # layer-normalised feature distance, eq. 3.9
+    feature_level: str = Field("last", min_length=1)
 
     @field_validator("gate_resize")
     @classmethod
@@ -50,9 +62,18 @@ class DistillConfig(AdaptConfig):
             raise ValueError("teacher_online needs 'teacher' (the teacher checkpoint URI)")
         if not self.teacher_online and not self.teacher_cache:
             raise ValueError("set 'teacher_cache' (index.parquet of dakd cache-teacher) or teacher_online")
+        if self.feature_distillation and not self.teacher_online:
+            raise ValueError(
+                "lambda_l2_feature / lambda_cwd / lambda_lad need teacher_online (the teacher cache "
+                "holds output maps, not intermediate features)"
+            )
         if self.gate_manifest and not self.teacher:
             raise ValueError("gate_manifest needs 'teacher' to score the teacher")
         return self
+
+    @property
+    def feature_distillation(self) -> bool:
+        return self.lambda_l2_feature > 0 or self.lambda_cwd > 0 or self.lambda_lad > 0
 
     @property
     def kl_aux_weight(self) -> float:
