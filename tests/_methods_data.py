@@ -32,5 +32,9 @@ def pretrained_pair(tmp_path_factory, template_db: str) -> dict:
 def method_config(data: dict, out, method: str, **overrides) -> AdaptConfig:
     fields = tiny_fields(source_manifest=data["source"], target_manifest=data["target"], init=data["init"],
                          out=out.as_uri(), method=method, iterations=4)
-    fields.update(overrides)
+    for name, value in overrides.items():  # None removes a field (build_config ignores None values)
+        if value is None:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
     return build_config(AdaptConfig, None, **fields)

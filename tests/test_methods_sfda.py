@@ -139,3 +139,7 @@ def test_sfda_config_needs_an_even_batch(data, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         method_config(data, tmp_path, "sfda", batch_size=3)
     assert method_config(data, tmp_path, "sfda").sfda_tau is None  # tau = beta (paper)
+    # source-free: no source manifest needed; every other method still requires one
+    assert method_config(data, tmp_path, "sfda", source_manifest=None).source_manifest is None
+    with pytest.raises(ConfigError, match="field 'source_manifest' is required for method 'road'"):
+        method_config(data, tmp_path, "road", source_manifest=None)

@@ -88,6 +88,8 @@ class AdaptConfig(TrainConfig):
     defaults from the papers, see dakd_core/losses/{road,diga,sfda}.py)."""
 
     method: Literal["adaptsegnet", "advent", "road", "diga", "sfda"] = "adaptsegnet"
+    # required by every method but the source-free sfda, which never reads it
+    source_manifest: str | None = Field(None, min_length=1)
     init: str = Field(..., min_length=1)  # checkpoint URI (usually the pretrain stage's best.pt)
     target_manifest: str = Field(..., min_length=1)  # unlabelled target training images
     target_resize: Size | None = (512, 1024)
@@ -126,6 +128,8 @@ class AdaptConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _method_fields(self) -> "AdaptConfig":
+        if self.source_manifest is None and self.method != "sfda":
+            raise ValueError(f"field 'source_manifest' is required for method '{self.method}'")
         # A field of another method would be silently ignored: refuse it instead.
         for name in sorted(self.model_fields_set):
             prefix = next((p for p in METHOD_PREFIXES if name.startswith(p)), None)

@@ -1,6 +1,6 @@
 """SFDA (seed 002): source-free adaptation from the init (source) checkpoint and target images.
 
-`source_manifest` is never opened: the only source knowledge is the init checkpoint. Networks: the
+`source_manifest` is never opened (it may be left unset): the only source knowledge is the init checkpoint. Networks: the
 adapted segmenter S (= the target model T, shared weights), a frozen copy S~ of the init
 checkpoint, a generator G of fake source images, and IPSM's conditional patch discriminator D.
 Per iteration (B target crops, B noise vectors):
