@@ -1,8 +1,9 @@
 """SFDA (seed 002): source-free adaptation from the init (source) checkpoint and target images.
 
-`source_manifest` is never opened (it may be left unset): the only source knowledge is the init checkpoint. Networks: the
-adapted segmenter S (= the target model T, shared weights), a frozen copy S~ of the init
-checkpoint, a generator G of fake source images, and IPSM's conditional patch discriminator D.
+`source_manifest` is never opened (it may be left unset): the only source knowledge is the init
+checkpoint. Networks: the adapted segmenter S (= the target model T, shared weights), a frozen
+copy S~ of the init checkpoint, a generator G of fake source images, and IPSM's conditional patch
+discriminator D.
 Per iteration (B target crops, B noise vectors):
 1. G (eq. 11):  L_BNS(S~) - alpha * L_MAE - beta * L_DAD^ss + tau * L_DAD^st   (S, D fixed)
 2. S (eq. 16):  alpha * L_MAE + beta * L_DAD^ss on the detached fakes, then
