@@ -5,35 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Metrics, Model, Output
 
-from components._base import gpu_component, run_prefix, tracked
-from components.pretrain import train_outputs, training_common
-from dakd_core.orchestration.pins import resolve
-
-
-def adapt_fields(*, init: str, target_manifest: str, target_resize: list, method: str,
-                 lambda_adv_main: float, lambda_adv_aux: float) -> dict:
-    """AdaptConfig fields beyond TrainConfig (also used by distillation, which keeps its own DA)."""
-    return dict(init=resolve(init), target_manifest=resolve(target_manifest),
-                target_resize=tuple(target_resize), method=method,
-                lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux)
-
-
-@tracked("adapt")
-def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, init: str,
-               target_manifest: str, target_resize: list, method: str, lambda_adv_main: float,
-               lambda_adv_aux: float, **train) -> dict:
-    from dakd_core.config import build_config
-    from dakd_core.train import adapt
-    from dakd_core.train.configs import AdaptConfig
-
-    out = f"{run_prefix(store_uri, run_name)}/adapt_{role}"
-    cfg = build_config(
-        AdaptConfig,
-        **training_common(out=out, experiment=experiment, mlflow_run_name=f"adapt-{role}", **train),
-        **adapt_fields(init=init, target_manifest=target_manifest, target_resize=target_resize,
-                       method=method, lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux),
-    )
-    return train_outputs(adapt.run(cfg), cfg.model)
+from components._base import gpu_component
 
 
 @gpu_component
@@ -46,8 +18,8 @@ def adapt(
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
     from collections import namedtuple
 
-    from components._base import log_metrics
-    from components.adapt import adapt_task
+    from dakd_core.orchestration.tasks.common import log_metrics
+    from dakd_core.orchestration.tasks.adapt import adapt_task
 
     out = adapt_task(
         store_uri=store_uri, run_name=run_name, role=role, network=network, init=init,

@@ -3,43 +3,7 @@ publishes the index once every shard exists."""
 
 from kfp.dsl import Metrics, Output
 
-from components._base import gpu_component, tracked
-from dakd_core.orchestration.pins import pin, resolve
-
-
-def _cache_config(*, store_uri, run_name, teacher, manifests, shard_index, num_shards, finalize_only):
-    from dakd_core.cache import CacheConfig
-    from dakd_core.config import build_config
-
-    return build_config(
-        CacheConfig, teacher=resolve(teacher), manifests=[resolve(m) for m in manifests],
-        store=store_uri, name=run_name, shard_index=int(shard_index),
-        num_shards=int(num_shards), finalize_only=finalize_only,
-    )
-
-
-@tracked("cache-teacher")
-def cache_shard_task(*, store_uri: str, run_name: str, experiment: str, teacher: str, manifests: list,
-                     shard_index: int, num_shards: int) -> dict:
-    from dakd_core.cache import run_cache
-
-    res = run_cache(_cache_config(store_uri=store_uri, run_name=run_name, teacher=teacher, manifests=manifests,
-                                  shard_index=shard_index, num_shards=num_shards, finalize_only=False))
-    return {"num_samples": res.num_samples, "bytes_written": res.bytes_written,
-            "shards_written": res.shards_written, "shards_skipped": res.shards_skipped}
-
-
-@tracked("cache-index")
-def cache_index_task(*, store_uri: str, run_name: str, experiment: str, teacher: str, manifests: list,
-                     num_shards: int, shard_samples: list) -> dict:
-    """Fan-in: publish the index (fails naming the missing shards if a slice did not finish).
-    `shard_samples` is the Collected output of the slices (it orders this task after all of them;
-    KFP delivers collected ints as floats)."""
-    from dakd_core.cache import run_cache
-
-    res = run_cache(_cache_config(store_uri=store_uri, run_name=run_name, teacher=teacher, manifests=manifests,
-                                  shard_index=0, num_shards=int(num_shards), finalize_only=True))
-    return {"index": pin(res.index_uri), "num_samples": int(sum(float(n) for n in shard_samples))}
+from components._base import gpu_component
 
 
 @gpu_component
@@ -47,7 +11,7 @@ def cache_teacher_shard(
     store_uri: str, run_name: str, teacher: str, manifests: list, shard_index: int,
     num_shards: int, experiment: str, parent_run_id: str, kfp_run_id: str, kfp_task: str,
 ) -> int:
-    from components.cache_teacher import cache_shard_task
+    from dakd_core.orchestration.tasks.cache_teacher import cache_shard_task
 
     out = cache_shard_task(
         store_uri=store_uri, run_name=run_name, teacher=teacher, manifests=manifests,
@@ -63,7 +27,7 @@ def cache_teacher_index(
     shard_samples: list, experiment: str, parent_run_id: str, kfp_run_id: str, kfp_task: str,
     metrics: Output[Metrics],
 ) -> str:
-    from components.cache_teacher import cache_index_task
+    from dakd_core.orchestration.tasks.cache_teacher import cache_index_task
 
     out = cache_index_task(
         store_uri=store_uri, run_name=run_name, teacher=teacher, manifests=manifests,

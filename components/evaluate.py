@@ -5,37 +5,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Markdown, Metrics, Output
 
-from components._base import gpu_component, run_prefix, tracked
-from dakd_core.orchestration.pins import pin, resolve, split
-
-# Display names, in table order; `dakd run` prints the same rows.
-ROWS = ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
-        "student distilled", "student distilled ONNX FP16"]
-
-
-@tracked("evaluate")
-def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dict, val_manifest: str,
-                  resolution: list) -> dict:
-    """`models`: display name -> pinned URI (checkpoints verified here, ONNX by evaluate's sha256)."""
-    from dakd_core.config import build_config
-    from dakd_core.evaluation.evaluate import EvalConfig, run
-
-    specs, sha = [], {}
-    for name, pinned in models.items():
-        uri, digest = split(pinned)
-        if uri.lower().endswith(".onnx"):
-            sha[uri] = digest  # evaluate verifies ONNX bytes itself, no second read here
-        else:
-            uri = resolve(pinned)
-        specs.append(f"{name}={uri}")
-    cfg = build_config(EvalConfig, models=specs, manifest=resolve(val_manifest),
-                       out=f"{run_prefix(store_uri, run_name)}/evaluate", resolution=tuple(resolution),
-                       sha256={k: v for k, v in sha.items() if v})
-    res = run(cfg)
-    from dakd_core.storage import read_bytes
-
-    return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(),
-            "miou": {name: m["miou"] for name, m in res.metrics["models"].items()}}
+from components._base import gpu_component
 
 
 @gpu_component
@@ -47,7 +17,7 @@ def evaluate(
 ) -> NamedTuple("EvalOutputs", metrics_uri=str):
     from collections import namedtuple
 
-    from components.evaluate import ROWS, evaluate_task
+    from dakd_core.orchestration.tasks.evaluate import ROWS, evaluate_task
 
     uris = [teacher_source_only, teacher_adapted, student_source_only, student_adapted,
             student_distilled, student_onnx_fp16]

@@ -4,30 +4,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Metrics, Model, Output
 
-from components._base import gpu_component, run_prefix, tracked
-from dakd_core.orchestration.pins import pin, resolve
-
-
-@tracked("export")
-def export_task(*, store_uri: str, run_name: str, experiment: str, checkpoint: str, val_manifest: str,
-                resolution: list, parity_samples: int = 0) -> dict:
-    from dakd_core.config import build_config
-    from dakd_core.export import ExportConfig, run
-
-    cfg = build_config(
-        ExportConfig, model=resolve(checkpoint), out=f"{run_prefix(store_uri, run_name)}/export",
-        val_manifest=resolve(val_manifest), parity_samples=parity_samples or None,
-        resolution=tuple(resolution),
-    )
-    res = run(cfg)
-    fp16 = res.record["artifacts"]["onnx_fp16"]
-    return {
-        "record": pin(res.record_uri),
-        "onnx_fp16": fp16["uri"],
-        "onnx_fp16_sha256": fp16["sha256"],
-        "num_parameters": res.record.get("num_parameters"),
-        "latency": res.record.get("latency", {}),
-    }
+from components._base import gpu_component
 
 
 @gpu_component
@@ -38,7 +15,7 @@ def export(
 ) -> NamedTuple("ExportOutputs", record=str, onnx_fp16=str):
     from collections import namedtuple
 
-    from components.export import export_task
+    from dakd_core.orchestration.tasks.export import export_task
 
     out = export_task(
         store_uri=store_uri, run_name=run_name, checkpoint=checkpoint, val_manifest=val_manifest,

@@ -13,6 +13,8 @@ Kubernetes settings (GPU, shm, tolerations, secrets) are ignored by kfp.local wi
 `dakd run` executes this very function on a laptop.
 """
 
+import os
+
 from kfp import dsl, kubernetes
 
 from components.adapt import adapt
@@ -27,6 +29,9 @@ from components.start import finish, start
 from dakd_core.orchestration.params import PipelineParams
 
 PIPELINE_NAME = "dakd"
+# kfp.local honours retries (with their back-off): `dakd run` sets this before importing the
+# pipeline, so a failure on a laptop shows at once instead of after minutes of retries.
+LOCAL_RUN_ENV = "DAKD_LOCAL_RUN"
 _D = PipelineParams()  # defaults
 
 # Secrets the tasks read as env (k8s/secrets/): object store and MLflow client settings.
@@ -56,7 +61,8 @@ def _gpu(task: dsl.PipelineTask, cpu: str = "8", memory: str = "48Gi", retries: 
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="16Gi")
     kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
-    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    if os.environ.get(LOCAL_RUN_ENV) != "1":
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
     return task
 
 

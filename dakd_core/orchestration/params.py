@@ -43,7 +43,7 @@ class PipelineParams(StrictConfig):
     eval_every: int = Field(2000, gt=0)
     num_workers: int = Field(2, ge=0)  # DataLoader workers per training task
     # adaptation (AdaptSegNet / ADVENT)
-    adaptation_method: Literal["adaptsegnet", "advent"] = "adaptsegnet"
+    adaptation_method: str = "adaptsegnet"  # any AdaptConfig.method (validated by the adapt stage)
     lambda_adv_main: float = Field(1e-3, ge=0)
     lambda_adv_aux: float = Field(2e-4, ge=0)
     # distillation (DAKD): paradigm and every weight and the temperature
@@ -68,6 +68,9 @@ class LocalSettings(StrictConfig):
     """What only `dakd run` needs: where to write, and the built-in synthetic pair's size."""
 
     out_dir: str = "demo_out"
+    # True: generate the built-in synthetic pair and use it as source/target (the formats and URIs
+    # in `params` are then replaced); False: use params.source_uri/target_uri (local directories).
+    synthetic: bool = True
     synth_train: int = Field(8, gt=0)  # images per domain in the training splits
     synth_val: int = Field(4, gt=0)
     synth_width: int = Field(128, gt=0)

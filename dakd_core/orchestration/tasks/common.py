@@ -1,0 +1,43 @@
+"""What every task shares: the tracking decorator, the run prefix, metrics conversion."""
+
+from __future__ import annotations
+
+import functools
+
+from dakd_core.orchestration.context import task_context
+
+
+def hw(size: list) -> tuple[int, int]:
+    """An (H, W) list parameter as ints: KFP passes list parameters as JSON, ints may arrive as floats or their strings."""
+    h, w = (int(float(v)) for v in size)
+    return h, w
+
+
+def run_prefix(store_uri: str, run_name: str) -> str:
+    """`{store}/runs/{run_name}`: where the stages of one pipeline run write."""
+    return f"{store_uri.rstrip('/')}/runs/{run_name}"
+
+
+def tracked(stage: str):
+    """Decorate a `<stage>_task`: adds the tracking keyword arguments every component passes
+    (KFP run id, task name, MLflow parent run and experiment) and records the stage's seconds
+    under {run}/timings/ (`dakd run` reports the orchestration overhead from them)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*, store_uri: str, run_name: str, kfp_run_id: str = "local", kfp_task: str = stage,
+                  parent_run_id: str = "", experiment: str = "dakd", **kwargs):
+            timings = f"{run_prefix(store_uri, run_name)}/timings"
+            with task_context(kfp_run_id, kfp_task, parent_run_id, experiment, timings_uri=timings):
+                return fn(store_uri=store_uri, run_name=run_name, experiment=experiment, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+def log_metrics(artifact, metrics: dict) -> None:
+    """Numeric scalars of a stage's metrics into a KFP Metrics artifact (others are skipped)."""
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            artifact.log_metric(key, float(value))

@@ -1,0 +1,45 @@
+"""DAKD distillation of the adapted student from the cached adapted teacher.
+
+Paradigm d is b started from a paradigm-c checkpoint, so the pipeline runs this component twice
+for d: stage "first" trains c (or the chosen a/b/c), stage "second" trains d from it."""
+
+from __future__ import annotations
+
+from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.tasks.adapt import adapt_fields
+from dakd_core.orchestration.tasks.pretrain import train_outputs, training_common
+from dakd_core.errors import ConfigError
+from dakd_core.orchestration.pins import resolve
+
+
+def stage_paradigm(paradigm: str, stage: str) -> str:
+    """The paradigm one distill task trains: for d, c first and d second."""
+    if stage == "first":
+        return "c" if paradigm == "d" else paradigm
+    if stage == "second" and paradigm == "d":
+        return "d"
+    raise ConfigError(f"stage: '{stage}' with paradigm '{paradigm}' (a second stage exists only for d)")
+
+
+@tracked("distill")
+def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: str, stage: str,
+                 teacher: str, cache_index: str, init: str, target_manifest: str, target_resize: list,
+                 method: str, lambda_adv_main: float, lambda_adv_aux: float, lambda_kl: float,
+                 lambda_kl_aux: float, lambda_mse: float, lambda_pseudo: float, lambda_target: float,
+                 temperature: float, **train) -> dict:
+    from dakd_core.config import build_config
+    from dakd_core.train import distill
+    from dakd_core.train.distill_config import DistillConfig
+
+    run_paradigm = stage_paradigm(paradigm, stage)
+    out = f"{run_prefix(store_uri, run_name)}/distill_{run_paradigm}"
+    cfg = build_config(
+        DistillConfig,
+        **training_common(out=out, **train),
+        **adapt_fields(init=init, target_manifest=target_manifest, target_resize=target_resize, method=method,
+                       lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux),
+        paradigm=run_paradigm, teacher=resolve(teacher), teacher_cache=resolve(cache_index),
+        lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse,
+        lambda_pseudo=lambda_pseudo, lambda_target=lambda_target, temperature=temperature,
+    )
+    return {**train_outputs(distill.run(cfg), cfg.model), "paradigm": run_paradigm}

@@ -1,0 +1,36 @@
+"""Evaluate every model of the run on the target validation split, one table:
+teacher source-only / adapted, student source-only / adapted / distilled (+ its FP16 export)."""
+
+from __future__ import annotations
+
+from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.pins import pin, resolve, split
+
+# Display names, in table order; `dakd run` prints the same rows.
+ROWS = ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
+        "student distilled", "student distilled ONNX FP16"]
+
+
+@tracked("evaluate")
+def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dict, val_manifest: str,
+                  resolution: list) -> dict:
+    """`models`: display name -> pinned URI (checkpoints verified here, ONNX by evaluate's sha256)."""
+    from dakd_core.config import build_config
+    from dakd_core.evaluation.evaluate import EvalConfig, run
+
+    specs, sha = [], {}
+    for name, pinned in models.items():
+        uri, digest = split(pinned)
+        if uri.lower().endswith(".onnx"):
+            sha[uri] = digest  # evaluate verifies ONNX bytes itself, no second read here
+        else:
+            uri = resolve(pinned)
+        specs.append(f"{name}={uri}")
+    cfg = build_config(EvalConfig, models=specs, manifest=resolve(val_manifest),
+                       out=f"{run_prefix(store_uri, run_name)}/evaluate", resolution=hw(resolution),
+                       sha256={k: v for k, v in sha.items() if v})
+    res = run(cfg)
+    from dakd_core.storage import read_bytes
+
+    return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(),
+            "miou": {name: m["miou"] for name, m in res.metrics["models"].items()}}

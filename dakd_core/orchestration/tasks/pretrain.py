@@ -1,0 +1,35 @@
+"""Source-only pretraining of one network (teacher or student)."""
+
+from __future__ import annotations
+
+from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.pins import pin, resolve
+
+
+def training_common(*, network: str, source_manifest: str, source_resize: list, crop: list,
+                    batch_size: int, iterations: int, lr: float, eval_every: int, num_workers: int,
+                    seed: int, out: str) -> dict:
+    """TrainConfig fields every training stage sets from pipeline parameters (the MLflow
+    experiment reaches the stage as MLFLOW_EXPERIMENT_NAME, set by the task context)."""
+    return dict(
+        model=network, source_manifest=resolve(source_manifest), source_resize=hw(source_resize),
+        crop=hw(crop), batch_size=batch_size, iterations=iterations, lr=lr, seed=seed, out=out,
+        eval_every=eval_every, checkpoint_every=eval_every, num_workers=num_workers,
+    )
+
+
+def train_outputs(result, network: str) -> dict:
+    """A TrainResult as task outputs: the best checkpoint pinned to its content."""
+    return {"checkpoint": pin(result.best_checkpoint_uri), "network": network,
+            "metrics": dict(result.metrics), "mlflow_run_id": result.mlflow_run_id or ""}
+
+
+@tracked("pretrain")
+def pretrain_task(*, store_uri: str, run_name: str, experiment: str, role: str, **train) -> dict:
+    from dakd_core.config import build_config
+    from dakd_core.train import pretrain
+    from dakd_core.train.configs import PretrainConfig
+
+    out = f"{run_prefix(store_uri, run_name)}/pretrain_{role}"
+    cfg = build_config(PretrainConfig, **training_common(out=out, **train))
+    return train_outputs(pretrain.run(cfg), cfg.model)
