@@ -1,0 +1,383 @@
+"""Bad-input corpus: every case runs through the real CLI (`dakd_core.cli.main`), must exit 2 with
+a message naming the file, URI or config field, and must leave no published output.
+
+The table in docs/reliability.md is generated from CASES and the messages seen in a run:
+
+    DAKD_WRITE_RELIABILITY_DOC=1 .venv/bin/python -m pytest tests/test_reliability_bad_inputs.py -q
+
+and test_doc_table_lists_every_case fails when the doc and CASES drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import fixtures_datasets as F
+from _distill_data import H, W, make_checkpoint, make_split
+from dakd_core.cache import CacheConfig, run_cache
+from dakd_core.cli import main
+from dakd_core.data.imageio import encode_png
+from dakd_core.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
+from dakd_core.storage import open_store, uri_exists
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    stage: str
+    input: str  # what is wrong, in words (the doc's "input" column)
+    expect: str  # regex the error message must match: it names the file, URI or field
+    setup: Callable  # (world, tmp) -> (argv, [URIs or paths that must not exist afterwards])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Valid inputs every case starts from and then breaks one thing of."""
+    store = tmp_path_factory.mktemp("badstore").as_uri()
+    src = make_split(store, "src", "source", 2, seed=1)
+    tgt = make_split(store, "tgt", "target", 2, seed=2, labelled=False)
+    teacher = make_checkpoint(f"{store}/teacher.pt", seed=0)
+    student = make_checkpoint(f"{store}/student.pt", seed=1)
+    index = run_cache(CacheConfig(teacher=teacher, manifests=[src, tgt], store=store, name="c",
+                                  size=(H, W), device="cpu")).index_uri
+    return {"store": store, "src": src, "tgt": tgt, "teacher": teacher, "student": student, "index": index}
+
+
+# ------------------------------------------------------------------------------------- builders
+
+
+def _ingest(damage: Callable[[Path, Path, Path], None], extra=()):
+    """A 2-image Cityscapes tree with one thing broken by `damage(root, image, label)`."""
+
+    def setup(w, tmp):
+        root = tmp / "cs"
+        F.write_cityscapes(root, split="train", cities=("ulm",), per_city=2)
+        image = root / "leftImg8bit/train/ulm/ulm_000001_000020_leftImg8bit.png"
+        label = root / "gtFine/train/ulm/ulm_000001_000020_gtFine_labelIds.png"
+        damage(root, image, label)
+        store = (tmp / "out").as_uri()
+        argv = ["ingest", "--format", "cityscapes", "--root", str(root), "--split", "train", "--domain", "source",
+                "--store", store, "--name", "ds", *extra]
+        return argv, [f"{store}/datasets/ds/train/manifest.parquet"]
+
+    return setup
+
+
+def _train_flags(stage: str, w: dict, out: str, **override) -> list[str]:
+    fields = dict(model="deeplabv2_tiny", source_manifest=w["src"], out=out, crop=(H, W), source_resize=(H, W),
+                  batch_size=2, num_workers=0, iterations=2, checkpoint_every=1, lr=0.01, device="cpu")
+    if stage in ("adapt", "distill"):
+        fields.update(target_manifest=w["tgt"], init=w["student"], target_resize=(H, W))
+    if stage == "distill":
+        fields.update(teacher=w["teacher"], teacher_cache=w["index"])
+    fields.update(override)
+    argv = [stage]
+    for name, value in fields.items():
+        if value is None:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        argv += [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+    return argv
+
+
+def _train(stage: str, prepare: Callable[[dict, Path], dict] = lambda w, tmp: {}):
+    """A tiny training run with the fields `prepare` returns overriding valid ones."""
+
+    def setup(w, tmp):
+        out = (tmp / "run").as_uri()
+        override = prepare(w, tmp)
+        config = override.pop("_config", None)
+        argv = _train_flags(stage, w, out, **override)
+        if config is not None:
+            argv += ["--config", config]
+        return argv, [f"{out}/result.json", f"{out}/best.pt"]
+
+    return setup
+
+
+def _manifest(w, tmp, rows_from="src", mutate=lambda rows, store: rows) -> str:
+    """A copy of a valid manifest, its rows changed by `mutate`."""
+    store = open_store((tmp / "m").as_uri())
+    rows = mutate([dict(r) for r in read_manifest(w[rows_from])], store)
+    return write_manifest(store, "manifest.parquet", rows)
+
+
+def _empty_manifest(w, tmp) -> dict:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([], schema=MANIFEST_SCHEMA), sink)
+    return {"source_manifest": open_store((tmp / "m").as_uri()).put_bytes("manifest.parquet", sink.getvalue())}
+
+
+def _object(name: str, data: bytes) -> Callable:
+    """Write `data` as a stored object; the builder returns its URI."""
+    return lambda tmp: open_store((tmp / "o").as_uri()).put_bytes(name, data)
+
+
+class _Exploit:
+    """A pickle whose loading would run code (create a file): weights_only=True must refuse it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _malicious_checkpoint(tmp) -> str:
+    buffer = io.BytesIO()
+    torch.save({"format": "dakd-checkpoint/1", "payload": _Exploit(str(tmp / "PWNED"))}, buffer)
+    return open_store((tmp / "o").as_uri()).put_bytes("evil.pt", buffer.getvalue())
+
+
+def _other_network(tmp) -> str:
+    return make_checkpoint((tmp / "thin.pt").as_uri(), seed=0, model="deeplabv2_thin")
+
+
+def _wrong_classes(tmp) -> str:
+    from dakd_core.models import create_model
+    from dakd_core.models.checkpoint import make_payload, save_checkpoint
+
+    net = create_model("deeplabv2_tiny", num_classes=7)
+    return save_checkpoint((tmp / "c7.pt").as_uri(), make_payload(net))
+
+
+def _yaml(tmp, text: str) -> str:
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _onnx_case(data: bytes, record_sha: str | None):
+    """An .onnx 'artifact' with an export.json beside it recording `record_sha` for it."""
+
+    def setup(w, tmp):
+        import hashlib
+        import json
+
+        art = open_store((tmp / "export").as_uri())
+        uri = art.put_bytes("student_fp32.onnx", data)
+        sha = record_sha or hashlib.sha256(data).hexdigest()
+        art.put_bytes("export.json", json.dumps({"artifacts": {"onnx_fp32": {
+            "file": "student_fp32.onnx", "uri": uri, "sha256": sha}}}).encode())
+        out = (tmp / "eval").as_uri()
+        argv = ["evaluate", "--model", uri, "--manifest", w["src"], "--out", out, "--device", "cpu", "--no-mlflow"]
+        return argv, [f"{out}/metrics.json", f"{out}/report.md"]
+
+    return setup
+
+
+def _cache(prepare: Callable[[dict, Path], tuple[str, list[str]]]):
+    def setup(w, tmp):
+        teacher, manifests = prepare(w, tmp)
+        store = (tmp / "cache").as_uri()
+        argv = ["cache-teacher", "--teacher", teacher, "--store", store, "--name", "x", "--device", "cpu"]
+        for m in manifests:
+            argv += ["--manifest", m]
+        return argv, [f"{store}/teacher_cache/x/index.parquet"]
+
+    return setup
+
+
+def _replace_first(key: str, data: bytes):
+    """A manifest whose first row's `key` object is replaced by `data` (a new object)."""
+
+    def mutate(rows, store):
+        rows[0][key] = store.put_bytes("broken.png", data)
+        return rows
+
+    return mutate
+
+
+def _junk(n: int) -> bytes:
+    """Deterministic garbage (the documented messages stay the same run to run)."""
+    return np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _ids_with(*unknown: int) -> np.ndarray:
+    """Cityscapes label ids (all 7 = road) with `unknown` ids in the first pixels."""
+    ids = np.full((32, 64), 7, np.uint8)
+    ids[0, : len(unknown)] = unknown
+    return ids
+
+
+def _png16(tmp) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.full((H, W, 3), 4000, np.uint16))
+    return buf.tobytes()
+
+
+# ------------------------------------------------------------------------------------- the corpus
+
+CASES = [
+    # --- ingest: files on disk
+    Case("ingest-truncated-image", "ingest", "image PNG cut short by 100 bytes",
+         r"ulm_000001_000020_leftImg8bit\.png: truncated PNG",
+         _ingest(lambda r, i, l: i.write_bytes(i.read_bytes()[:-100]))),
+    Case("ingest-zero-byte-image", "ingest", "image file of 0 bytes",
+         r"ulm_000001_000020_leftImg8bit\.png: empty file", _ingest(lambda r, i, l: i.write_bytes(b""))),
+    Case("ingest-corrupt-image", "ingest", "PNG signature followed by garbage",
+         r"ulm_000001_000020_leftImg8bit\.png: not a decodable image",
+         _ingest(lambda r, i, l: i.write_bytes(b"\x89PNG\r\n\x1a\n" + _junk(64) + b"IEND\xaeB`\x82"))),
+    Case("ingest-16bit-image", "ingest", "16-bit RGB image where 8-bit is expected",
+         r"ulm_000001_000020_leftImg8bit\.png.*16-bit|ulm_000001_000020_leftImg8bit\.png.*uint16",
+         _ingest(lambda r, i, l: F.write_rgb(i, np.full((32, 64, 3), 4000, np.uint16)))),
+    Case("ingest-label-wrong-size", "ingest", "label 64x16 for a 64x32 image",
+         r"ulm_000001_000020_gtFine_labelIds\.png is 64x16 but its image",
+         _ingest(lambda r, i, l: F.write_gray(l, np.full((16, 64), 7, np.uint8)))),
+    Case("ingest-label-16bit", "ingest", "16-bit label where 8-bit ids are expected",
+         r"ulm_000001_000020_gtFine_labelIds\.png: uint16 label where 8-bit is expected",
+         _ingest(lambda r, i, l: F.write_gray(l, np.full((32, 64), 7, np.uint16)))),
+    Case("ingest-label-rgb", "ingest", "3-channel colour label where single-channel ids are expected",
+         r"ulm_000001_000020_gtFine_labelIds\.png",
+         _ingest(lambda r, i, l: F.write_rgb(l, np.full((32, 64, 3), 7, np.uint8)))),
+    Case("ingest-unknown-ids", "ingest", "label ids 40/41 outside the Cityscapes table",
+         r"label ids \[40, 41\] are outside the 'cityscapes' table .*ulm_000001_000020_gtFine_labelIds\.png.*unknown_ids",
+         _ingest(lambda r, i, l: F.write_gray(l, _ids_with(40, 41)))),
+    Case("ingest-label-missing", "ingest", "an image without its label file",
+         r"label missing for 1 of 2 .*ulm_000001_000020", _ingest(lambda r, i, l: l.unlink())),
+    Case("ingest-unknown-format", "ingest", "--format kitti", r"field 'format'",
+         _ingest(lambda r, i, l: None, extra=["--format", "kitti"])),
+    # --- training: manifests, objects, configs, checkpoints, losses
+    Case("pretrain-empty-manifest", "pretrain", "manifest with the right schema and no rows",
+         r"manifest file://\S+/m/manifest\.parquet is empty", _train("pretrain", _empty_manifest)),
+    Case("pretrain-manifest-not-found", "pretrain", "manifest URI that does not exist",
+         r"manifest file://\S+/nowhere/manifest\.parquet cannot be read",
+         _train("pretrain", lambda w, tmp: {"source_manifest": (tmp / "nowhere" / "manifest.parquet").as_uri()})),
+    Case("pretrain-manifest-not-parquet", "pretrain", "manifest that is not Parquet",
+         r"manifest file://\S+/o/manifest\.parquet is not a readable Parquet file",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _object("manifest.parquet", b"PAR1 nope")(tmp)})),
+    Case("pretrain-missing-object", "pretrain", "manifest row pointing at a deleted image",
+         r"object not found: file://\S+/gone\.png",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(
+             w, tmp, mutate=lambda rows, s: [{**rows[0], "image_uri": s.url("gone.png")}, *rows[1:]])})),
+    Case("pretrain-corrupt-object", "pretrain", "manifest row pointing at a corrupt stored image",
+         r"file://\S+/m/broken\.png",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(
+             w, tmp, mutate=_replace_first("image_uri", b"\x89PNG\r\n\x1a\n" + b"\0" * 50))})),
+    Case("pretrain-16bit-object", "pretrain", "stored image is 16-bit",
+         r"file://\S+/m/broken\.png",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(
+             w, tmp, mutate=_replace_first("image_uri", _png16(tmp)))})),
+    Case("pretrain-label-wrong-size", "pretrain", "stored label smaller than its image",
+         r"label file://\S+/m/broken\.png is 64x16 but image",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(
+             w, tmp, mutate=_replace_first("label_uri", encode_png(np.zeros((16, 64), np.uint8))))})),
+    Case("pretrain-unlabelled-manifest", "pretrain", "unlabelled manifest where labels are required",
+         r"manifest file://\S+/tgt/train/manifest\.parquet has 2 samples without label_uri",
+         _train("pretrain", lambda w, tmp: {"source_manifest": w["tgt"]})),
+    Case("pretrain-config-unknown-key", "pretrain", "YAML config with an unknown key",
+         r"field 'learning_rate': Extra inputs are not permitted",
+         _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "learning_rate: 0.1\n")})),
+    Case("pretrain-config-wrong-type", "pretrain", "YAML config with momentum: fast",
+         r"field 'momentum'", _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "momentum: fast\n")})),
+    Case("pretrain-config-out-of-range", "pretrain", "--iterations 0", r"field 'iterations'",
+         _train("pretrain", lambda w, tmp: {"iterations": 0})),
+    Case("pretrain-nan-loss", "pretrain", "lr 1e30 drives the loss to NaN/inf",
+         r"step \d+: loss term '\w+' is (nan|inf)", _train("pretrain", lambda w, tmp: {"lr": 1e30, "iterations": 6})),
+    Case("adapt-init-other-network", "adapt", "--init checkpoint of deeplabv2_thin for a deeplabv2_tiny run",
+         r"checkpoint file://\S+/thin\.pt holds network 'deeplabv2_thin'",
+         _train("adapt", lambda w, tmp: {"init": _other_network(tmp)})),
+    Case("adapt-init-wrong-classes", "adapt", "--init checkpoint with 7 classes for a 19-class run",
+         r"file://\S+/c7\.pt", _train("adapt", lambda w, tmp: {"init": _wrong_classes(tmp)})),
+    Case("adapt-init-not-a-checkpoint", "adapt", "--init file of random bytes",
+         r"file://\S+/o/junk\.pt is not a readable dakd checkpoint",
+         _train("adapt", lambda w, tmp: {"init": _object("junk.pt", _junk(256))(tmp)})),
+    Case("adapt-init-malicious-pickle", "adapt", "--init pickle whose __reduce__ would run code",
+         r"file://\S+/o/evil\.pt is not a readable dakd checkpoint",
+         _train("adapt", lambda w, tmp: {"init": _malicious_checkpoint(tmp)})),
+    Case("distill-stale-cache", "distill", "teacher cache made by another teacher (sha256 mismatch)",
+         r"teacher cache file://\S+/index\.parquet is stale",
+         _train("distill", lambda w, tmp: {"teacher": make_checkpoint((tmp / "t2.pt").as_uri(), seed=9)})),
+    Case("distill-cache-not-parquet", "distill", "--teacher-cache that is not Parquet",
+         r"teacher cache index file://\S+/o/index\.parquet is not a valid Parquet file",
+         _train("distill", lambda w, tmp: {"teacher_cache": _object("index.parquet", b"junk")(tmp)})),
+    # --- cache-teacher
+    Case("cache-teacher-not-a-checkpoint", "cache-teacher", "--teacher of random bytes",
+         r"file://\S+/o/t\.pt is not a readable dakd checkpoint",
+         _cache(lambda w, tmp: (_object("t.pt", _junk(128))(tmp), [w["src"]]))),
+    Case("cache-teacher-duplicate-ids", "cache-teacher", "the same manifest twice (duplicate sample ids)",
+         r"sample_id 'src_000' appears in both", _cache(lambda w, tmp: (w["teacher"], [w["src"], w["src"]]))),
+    # --- export / evaluate
+    Case("export-not-a-checkpoint", "export", "--model of random bytes",
+         r"file://\S+/o/m\.pt is not a readable dakd checkpoint",
+         lambda w, tmp: (["export", "--model", _object("m.pt", _junk(64))(tmp), "--out", (tmp / "x").as_uri(),
+                          "--no-mlflow", "--device", "cpu"], [(tmp / "x").as_uri() + "/export.json"])),
+    Case("evaluate-onnx-not-onnx", "evaluate", ".onnx file that is not ONNX (sha256 recorded correctly)",
+         r"student_fp32\.onnx", _onnx_case(b"this is not an onnx model", None)),
+    Case("evaluate-onnx-sha256-mismatch", "evaluate", ".onnx whose bytes differ from export.json's sha256",
+         r"sha256 mismatch for file://\S+/student_fp32\.onnx", _onnx_case(b"tampered bytes", "0" * 64)),
+]
+
+
+def _gone(target: str) -> bool:
+    return not (uri_exists(target) if "://" in target else Path(target).exists())
+
+
+def _normalise(message: str, tmp: Path) -> str:
+    text = message.replace(tmp.as_uri(), "<tmp>").replace(str(tmp), "<tmp>")
+    text = re.sub(r"file:///\S*?/badstore\d+", "<store>", text)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours in torch's message
+    text = re.sub(r"[0-9a-f]{64}", "<sha256>", " ".join(text.split()))
+    # Long messages: keep the start (what failed) and the end (the file and the reason).
+    return text if len(text) <= 240 else f"{text[:100]} ... {text[-130:]}"
+
+
+OBSERVED: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_exits_2_naming_the_culprit_and_publishes_nothing(case, world, tmp_path, capsys, mlflow_uri):
+    torch.set_num_threads(1)
+    argv, outputs = case.setup(world, tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, f"{case.id}: exit {code}\n{err[-2000:]}"
+    prefix = f"dakd {case.stage}: error: "
+    assert prefix in err, err[-2000:]  # (library log lines may come before it)
+    message = err[err.index(prefix) + len(prefix):]
+    assert re.search(case.expect, message, re.S), f"{case.id}: {err[-2000:]}"
+    for target in outputs:
+        assert _gone(target), f"{case.id} published {target}"
+    assert not (tmp_path / "PWNED").exists()  # the malicious pickle never ran
+    OBSERVED[case.id] = _normalise(message, tmp_path)
+
+
+def _table(messages: dict[str, str]) -> str:
+    rows = ["| # | case | stage | bad input | message (exit 2, nothing published) |", "|---|---|---|---|---|"]
+    for n, c in enumerate(CASES, 1):
+        message = messages.get(c.id, "").replace("|", "\\|")
+        rows.append(f"| {n} | `{c.id}` | {c.stage} | {c.input} | {message} |")
+    return "\n".join(rows)
+
+
+def test_doc_table_lists_every_case():
+    """docs/reliability.md's table is this module's CASES (regenerate: see the module docstring)."""
+    text = DOC.read_text() if DOC.exists() else ""
+    if os.environ.get("DAKD_WRITE_RELIABILITY_DOC") == "1":
+        assert len(OBSERVED) == len(CASES), "run the whole module to regenerate the table"
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        DOC.write_text(f"{head}{BEGIN}\n{_table(OBSERVED)}\n{END}{tail}")
+        text = DOC.read_text()
+    assert len(CASES) >= 25
+    section = text.partition(BEGIN)[2].partition(END)[0]
+    documented = re.findall(r"^\| \d+ \| `([^`]+)` \| ([^|]+) \| ([^|]+) \|", section, re.M)
+    assert [(i, s.strip(), d.strip()) for i, s, d in documented] == [(c.id, c.stage, c.input) for c in CASES]
