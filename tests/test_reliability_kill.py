@@ -11,7 +11,6 @@ in the failure message.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,9 @@ from _distill_data import H, W, make_checkpoint, make_split
 from dakd_core.cache import CacheConfig, run_cache
 from dakd_core.models.checkpoint import load_checkpoint
 from dakd_core.storage import open_store
-from faults.kill import Zygote, kill_after
+from faults.kill import kill_after, mlflow_env, zygote  # noqa: F401  (zygote is a fixture)
 
 ITERATIONS = 4
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote(env={"DAKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
-    yield z
-    z.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +56,8 @@ def _training_argv(stage: str, w: dict, out: str) -> list[str]:
 
 
 def _env(tmp_path: Path, name: str, template_db: str) -> dict:
-    # One MLflow database per run (the runs must not contend for one sqlite file), copied from the
-    # migrated template: creating the schema takes seconds.
-    db = tmp_path / f"{name}.db"
-    if not db.exists():
-        shutil.copyfile(template_db, db)
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{db}",
-            "DAKD_MLFLOW_ARTIFACT_ROOT": (tmp_path / f"{name}-artifacts").as_uri()}
+    # One MLflow database per run (the runs must not contend for one sqlite file).
+    return mlflow_env(tmp_path, name, template_db)
 
 
 def _kill_rerun_and_compare(zygote, tmp_path, template_db, argv_for, marker_for, step_seconds: float):

@@ -72,6 +72,18 @@ class Zygote:
                 self.proc.wait()
 
 
+def mlflow_env(tmp_path: Path, name: str, template_db: str) -> dict:
+    """Environment of a child run logging to its own sqlite MLflow database `{tmp_path}/{name}.db`,
+    copied from the migrated template (creating the schema takes seconds)."""
+    import shutil
+
+    db = tmp_path / f"{name}.db"
+    if not db.exists():
+        shutil.copyfile(template_db, db)
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+            "DAKD_MLFLOW_ARTIFACT_ROOT": (tmp_path / f"{name}-artifacts").as_uri()}
+
+
 def is_running(pid: int) -> bool:
     """True while `pid` exists and has not exited (a zombie waiting to be reaped has exited)."""
     try:
@@ -93,6 +105,19 @@ def kill_after(pid: int, marker, delay: float, timeout: float = 180.0) -> bool:
     if alive:
         os.kill(pid, signal.SIGKILL)
     return alive
+
+
+try:
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def zygote():
+        """One warm zygote per test session (import this fixture into a test module to use it)."""
+        z = Zygote(env={"DAKD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
+        yield z
+        z.close()
+except ImportError:  # the zygote process itself does not need pytest
+    pass
 
 
 # --------------------------------------------------------------------------- zygote side
