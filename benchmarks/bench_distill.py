@@ -8,7 +8,8 @@
     split): target mIoU after distilling from the cache vs from the live teacher (goal: |diff| <= 0.3).
 
     .venv/bin/python benchmarks/bench_distill.py --size 128 256 --iterations 6
-Step time = median gap between consecutive steps of one run (start-up, MLflow, gate excluded).
+Step time = median gap between consecutive steps over interleaved rounds of the three runs
+(start-up, MLflow and the gate excluded).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def checkpoint(uri: str, model: str) -> str:
     return save_checkpoint(uri, make_payload(create_model(model, num_classes=19)))
 
 
-def timed_run(fn, cfg) -> float:
-    """Median seconds between consecutive training steps (data loading included, start-up,
-    MLflow and the gate excluded), timed at the shared engine's end_step."""
+def step_gaps(fn, cfg) -> list[float]:
+    """Seconds between consecutive training steps of one run (data loading included; start-up,
+    MLflow and the gate excluded), stamped at the shared engine's end_step."""
     from dakd_core.train import engine
 
     stamps: list[float] = []
@@ -73,8 +74,7 @@ def timed_run(fn, cfg) -> float:
         fn(cfg)
     finally:
         engine.RunKeeper.end_step = real
-    gaps = np.diff(stamps)
-    return float(np.median(gaps))
+    return list(np.diff(stamps))
 
 
 def main() -> None:
@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--student-model", default="deeplabv2_resnet18")
     ap.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=5, help="timed steps per run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three runs")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
@@ -127,9 +128,13 @@ def main() -> None:
                              teacher=teacher, teacher_cache=None if online else index["uint8"],
                              teacher_online=online, gate_max_images=1)
 
-    alone = timed_run(adapt.run, AdaptConfig(**common, iterations=n, out=f"{store}/runs/adapt"))
-    cached = timed_run(distill.run, distill_cfg(False, "time"))
-    live = timed_run(distill.run, distill_cfg(True, "time"))
+    # Rounds interleave the three kinds so that load from other processes hits all of them alike.
+    gaps: dict[str, list[float]] = {"alone": [], "cached": [], "live": []}
+    for r in range(args.rounds):
+        gaps["alone"] += step_gaps(adapt.run, AdaptConfig(**common, iterations=n, out=f"{store}/runs/adapt_{r}"))
+        gaps["cached"] += step_gaps(distill.run, distill_cfg(False, f"time{r}"))
+        gaps["live"] += step_gaps(distill.run, distill_cfg(True, f"time{r}"))
+    alone, cached, live = (float(np.median(gaps[k])) for k in ("alone", "cached", "live"))
     report.update(step_seconds_alone=alone, step_seconds_cached=cached, step_seconds_live=live,
                   cached_over_alone=cached / alone, live_over_cached=live / cached)
     if args.val_manifest and args.teacher_ckpt and args.student_ckpt:
