@@ -51,16 +51,12 @@ class DeployedSegmenter(nn.Module):
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return default_device()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DakdError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
+    """'auto' -> the engine's default device (CUDA when present, DAKD_DEVICE overrides)."""
+    from dakd_core.train.engine import default_device
+    from dakd_core.train.engine import resolve_device as resolve_named_device
+
+    return default_device() if name == "auto" else resolve_named_device(name)
 
 
 @dataclass
