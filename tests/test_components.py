@@ -151,7 +151,7 @@ def test_export_evaluate_register_promote(env):
     import mlflow
 
     champion = mlflow.MlflowClient().get_model_version_by_alias(reg["name"], "champion")
-    assert champion.version == "1" and champion.tags["pipeline_run_id"] == "job-1"
+    assert str(champion.version) == "1" and champion.tags["pipeline_run_id"] == "job-1"
     saved = json.loads(read_bytes(f"{c['store_uri']}/runs/t1/promote/outcome.json"))
     assert saved["decision"] == "promoted"
 
