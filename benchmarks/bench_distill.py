@@ -77,7 +77,8 @@ def step_gaps(fn, cfg) -> list[float]:
     return list(np.diff(stamps))
 
 
-def main() -> None:
+def measure(argv=None) -> dict:
+    """Run the benchmark and return its report (the JSON that main prints)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-model", default="deeplabv2_resnet101")
     ap.add_argument("--student-model", default="deeplabv2_resnet18")
@@ -88,7 +89,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from dakd_core.cache import CacheConfig, TeacherCache, run_cache
     from dakd_core.train import adapt, distill
@@ -150,7 +151,11 @@ def main() -> None:
             model, _ = load_model(res.last_checkpoint_uri, map_location=device)
             miou[online] = evaluate_miou(model, val, 19, device, amp=device.type == "cuda")
         report.update(miou_cached=miou[False], miou_live=miou[True], miou_diff_points=100 * (miou[False] - miou[True]))
-    print(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def main(argv=None) -> None:
+    print(json.dumps(measure(argv), indent=2, default=float))
 
 
 if __name__ == "__main__":

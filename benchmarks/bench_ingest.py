@@ -85,15 +85,17 @@ def ingest_rate(root: Path, fmt: str, store: str, name: str, workers: int, pool:
     return result.num_samples / elapsed
 
 
-def main() -> int:
+def measure(argv=None) -> dict:
+    """Run the benchmark, print its table and return {format: {workers: {raw, thread, process}}} (img/s)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="images per format")
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="'all workers' count")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs each")
     parser.add_argument("--formats", nargs="+", default=["bdd100k", "cityscapes"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     w, h = args.size
+    results: dict = {}
     cv2.setNumThreads(1)  # one core per worker, as in ingest
 
     with tempfile.TemporaryDirectory(prefix="dakd-bench-ingest-") as tmp:
@@ -119,12 +121,18 @@ def main() -> int:
                                 ingest_rate(root, fmt, store, name + "-process", workers, "process"))
                     best = [max(b, m) for b, m in zip(best, measured)]
                 raw, thr, proc = rates[workers] = tuple(best)
+                results.setdefault(fmt, {})[workers] = {"raw": raw, "thread": thr, "process": proc}
                 print(f"{fmt:<11}{workers:>8}{raw:>11.1f}{thr:>12.1f}{proc:>13.1f}"
                       f"{thr / raw:>9.2f}{proc / raw:>10.2f}")
             if args.workers > 1:
                 (r1, t1, p1), (rn, tn, pn) = rates[1], rates[args.workers]
                 print(f"{'':<11}scaling 1->{args.workers}: raw x{rn / r1:.2f}, ingest threads x{tn / t1:.2f}, "
                       f"processes x{pn / p1:.2f}")
+    return results
+
+
+def main(argv=None) -> int:
+    measure(argv)
     return 0
 
 

@@ -70,7 +70,8 @@ def bare_rate(cfg: PretrainConfig, batches: list[tuple[torch.Tensor, torch.Tenso
     return cfg.iterations / (time.perf_counter() - start)
 
 
-def main(argv=None) -> int:
+def measure(argv=None) -> dict:
+    """Run the benchmark, print its table and return {"device", "batch", "size", "rows": [...]}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["deeplabv2_tiny", "deeplabv2_resnet18"])
     ap.add_argument("--iters", type=int, default=20)
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     print(f"device {device}, batch {args.batch}, crop {args.size[0]}x{args.size[1]}, {args.iters} iterations, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'network':<24}{'bare img/s':>12}{'dakd img/s':>12}{'ratio':>8}")
+    rows = []
     for name in args.models:
         cfg = build_config(
             PretrainConfig, None, model=name, source_manifest=manifest, iterations=args.iters,
@@ -100,6 +102,13 @@ def main(argv=None) -> int:
         bare.append(bare_rate(cfg, batches, device))
         bare_mean = sum(bare) / len(bare)
         print(f"{name:<24}{bare_mean * args.batch:>12.2f}{dakd * args.batch:>12.2f}{dakd / bare_mean:>8.2f}")
+        rows.append({"model": name, "bare_img_s": bare_mean * args.batch, "dakd_img_s": dakd * args.batch,
+                     "dakd_over_bare": dakd / bare_mean})
+    return {"device": str(device), "batch": args.batch, "size": list(args.size), "rows": rows}
+
+
+def main(argv=None) -> int:
+    measure(argv)
     return 0
 
 

@@ -1,0 +1,192 @@
+"""Summary, paper-claim checks, Markdown and plots of `dakd bench results`.
+
+Input: {seed: {row key: {"miou", "per_class_iou": {class: IoU|None}, "num_parameters"}}} from the
+val evaluations. All IoU values are fractions; tables show percentages (points), as the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dakd_core.labels import CLASS_NAMES
+
+
+def _stats(values: list[float]) -> dict:
+    arr = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    # sample standard deviation over seeds (0 with a single seed)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+# The paper's directional claims: (left row, relation, right row). ">=" and ">" both compare means;
+# per seed the same relation is counted, so the spread behind a mean difference is visible.
+CLAIMS = (
+    ("adapted > source-only (teacher)", "teacher_adapted", ">", "teacher_source_only"),
+    ("adapted > source-only (student)", "student_adapted", ">", "student_source_only"),
+    *((f"({p}) > undistilled student", f"paradigm_{p}", ">", "student_adapted") for p in "abcd"),
+    *((f"({p}) >= teacher", f"paradigm_{p}", ">=", "teacher_adapted") for p in "bcd"),
+    ("(d) >= (c)", "paradigm_d", ">=", "paradigm_c"),
+    ("(c) >= (b)", "paradigm_c", ">=", "paradigm_b"),
+    ("(b) > (a)", "paradigm_b", ">", "paradigm_a"),
+)
+
+
+def _holds(a: float, rel: str, b: float) -> bool:
+    return a > b if rel == ">" else a >= b
+
+
+def summarise(per_seed: dict[int, dict[str, dict]], rows) -> dict:
+    seeds = sorted(per_seed)
+    table = {}
+    for row in rows:
+        mious = [per_seed[s][row.key]["miou"] for s in seeds]
+        per_class = {c: _stats([per_seed[s][row.key]["per_class_iou"].get(c) for s in seeds]) for c in CLASS_NAMES}
+        table[row.key] = {
+            "label": row.label, "group": row.group, "overrides": row.overrides,
+            "num_parameters": per_seed[seeds[0]][row.key]["num_parameters"],
+            "miou_per_seed": dict(zip(map(str, seeds), mious)), "miou": _stats(mious),
+            "per_class_iou": {c: v["mean"] for c, v in per_class.items()},
+        }
+    claims = []
+    for text, left, rel, right in CLAIMS:
+        a, b = table[left]["miou"]["mean"], table[right]["miou"]["mean"]
+        wins = sum(_holds(per_seed[s][left]["miou"], rel, per_seed[s][right]["miou"]) for s in seeds)
+        claims.append({"claim": text, "left": left, "right": right, "relation": rel,
+                       "left_mean": a, "right_mean": b, "difference_points": 100 * (a - b),
+                       "holds": _holds(a, rel, b), "seeds_holding": wins, "num_seeds": len(seeds)})
+    return {"rows": table, "claims": claims}
+
+
+def _pm(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
+def markdown_main_table(doc: dict) -> str:
+    lines = ["| row | parameters | target val mIoU (%) mean ± std | per seed |", "|---|---:|---:|---|"]
+    for key, r in doc["rows"].items():
+        seeds = ", ".join(f"{100 * v:.2f}" for v in r["miou_per_seed"].values())
+        lines.append(f"| {r['label']} (`{key}`) | {r['num_parameters'] / 1e6:.2f}M | {_pm(r['miou'])} | {seeds} |")
+    return "\n".join(lines)
+
+
+def markdown_claims(doc: dict) -> str:
+    lines = ["| paper claim | left − right (points) | holds on the mean | seeds where it holds |",
+             "|---|---:|---|---:|"]
+    for c in doc["claims"]:
+        lines.append(f"| {c['claim']} | {c['difference_points']:+.2f} | {'holds' if c['holds'] else 'does not hold'} "
+                     f"| {c['seeds_holding']}/{c['num_seeds']} |")
+    return "\n".join(lines)
+
+
+def markdown_per_class(doc: dict) -> str:
+    keys = list(doc["rows"])
+    present = [c for c in CLASS_NAMES if any(doc["rows"][k]["per_class_iou"][c] is not None for k in keys)]
+    lines = ["| row | " + " | ".join(present) + " |", "|---|" + "---:|" * len(present)]
+    for k in keys:
+        vals = doc["rows"][k]["per_class_iou"]
+        lines.append(f"| `{k}` | " + " | ".join("–" if vals[c] is None else f"{100 * vals[c]:.1f}" for c in present) + " |")
+    return "\n".join(lines)
+
+
+def write_plots(doc: dict, img_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = doc["rows"]
+    keys = list(rows)
+    colours = {"baseline": "#888888", "paradigm": "#1f77b4", "ablation": "#ff7f0e"}
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    means = [100 * (rows[k]["miou"]["mean"] or 0) for k in keys]
+    stds = [100 * (rows[k]["miou"]["std"] or 0) for k in keys]
+    ax.bar(range(len(keys)), means, yerr=stds, capsize=3, color=[colours[rows[k]["group"]] for k in keys])
+    for x, k in enumerate(keys):  # every seed as a dot: the spread behind each bar
+        ax.scatter([x] * len(rows[k]["miou_per_seed"]), [100 * v for v in rows[k]["miou_per_seed"].values()],
+                   s=10, color="black", zorder=3)
+    ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("target val mIoU (%)")
+    ax.set_title("mean ± std over seeds (dots: single seeds)")
+    fig.tight_layout()
+    files = ["results_miou.png"]
+    fig.savefig(img_dir / files[0], dpi=110)
+    plt.close(fig)
+
+    present = [c for c in CLASS_NAMES if any(rows[k]["per_class_iou"][c] is not None for k in keys)]
+    grid = np.array([[np.nan if rows[k]["per_class_iou"][c] is None else 100 * rows[k]["per_class_iou"][c]
+                      for c in present] for k in keys])
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(present), 0.9 + 0.35 * len(keys)))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(present)), present, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(keys)), keys, fontsize=8)
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="white" if v < 60 else "black")
+    fig.colorbar(im, ax=ax, label="IoU (%)")
+    ax.set_title("per-class IoU on target val, mean over seeds")
+    fig.tight_layout()
+    files.append("results_per_class.png")
+    fig.savefig(img_dir / files[1], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def write_report(doc: dict, docs_dir: Path, json_path: Path) -> Path:
+    """docs_dir/results.md + docs_dir/img/results_*.png (plots first, the page that shows them last)."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    images = write_plots(doc, docs_dir / "img")
+    p = doc["preset"]
+    try:
+        json_ref = json_path.resolve().relative_to(docs_dir.resolve())
+    except ValueError:
+        json_ref = json_path
+    held = [c for c in doc["claims"] if c["holds"]]
+    text = f"""# DAKD results on the built-in synthetic domain pair
+
+Produced by `{doc['command']}` in {doc['wall_seconds'] / 60:.1f} minutes on {doc['machine']}
+(seeds trained in {doc['jobs']} parallel process(es)). Raw numbers: [`{json_ref}`]({json_ref}).
+
+Setup (`--size {doc['size']}`): source = game-like synthetic scenes (GTA5 layout, {p['n_source']} labelled
+images), target = camera-like synthetic scenes (Cityscapes layout; {p['n_target']} unlabelled train images,
+{p['n_tune']} labelled **tune** images, {p['n_val']} labelled **val** images), all {p['width']}x{p['height']}.
+Teacher `{p['teacher']}`, student `{p['student']}` (parameters below), both from random initialisation.
+Schedules: pretrain {p['it_pretrain']}, adapt (AdaptSegNet, multi-level output space) {p['it_adapt']},
+distill {p['it_distill']} iterations, batch {p['batch_size']}, SGD lr {p['lr']} poly; distillation with the
+paper's weights (λ_KL 0.1 / 0.01 aux, λ_MSE 0.01, λ_pseudoT 1, λ_target 1) from a uint8 teacher cache,
+pseudo-label threshold {p['pseudo_threshold']}, target augmentation {p['target_augment']}.
+Every stage picks its checkpoint on the **tune** split (every {p['eval_every']} steps); the table is
+**val**, which no stage and no preset choice has seen. Pretrain/adapt run once per seed and the
+teacher is cached once per seed; every distillation row reuses them; (d) starts from (c)'s checkpoint.
+Ablations are on paradigm (c) (λ_target 1.0 is row (c) itself).
+
+## mIoU on target val (mean ± sample std over seeds {', '.join(map(str, doc['seeds']))})
+
+{markdown_main_table(doc)}
+
+![mIoU per row](img/{images[0]})
+
+## The paper's directional claims
+
+{markdown_claims(doc)}
+
+{len(held)} of {len(doc['claims'])} claims hold on the mean. With {len(doc['seeds'])} seeds and the spread above,
+a difference smaller than about one standard deviation is not evidence either way.
+
+## Per-class IoU (%), mean over seeds
+
+{markdown_per_class(doc)}
+
+![per-class IoU](img/{images[1]})
+"""
+    out = docs_dir / "results.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,254 @@
+"""`dakd bench results`: DAKD's Table 1 reproduced in kind on the built-in synthetic domain pair.
+
+One run = synth (source train; target train / tune / val) -> ingest -> per seed: pretrain and
+adapt the teacher and the student once, one teacher cache, then every distillation row (paradigms
+a-d and the ablations) from those shared stage outputs -> one evaluation of every checkpoint on
+the target *val* split -> `results.json`, `results.md` and plots (dakd_core/bench/report.py).
+
+Model selection never sees val: every stage selects its best checkpoint on the target *tune* split
+(`select_manifest`), and the presets below were chosen on that split too.
+
+Every stage is skipped when its `result.json` exists for the identical config (same config hash),
+so an interrupted run resumes where it stopped and rows share the stage outputs they have in common.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dakd_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ResultsPreset:
+    """Data sizes, networks and budgets of one `--size`."""
+
+    width: int
+    height: int
+    n_source: int
+    n_target: int
+    n_tune: int
+    n_val: int
+    teacher: str
+    student: str
+    it_pretrain: int
+    it_adapt: int
+    it_distill: int
+    batch_size: int = 4
+    lr: float = 0.01  # SGD on randomly initialised backbones (no ImageNet weights offline)
+    eval_every: int = 50
+    pseudo_threshold: float = 0.0  # teacher confidence below it is ignored by L_pseudoT
+    target_augment: bool = True  # random scale + flip on target crops during distillation
+    gate_max_images: int = 16
+
+
+PRESETS = {
+    # test smoke: seconds, numbers meaningless
+    "tiny": ResultsPreset(64, 32, 6, 6, 4, 4, "deeplabv2_tiny", "deeplabv2_tiny", 2, 2, 2, batch_size=2,
+                          eval_every=2, gate_max_images=2),
+    # a few minutes per seed on 2 CPU cores
+    "demo": ResultsPreset(64, 32, 48, 48, 12, 24, "deeplabv2_thin", "deeplabv2_tiny", 80, 30, 30, eval_every=20),
+    # the published table (docs/results.md): <= 45 min for 3 seeds on 2 CPU cores shared with other
+    # jobs (measured load ~14): a 3.3x capacity gap (1.5M -> 0.45M parameters) at 96x48
+    "results": ResultsPreset(96, 48, 200, 200, 24, 48, "deeplabv2_thin", "deeplabv2_tiny", 200, 40, 40,
+                             eval_every=30),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    group: str  # "baseline" | "paradigm" | "ablation"
+    label: str
+    overrides: dict = field(default_factory=dict)  # DistillConfig fields (distillation rows only)
+
+
+# The table rows, in order. Ablations are on paradigm c (source + target) so that lambda_target acts.
+ROWS = (
+    Row("teacher_source_only", "baseline", "teacher, source only"),
+    Row("student_source_only", "baseline", "student, source only"),
+    Row("teacher_adapted", "baseline", "teacher, adapted (AdaptSegNet)"),
+    Row("student_adapted", "baseline", "student, adapted (no distillation)"),
+    Row("paradigm_a", "paradigm", "(a) distil on source", {"paradigm": "a"}),
+    Row("paradigm_b", "paradigm", "(b) distil on target", {"paradigm": "b"}),
+    Row("paradigm_c", "paradigm", "(c) distil on source + target", {"paradigm": "c"}),
+    Row("paradigm_d", "paradigm", "(d) target, from (c)", {"paradigm": "d"}),
+    Row("kl_only", "ablation", "(c) L_KL only", {"paradigm": "c", "lambda_mse": 0.0, "lambda_pseudo": 0.0}),
+    Row("mse_only", "ablation", "(c) L_MSE only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_pseudo": 0.0}),
+    Row("pseudo_only", "ablation", "(c) L_pseudoT only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_mse": 0.0}),
+    Row("lambda_target_0.1", "ablation", "(c) lambda_target 0.1", {"paradigm": "c", "lambda_target": 0.1}),
+    Row("lambda_target_0.5", "ablation", "(c) lambda_target 0.5", {"paradigm": "c", "lambda_target": 0.5}),
+)
+ROW_KEYS = tuple(r.key for r in ROWS)
+
+
+@dataclass
+class ResultsRun:
+    size: str
+    seeds: int
+    out: Path  # work directory: raw data, store, MLflow DB
+    docs: Path  # receives results.md and img/results_*.png
+    json_path: Path
+    command: str = "dakd bench results"
+    device: str = "cpu"
+    jobs: int = 1  # seeds trained in parallel processes (one torch thread each when > 1)
+
+
+def _done(out_uri: str, cfg) -> str | None:
+    """The best checkpoint of a finished identical run under `out_uri`, else None."""
+    from dakd_core.storage import open_store
+    from dakd_core.train.engine import RESULT, config_hash
+
+    store = open_store(out_uri)
+    if not store.exists(RESULT):
+        return None
+    doc = json.loads(store.get_bytes(RESULT))
+    return doc["best_checkpoint_uri"] if doc.get("config_hash") == config_hash(cfg) else None
+
+
+def _train(module, cfg) -> str:
+    """Run a training stage unless an identical run finished; returns its best checkpoint URI."""
+    best = _done(cfg.out, cfg)
+    if best is None:
+        best = module.run(cfg).best_checkpoint_uri
+    return best
+
+
+def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
+    """Synth + ingest the pair; returns manifest URIs {source, target, tune, val}."""
+    from dakd_core.config import build_config
+    from dakd_core.data.ingest import IngestConfig, run_ingest
+    from dakd_core.data.synth import generate
+
+    size = (p.width, p.height)
+    generate(out / "raw_src", "source", p.n_source, size=size, seed=0, split="train", progress=False)
+    for split, n in (("train", p.n_target), ("tune", p.n_tune), ("val", p.n_val)):
+        generate(out / "raw_tgt", "target", n, size=size, seed=0, split=split, progress=False)
+    jobs = {
+        "source": dict(format="gta5", root=str(out / "raw_src"), split="all", domain="source", name="src"),
+        "target": dict(format="cityscapes", root=str(out / "raw_tgt"), split="train", domain="target",
+                       name="tgt", labels=False),
+        "tune": dict(format="cityscapes", root=str(out / "raw_tgt"), split="tune", domain="target", name="tgt"),
+        "val": dict(format="cityscapes", root=str(out / "raw_tgt"), split="val", domain="target", name="tgt"),
+    }
+    return {k: run_ingest(build_config(IngestConfig, store=store, **v)).manifest_uri for k, v in jobs.items()}
+
+
+def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, device: str,
+             rows=ROWS) -> dict[str, str]:
+    """Train every row of one seed; returns {row key: checkpoint URI} (best on the tune split)."""
+    from dakd_core.cache import CacheConfig, run_cache
+    from dakd_core.train import adapt, distill, pretrain
+    from dakd_core.train.configs import AdaptConfig, PretrainConfig
+    from dakd_core.train.distill import DistillConfig
+
+    hw = (p.height, p.width)
+    runs = f"{store}/runs/seed{seed}"
+    common = dict(
+        source_manifest=manifests["source"], select_manifest=manifests["tune"], source_resize=hw, crop=hw,
+        select_resize=hw, batch_size=p.batch_size, num_workers=0, lr=p.lr, seed=seed, device=device,
+        eval_every=p.eval_every, checkpoint_every=10**6, log_every=p.eval_every,
+    )
+    adapt_common = dict(common, target_manifest=manifests["target"], target_resize=hw)
+    ckpt: dict[str, str] = {}
+    for role, net in (("teacher", p.teacher), ("student", p.student)):
+        ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
+            **common, model=net, iterations=p.it_pretrain, out=f"{runs}/pretrain_{role}"))
+        ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
+            **adapt_common, model=net, iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
+            out=f"{runs}/adapt_{role}"))
+    cache = run_cache(CacheConfig(
+        teacher=ckpt["teacher_adapted"], manifests=[manifests["source"], manifests["target"]], store=store,
+        name=f"seed{seed}", size=hw, device=device)).index_uri
+    distill_common = dict(
+        adapt_common, model=p.student, iterations=p.it_distill, teacher=ckpt["teacher_adapted"],
+        teacher_cache=cache, gate="warn", gate_max_images=p.gate_max_images,
+        pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
+    )
+    for row in rows:
+        if row.group == "baseline":
+            continue
+        # d continues from (c)'s selected checkpoint; every other row from the adapted student
+        init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
+        cfg = DistillConfig(**distill_common, **row.overrides, init=init, out=f"{runs}/distill_{row.key}")
+        ckpt[row.key] = _train(distill, cfg)
+    return ckpt
+
+
+def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], val_manifest: str, out: Path,
+                  device: str) -> dict[str, dict]:
+    """mIoU and per-class IoU of every row's checkpoint on target val (one `evaluate.run`)."""
+    from dakd_core.evaluation.evaluate import EvalConfig, run
+
+    cfg = EvalConfig(models=[f"{k}={u}" for k, u in ckpt.items()], manifest=val_manifest,
+                     out=str(out / f"eval_seed{seed}"), resolution=(p.height, p.width), device=device,
+                     grid_samples=0, log_mlflow=False)
+    models = run(cfg).metrics["models"]
+    return {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
+                "num_parameters": m["num_parameters"]} for k, m in models.items()}
+
+
+def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,
+             threads: int | None) -> dict[str, dict]:
+    """Train and evaluate one seed (a worker process when seeds run in parallel)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        # one SQLite MLflow DB per worker: concurrent writers would hit "database is locked"
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlruns_seed{seed}.db"
+    ckpt = run_seed(p, seed, manifests, store, device)
+    return evaluate_seed(p, seed, ckpt, manifests["val"], out, device)
+
+
+def run_results(run: ResultsRun) -> dict:
+    """The whole benchmark; writes run.json_path, run.docs/results.md and plots; returns the document."""
+    if run.size not in PRESETS:
+        raise ConfigError(f"--size: '{run.size}' is not one of {', '.join(PRESETS)}")
+    if run.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {run.seeds}")
+    p = PRESETS[run.size]
+    run.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{run.out.resolve()}/mlruns.db")
+    store = (run.out.resolve() / "store").as_uri()
+    started = time.perf_counter()
+    manifests = prepare_data(p, run.out, store)
+    if run.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(run.jobs, run.seeds), mp_context=mp.get_context("spawn")) as pool:
+            futures = {s: pool.submit(seed_job, p, s, manifests, store, run.out, run.device, 1)
+                       for s in range(run.seeds)}
+            per_seed = {s: f.result() for s, f in futures.items()}
+    else:
+        per_seed = {s: seed_job(p, s, manifests, store, run.out, run.device, None) for s in range(run.seeds)}
+    from dakd_core.bench.report import summarise, write_report
+
+    doc = summarise(per_seed, ROWS)
+    doc.update(size=run.size, preset=asdict(p), seeds=list(range(run.seeds)), command=run.command,
+               machine=machine_description(run.device), jobs=run.jobs, wall_seconds=round(time.perf_counter() - started, 1),
+               val_manifest=manifests["val"], tune_manifest=manifests["tune"])
+    # The JSON first, then the Markdown that cites it: a crash leaves no table without its data.
+    run.json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False))
+    tmp.replace(run.json_path)
+    write_report(doc, run.docs, run.json_path)
+    return doc
+
+
+def machine_description(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where = torch.cuda.get_device_name()
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (CPU only)"
+    return f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; python {platform.python_version()}"

@@ -1,0 +1,49 @@
+"""dakd bench: the evidence - DAKD's Table 1 in kind (`results`) and the performance suite (`perf`)."""
+
+from __future__ import annotations
+
+NAME = "bench"
+HELP = ("reproduce DAKD's results table on the built-in domain pair (results) or measure every "
+        "performance ratio side by side (perf)")
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="{results,perf}")
+    r = sub.add_parser("results", help="teacher/student source-only and adapted, paradigms a-d, ablations; "
+                                       "writes results.json and results.md")
+    r.add_argument("--size", default="results", help="preset: tiny, demo or results (default results)")
+    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    r.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (default 1)")
+    r.add_argument("--out", default=".dakd/bench_results", help="work directory (data, store, checkpoints)")
+    r.add_argument("--docs", default="docs", help="directory receiving results.md and img/results_*.png")
+    r.add_argument("--json", default="docs/results.json", help="results JSON path (default docs/results.json)")
+    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    f = sub.add_parser("perf", help="every stage's performance ratio with its goal, in one table")
+    f.add_argument("--quick", action="store_true", help="tiny inputs (a smoke run; ratios are not meaningful)")
+    f.add_argument("--out", default="docs/performance.md", help="Markdown report path (default docs/performance.md)")
+    f.add_argument("--json", default=None, help="also write the measurements as JSON here")
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    command = "dakd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    if args.bench == "results":
+        from dakd_core.bench.results import ResultsRun, run_results
+
+        doc = run_results(ResultsRun(
+            size=args.size, seeds=args.seeds, out=Path(args.out), docs=Path(args.docs), json_path=Path(args.json),
+            command=command or f"dakd bench results --size {args.size} --seeds {args.seeds} --jobs {args.jobs}",
+            device=args.device, jobs=args.jobs))
+        from dakd_core.bench.report import markdown_main_table
+
+        print(markdown_main_table(doc))
+        print(f"wrote {args.json} and {Path(args.docs) / 'results.md'}")
+        return 0
+    from dakd_core.bench.perf import run_perf
+
+    run_perf(quick=args.quick, out=Path(args.out), json_path=Path(args.json) if args.json else None,
+             command=command or ("dakd bench perf" + (" --quick" if args.quick else "")))
+    return 0

@@ -1,0 +1,102 @@
+"""dakd bench: the results smoke (tiny preset, end to end through the CLI), the claim checks and
+the performance table on given numbers, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dakd_core.bench import report, results
+from dakd_core.bench.perf import PerfRow, markdown_table, perf_rows
+from dakd_core.cli import main as dakd_main
+from dakd_core.labels import CLASS_NAMES
+
+
+def _seed_metrics(values: dict[str, float]) -> dict:
+    return {k: {"miou": v, "num_parameters": 1000, "per_class_iou": {c: (v if c == "road" else None) for c in CLASS_NAMES}}
+            for k, v in values.items()}
+
+
+def test_summary_and_claims_on_given_numbers():
+    base = {"teacher_source_only": 0.30, "student_source_only": 0.20, "teacher_adapted": 0.40,
+            "student_adapted": 0.25, "paradigm_a": 0.26, "paradigm_b": 0.41, "paradigm_c": 0.42,
+            "paradigm_d": 0.42, "kl_only": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
+            "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3}
+    seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24)  # seed 1: (b) below the teacher
+    doc = report.summarise({0: _seed_metrics(base), 1: _seed_metrics(seed1)}, results.ROWS)
+    b = doc["rows"]["paradigm_b"]
+    assert b["miou"]["mean"] == pytest.approx(0.38)
+    assert b["miou"]["std"] == pytest.approx(0.0424264, rel=1e-4)  # sample std of 0.41, 0.35
+    assert b["per_class_iou"]["road"] == pytest.approx(0.38) and b["per_class_iou"]["car"] is None
+    claims = {c["claim"]: c for c in doc["claims"]}
+    assert claims["(b) >= teacher"]["holds"] is False and claims["(b) >= teacher"]["seeds_holding"] == 1
+    assert claims["(d) >= (c)"]["holds"] is True  # equal means satisfy >=
+    assert claims["(a) > undistilled student"]["difference_points"] == pytest.approx(0.0)
+    assert claims["(a) > undistilled student"]["holds"] is False  # equal means do not satisfy >
+    assert "| (b) >= teacher | -2.00 | does not hold | 1/2 |" in report.markdown_claims(doc)
+
+
+def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
+    """`dakd bench results --size tiny` trains, evaluates on val and writes JSON, Markdown, plots.
+
+    The rows are cut to the baselines and paradigms c, d (d continues from c) to keep the smoke
+    short; every other row is a DistillConfig override of the same code path."""
+    rows = tuple(r for r in results.ROWS if r.group == "baseline" or r.key in ("paradigm_c", "paradigm_d"))
+    monkeypatch.setattr(results, "ROWS", rows)
+    monkeypatch.setattr(results, "run_seed",
+                        lambda *a, _orig=results.run_seed, **k: _orig(*a, rows=rows, **k))
+    docs, js = tmp_path / "docs", tmp_path / "docs" / "results.json"
+    argv = ["bench", "results", "--size", "tiny", "--seeds", "1", "--out", str(tmp_path / "work"),
+            "--docs", str(docs), "--json", str(js)]
+    assert dakd_main(argv) == 0
+    doc = json.loads(js.read_text())
+    assert list(doc["rows"]) == [r.key for r in rows]
+    for key, row in doc["rows"].items():
+        assert 0.0 <= row["miou"]["mean"] <= 1.0 and row["miou"]["std"] == 0.0, key
+        assert set(row["per_class_iou"]) == set(CLASS_NAMES)
+    assert doc["rows"]["teacher_adapted"]["num_parameters"] == doc["rows"]["paradigm_c"]["num_parameters"]  # tiny/tiny
+    assert doc["val_manifest"].endswith("/datasets/tgt/val/manifest.parquet")
+    # selection ran on tune, never on val
+    cfg = json.loads((tmp_path / "work/store/runs/seed0/distill_paradigm_d/result.json").read_text())
+    assert cfg["best_checkpoint_uri"].endswith("distill_paradigm_d/best.pt")
+    md = (docs / "results.md").read_text()
+    assert "dakd bench results --size tiny --seeds 1" in md
+    assert "(d) target, from (c) (`paradigm_d`)" in md and "| paper claim |" in md
+    for name in ("results_miou.png", "results_per_class.png"):
+        assert (docs / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run reuses every finished stage (same config hash) and gives the same table
+    before = {k: r["miou"]["mean"] for k, r in doc["rows"].items()}
+    assert dakd_main(argv) == 0
+    assert {k: r["miou"]["mean"] for k, r in json.loads(js.read_text())["rows"].items()} == before
+
+
+def test_bad_size_and_seeds_are_config_errors(tmp_path, capsys):
+    assert dakd_main(["bench", "results", "--size", "huge", "--out", str(tmp_path / "w"),
+                      "--docs", str(tmp_path / "d"), "--json", str(tmp_path / "d/r.json")]) == 2
+    assert "--size: 'huge' is not one of tiny, demo, results" in capsys.readouterr().err
+    assert dakd_main(["bench", "results", "--size", "tiny", "--seeds", "0", "--out", str(tmp_path / "w"),
+                      "--docs", str(tmp_path / "d"), "--json", str(tmp_path / "d/r.json")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # nothing published
+
+
+def test_perf_table_goals_on_given_numbers():
+    ingest = {"cityscapes": {1: {"raw": 10.0, "thread": 9.0, "process": 7.0}}}
+    train = {"device": "cpu", "rows": [{"model": "m", "bare_img_s": 4.0, "dakd_img_s": 3.8, "dakd_over_bare": 0.95}]}
+    distill = {"teacher": "T", "student": "S", "cached_over_alone": 1.2, "live_over_cached": 2.0,
+               "step_seconds_cached": 1.2, "step_seconds_alone": 1.0, "step_seconds_live": 2.4,
+               "cache_uint8_bytes_per_image_vs_fp32_maps": 0.2, "cache_fp16_bytes_per_image_vs_fp32_maps": 0.45}
+    export = {"device": "cpu", "resolution": [32, 64], "evaluation_mpx_s": 1.5,
+              "throughput_img_s": {"student_onnx_fp16": 5.0, "student_onnx_fp32": 10.0},
+              "ratios": {"student_onnx_fp16 / student_onnx_fp32": 0.5}}
+    rows = {r.measure: r for r in perf_rows(ingest, train, distill, export)}
+    status = {k: r.status for k, r in rows.items()}
+    assert status["cityscapes, 1 worker(s), thread pool / raw decode+remap+encode"] == "met"  # 0.9 >= 0.8
+    assert status["cityscapes, 1 worker(s), process pool / raw decode+remap+encode"] == "NOT met"  # 0.7
+    assert status["m: dakd pretrain step / bare PyTorch loop (throughput)"] == "met"
+    assert status["step from the cache / student alone (T -> S)"] == "NOT met"  # 1.2 > 1.15
+    assert status["uint8 cache bytes / fp32 main+aux maps"] == "met"
+    assert status["student_onnx_fp16 / student_onnx_fp32 throughput"] == "(no goal)"  # CPU: no FP16 goal
+    assert "| evaluate | evaluation throughput (predict + metrics) | 1.500 Mpx/s |" in markdown_table(list(rows.values()))
+    assert PerfRow("x", "y", 2.0, "x", ">= 1.5").status == "met"
