@@ -32,6 +32,9 @@ PIPELINE_NAME = "dakd"
 # kfp.local honours retries (with their back-off): `dakd run` sets this before importing the
 # pipeline, so a failure on a laptop shows at once instead of after minutes of retries.
 LOCAL_RUN_ENV = "DAKD_LOCAL_RUN"
+# Teacher-cache shard slices, fixed at compile time: kfp.local cannot fan out over a task's
+# output list inside the exit handler, and a static fan-out compiles to the same IR either way.
+CACHE_SHARDS = int(os.environ.get("DAKD_CACHE_SHARDS", "4"))
 _D = PipelineParams()  # defaults
 
 # Secrets the tasks read as env (k8s/secrets/): object store and MLflow client settings.
@@ -106,7 +109,15 @@ def dakd_pipeline(
     lambda_pseudo: float = _D.lambda_pseudo,
     lambda_target: float = _D.lambda_target,
     temperature: float = _D.temperature,
-    cache_shards: int = _D.cache_shards,
+    seg_loss: str = _D.seg_loss,
+    focal_gamma: float = _D.focal_gamma,
+    lambda_border_kl: float = _D.lambda_border_kl,
+    lambda_l2_feature: float = _D.lambda_l2_feature,
+    lambda_cwd: float = _D.lambda_cwd,
+    cwd_tau: float = _D.cwd_tau,
+    lambda_lad: float = _D.lambda_lad,
+    feature_level: str = _D.feature_level,
+    teacher_online: bool = _D.teacher_online,
     eval_resize_h: int = _D.eval_resize_h,
     eval_resize_w: int = _D.eval_resize_w,
     seed: int = _D.seed,
@@ -117,7 +128,7 @@ def dakd_pipeline(
     exit_task = _cpu(finish(kfp_run_id=job_id, experiment=mlflow_experiment), cache=False)
     with dsl.ExitHandler(exit_task, name="dakd-run"):
         begin = _cpu(start(run_name=run_name, kfp_run_id=job_id, experiment=mlflow_experiment,
-                           cache_shards=cache_shards), cache=False)
+                           cache_shards=CACHE_SHARDS), cache=False)
         begin.set_display_name("start: MLflow parent run")
         run_name_out = begin.outputs["run_name"]
         track = dict(store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
@@ -153,8 +164,8 @@ def dakd_pipeline(
 
         # -- teacher cache: one task per shard slice, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
-        cache_inputs = dict(teacher=teacher, manifests=[src_train, tgt_train], num_shards=cache_shards)
-        with dsl.ParallelFor(begin.outputs["shards"], name="cache-shards") as shard:
+        cache_inputs = dict(teacher=teacher, manifests=[src_train, tgt_train], num_shards=CACHE_SHARDS)
+        with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
             slice_task = _gpu(cache_teacher_shard(shard_index=shard, **cache_inputs, **track), cpu="4", memory="24Gi")
             slice_task.set_display_name("cache-teacher shard")
         index = _gpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **cache_inputs, **track),
@@ -167,7 +178,10 @@ def dakd_pipeline(
             iterations=distill_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
             lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
             lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
-            temperature=temperature, **common)
+            temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,
+            lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
+            cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,
+            teacher_online=teacher_online, **common)
         first = _gpu(distill(paradigm=paradigm, stage="first", init=ada["student"].outputs["checkpoint"],
                              **distill_inputs)).set_display_name("distill")
         with dsl.If(paradigm == "d", name="paradigm-d"):

@@ -22,7 +22,7 @@ DAKD = [sys.executable, "-m", "dakd_core"]
 def _clean_env(**extra) -> dict:
     """The environment `dakd compile` must see to reproduce the committed YAML (default images,
     retries on)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DAKD_IMAGE", "DAKD_CPU_IMAGE", "DAKD_LOCAL_RUN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DAKD_IMAGE", "DAKD_CPU_IMAGE", "DAKD_LOCAL_RUN", "DAKD_CACHE_SHARDS")}
     env.update(extra)
     return env
 
@@ -213,7 +213,7 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
                    "source_resize_h": 32, "source_resize_w": 64, "target_resize_h": 32, "target_resize_w": 64,
                    "crop_h": 32, "crop_w": 64, "pretrain_iterations": 2, "adapt_iterations": 2,
                    "distill_iterations": 2, "teacher_batch_size": 2, "student_batch_size": 2, "eval_every": 2,
-                   "num_workers": 0, "paradigm": "d", "cache_shards": 2, "eval_resize_h": 32, "eval_resize_w": 64,
+                   "num_workers": 0, "paradigm": "d", "eval_resize_h": 32, "eval_resize_w": 64,
                    "mlflow_experiment": "dakd-e2e"},
         "local": {"synth_train": 4, "synth_val": 2, "synth_width": 64, "synth_height": 32},
     }))

@@ -54,7 +54,17 @@ class PipelineParams(StrictConfig):
     lambda_pseudo: float = Field(1.0, ge=0)
     lambda_target: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
-    cache_shards: int = Field(4, gt=0)
+    # real-time students (issue 9; DistillConfig): border-focal source loss, border-weighted KL,
+    # feature distillation (L2 / CWD / LAD on `feature_level`; needs teacher_online)
+    seg_loss: Literal["ce", "border_focal"] = "ce"
+    focal_gamma: float = Field(2.0, ge=0)
+    lambda_border_kl: float = Field(0.0, ge=0)
+    lambda_l2_feature: float = Field(0.0, ge=0)
+    lambda_cwd: float = Field(0.0, ge=0)
+    cwd_tau: float = Field(4.0, gt=0)
+    lambda_lad: float = Field(0.0, ge=0)
+    feature_level: str = Field("last", min_length=1)
+    teacher_online: bool = False  # live teacher instead of the cache (required by feature losses)
     # evaluation / export
     eval_resize_h: int = Field(512, gt=0)
     eval_resize_w: int = Field(1024, gt=0)

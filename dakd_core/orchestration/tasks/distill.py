@@ -26,7 +26,10 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
                  teacher: str, cache_index: str, init: str, target_manifest: str, target_resize: list,
                  method: str, lambda_adv_main: float, lambda_adv_aux: float, lambda_kl: float,
                  lambda_kl_aux: float, lambda_mse: float, lambda_pseudo: float, lambda_target: float,
-                 temperature: float, **train) -> dict:
+                 temperature: float, seg_loss: str = "ce", focal_gamma: float = 2.0,
+                 lambda_border_kl: float = 0.0, lambda_l2_feature: float = 0.0, lambda_cwd: float = 0.0,
+                 cwd_tau: float = 4.0, lambda_lad: float = 0.0, feature_level: str = "last",
+                 teacher_online: bool = False, **train) -> dict:
     from dakd_core.config import build_config
     from dakd_core.train import distill
     from dakd_core.train.distill_config import DistillConfig
@@ -41,5 +44,9 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
         paradigm=run_paradigm, teacher=resolve(teacher), teacher_cache=resolve(cache_index),
         lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse,
         lambda_pseudo=lambda_pseudo, lambda_target=lambda_target, temperature=temperature,
+        # issue 9: real-time students' losses (defaults leave DAKD unchanged)
+        seg_loss=seg_loss, focal_gamma=focal_gamma, lambda_border_kl=lambda_border_kl,
+        lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd, cwd_tau=cwd_tau, lambda_lad=lambda_lad,
+        feature_level=feature_level, teacher_online=teacher_online,
     )
     return {**train_outputs(distill.run(cfg), cfg.model), "paradigm": run_paradigm}
