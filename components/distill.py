@@ -17,8 +17,10 @@ def distill(
     target_resize: list, crop: list, batch_size: int, iterations: int, lr: float, eval_every: int,
     num_workers: int, seed: int, method: str, lambda_adv_main: float, lambda_adv_aux: float,
     lambda_kl: float, lambda_kl_aux: float, lambda_mse: float, lambda_pseudo: float,
-    lambda_target: float, temperature: float, experiment: str, parent_run_id: str, kfp_run_id: str,
-    kfp_task: str, metrics: Output[Metrics], model: Output[Model],
+    lambda_target: float, temperature: float, seg_loss: str, focal_gamma: float,
+    lambda_border_kl: float, lambda_l2_feature: float, lambda_cwd: float, cwd_tau: float,
+    lambda_lad: float, feature_level: str, teacher_online: bool, experiment: str, parent_run_id: str,
+    kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], model: Output[Model],
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
     from collections import namedtuple
 
@@ -33,7 +35,10 @@ def distill(
         num_workers=num_workers, seed=seed, method=method, lambda_adv_main=lambda_adv_main,
         lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
         lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
-        temperature=temperature, experiment=experiment, parent_run_id=parent_run_id,
+        temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,
+        lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
+        cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,
+        teacher_online=teacher_online, experiment=experiment, parent_run_id=parent_run_id,
         kfp_run_id=kfp_run_id, kfp_task=kfp_task,
     )
     log_metrics(metrics, out["metrics"])

@@ -40,12 +40,12 @@ def world(tmp_path_factory):
     }
 
 
-def _distill(w, out, extra, capsys, model="swiftnet_resnet18", init=None):
+def _distill(w, out, extra, capsys, model="swiftnet_resnet18", init=None, paradigm="b"):
     argv = ["distill", "--model", model, "--source-manifest", w["src"], "--target-manifest", w["tgt"],
             "--init", init or w["student"], "--teacher", w["teacher"], "--teacher-online",
             "--out", f"{w['store']}/runs/{out}", "--source-resize", str(H), str(W), "--target-resize", str(H),
             str(W), "--crop", str(H), str(W), "--iterations", "1", "--batch-size", "2", "--num-workers", "0",
-            "--device", "cpu", "--paradigm", "c", "--lr", "1e-3", "--gate-max-images", "1", *extra]
+            "--device", "cpu", "--paradigm", paradigm, "--lr", "1e-3", "--gate-max-images", "1", *extra]
     capsys.readouterr()
     assert dakd(argv) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
@@ -85,7 +85,7 @@ def test_mobilenetv4_student_with_all_losses(world, mlflow_uri, capsys):
     init = make_checkpoint(f"{world['store']}/mnv4.pt", seed=3, model="swiftnet_mobilenetv4")
     flags = ["--seg-loss", "border_focal", "--lambda-border-kl", "0.5", "--lambda-cwd", "0.5",
              "--feature-level", "mid", "--temperature", "2"]
-    res = _distill(world, "mnv4", flags, capsys, model="swiftnet_mobilenetv4", init=init)
+    res = _distill(world, "mnv4", flags, capsys, model="swiftnet_mobilenetv4", init=init, paradigm="c")
     ckpt = load_checkpoint(res["last_checkpoint_uri"])
     assert ckpt["model_name"] == "swiftnet_mobilenetv4" and ckpt["config"]["lambda_cwd"] == 0.5
     assert all(res["metrics"][f"train/{k}"] > 0 for k in ("s_cwd", "t_cwd", "s_border_kl", "t_border_kl"))
