@@ -7,7 +7,7 @@ OUT=$(realpath -m "${1:-demo_paradigms}")
 D="${DAKD:-.venv/bin/dakd}"
 N=${N:-24} IT_PRE=${IT_PRE:-60} IT_ADAPT=${IT_ADAPT:-20} IT_DIST=${IT_DIST:-30}
 TEACHER=${TEACHER:-deeplabv2_resnet50} STUDENT=${STUDENT:-deeplabv2_mobilenetv3}
-export DAKD_NO_PROGRESS=1 MLFLOW_TRACKING_URI="sqlite:///$OUT/mlruns.db"
+export DAKD_NO_PROGRESS=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI="sqlite:///$OUT/mlruns.db"
 mkdir -p "$OUT"; S="file://$OUT/store"
 $D synth --out "$OUT/raw_src" --domain source --n "$N" --size 128x64 --split train
 $D synth --out "$OUT/raw_tgt" --domain target --n "$N" --size 128x64 --split train
