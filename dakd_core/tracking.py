@@ -78,8 +78,11 @@ def _looks_like_aws_secret(token: str) -> bool:
 
 
 def _secret_env_values() -> list[str]:
-    """Values of secret-named environment variables (long enough not to match by accident)."""
-    return sorted((v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 6),
+    """Values of secret-named environment variables (long enough not to match by accident).
+
+    Iterates over a snapshot: MLflow's background threads may change os.environ meanwhile.
+    """
+    return sorted((v for k, v in dict(os.environ).items() if is_secret_key(k) and len(v) >= 6),
                   key=len, reverse=True)
 
 
