@@ -165,6 +165,8 @@ Every stage picks its checkpoint on the **tune** split (every {p['eval_every']} 
 **val**, which no stage and no preset choice has seen. Pretrain/adapt run once per seed and the
 teacher is cached once per seed; every distillation row reuses them; (d) starts from (c)'s checkpoint.
 Ablations are on paradigm (c) (λ_target 1.0 is row (c) itself).
+The wall time counts this invocation only: a stage whose `result.json` already held the identical
+config (same config hash), e.g. from an interrupted earlier invocation, was reused, not re-run.
 
 ## mIoU on target val (mean ± sample std over seeds {', '.join(map(str, doc['seeds']))})
 
