@@ -34,13 +34,14 @@ def _names(text: str) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="dakd bench realtime", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory or store URI for realtime.json/.md and the plot")
     p.add_argument("--students", type=_names, default=["swiftnet_resnet18", "swiftnet_mobilenetv4"])
     p.add_argument("--teachers", type=_names, default=["deeplabv2_resnet101"])
     p.add_argument("--train-resolution", type=_hw, default=(512, 1024))
     p.add_argument("--iters", type=int, default=5, help="timed runs at the training resolution")
-    p.add_argument("--full-iters", type=int, default=2, help="timed runs at 1080x1920")
+    p.add_argument("--full-iters", type=int, default=2, help="timed runs at --full-resolution")
+    p.add_argument("--full-resolution", type=_hw, default=None, help="default 1080x1920")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--teacher-full-hd", action="store_true")
     p.add_argument("--miou", action="append", default=[], metavar="MODEL=URI[#ENTRY]",
@@ -52,8 +53,17 @@ def main(argv=None) -> dict:
     from dakd_core.evaluation import realtime
     from dakd_core.evaluation.inference import resolve_device
 
+    # Check the --miou specs before minutes of measuring.
+    mious = []
+    for spec in args.miou:
+        model, sep, uri = spec.partition("=")
+        if not sep or model not in args.students + args.teachers:
+            raise DakdError(f"--miou '{spec}': expected MODEL=URI with MODEL one of the measured networks")
+        uri, _, entry = uri.partition("#")
+        mious.append((model, realtime.read_miou(uri, entry or None)))
+
     device = resolve_device(args.device)
-    train, full = tuple(args.train_resolution), realtime.FULL_HD
+    train, full = tuple(args.train_resolution), tuple(args.full_resolution or realtime.FULL_HD)
     iters = {train: args.iters, full: args.full_iters}
     student_res = [train] if train == full else [train, full]
     teacher_res = student_res if args.teacher_full_hd else [train]
@@ -64,14 +74,10 @@ def main(argv=None) -> dict:
     plot_hw = args.plot_resolution or train
     plot_res = f"{plot_hw[0]}x{plot_hw[1]}"
     points = []
-    for spec in args.miou:
-        model, sep, uri = spec.partition("=")
-        if not sep or model not in args.students + args.teachers:
-            raise DakdError(f"--miou '{spec}': expected MODEL=URI with MODEL one of the measured networks")
-        uri, _, entry = uri.partition("#")
+    for model, miou in mious:
         best = realtime.fastest(rows, model, plot_res)
         points.append({"model": model, "role": "student" if model in args.students else "teacher",
-                       "miou": realtime.read_miou(uri, entry or None), "latency_ms": best["latency_ms"],
+                       "miou": miou, "latency_ms": best["latency_ms"],
                        "runtime": f"{best['runtime']} {best['precision']}"})
     doc = realtime.publish(args.out, rows, points, plot_res)
     print(realtime.markdown_table(rows))

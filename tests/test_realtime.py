@@ -168,3 +168,19 @@ def test_throughput_rows_and_latency_vs_miou_plot(tmp_path):
     saved = json.loads((tmp_path / "out" / "realtime.json").read_text())
     assert saved["rows"] == rows and saved["files"] == doc["files"]
     assert "| deeplabv2_tiny |" in (tmp_path / "out" / "realtime.md").read_text()
+
+
+def test_dakd_bench_realtime_cli(tmp_path, capsys):
+    (tmp_path / "m.json").write_text(json.dumps({"miou": 0.4}))
+    capsys.readouterr()
+    assert dakd(["bench", "realtime", "--out", str(tmp_path / "x"), "--students", "deeplabv2_tiny",
+                 "--miou", f"nope={tmp_path / 'm.json'}"]) == 2
+    assert "--miou 'nope=" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert dakd(["bench", "realtime", "--out", str(tmp_path / "rt"), "--students", "deeplabv2_tiny",
+                 "--teachers", "deeplabv2_tiny", "--train-resolution", "32x64", "--full-resolution", "64x64",
+                 "--iters", "1", "--full-iters", "1", "--warmup", "0", "--device", "cpu",
+                 "--miou", f"deeplabv2_tiny={tmp_path / 'm.json'}"]) == 0
+    doc = json.loads((tmp_path / "rt" / "realtime.json").read_text())
+    # student: 3 CPU runtimes x 2 resolutions; teacher: eager FP32 at the training resolution
+    assert len(doc["rows"]) == 7 and doc["points"][0]["miou"] == 0.4
+    assert (tmp_path / "rt" / "latency_vs_miou.png").exists()

@@ -8,7 +8,7 @@ HELP = ("reproduce DAKD's results table on the built-in domain pair (results) or
 
 
 def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="bench", required=True, metavar="{results,perf}")
+    sub = p.add_subparsers(dest="bench", required=True, metavar="{results,perf,realtime}")
     r = sub.add_parser("results", help="teacher/student source-only and adapted, paradigms a-d, ablations; "
                                        "writes results.json and results.md")
     r.add_argument("--size", default="results", help="preset: tiny, demo or results (default results)")
@@ -22,6 +22,11 @@ def add_arguments(p) -> None:
     f.add_argument("--quick", action="store_true", help="tiny inputs (a smoke run; ratios are not meaningful)")
     f.add_argument("--out", default="docs/performance.md", help="Markdown report path (default docs/performance.md)")
     f.add_argument("--json", default=None, help="also write the measurements as JSON here")
+    # prefix_chars="+": every "--flag" is left for the script's own parser (--help included).
+    rt = sub.add_parser("realtime", add_help=False, prefix_chars="+",
+                        help="students/teachers throughput (FP32/FP16, training res + 1080x1920) and the "
+                             "latency-vs-mIoU plot; arguments of benchmarks/bench_realtime.py (--help there)")
+    rt.add_argument("args", nargs="...", help="passed to benchmarks/bench_realtime.py")
 
 
 def run(args) -> int:
@@ -41,6 +46,11 @@ def run(args) -> int:
 
         print(markdown_main_table(doc))
         print(f"wrote {args.json} and {Path(args.docs) / 'results.md'}")
+        return 0
+    if args.bench == "realtime":
+        from dakd_core.bench.perf import load_benchmark
+
+        load_benchmark("bench_realtime").main(args.args)
         return 0
     from dakd_core.bench.perf import run_perf
 
