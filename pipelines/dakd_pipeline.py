@@ -75,6 +75,22 @@ def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str
     return task
 
 
+@dsl.pipeline(name="cache-teacher", description="Teacher cache: one task per shard slice, then the index")
+def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, store_uri: str, run_name: str,
+                         experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
+    # A sub-pipeline, so that inside the ParallelFor every upstream value is a pipeline input:
+    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item.
+    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest], num_shards=CACHE_SHARDS,
+                  store_uri=store_uri, run_name=run_name, experiment=experiment, parent_run_id=parent_run_id,
+                  kfp_run_id=kfp_run_id, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+    with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
+        slice_task = _gpu(cache_teacher_shard(shard_index=shard, **inputs), cpu="4", memory="24Gi")
+        slice_task.set_display_name("cache-teacher shard")
+    index = _gpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **inputs),
+                 cpu="2", memory="8Gi").set_display_name("cache-teacher index")
+    return index.outputs["Output"]
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Domain Adaptive Knowledge Distillation for semantic segmentation")
 def dakd_pipeline(
     source_format: str = _D.source_format,
@@ -162,18 +178,16 @@ def dakd_pipeline(
                 iterations=adapt_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
                 lambda_adv_aux=lambda_adv_aux, **common)).set_display_name(f"adapt {role}")
 
-        # -- teacher cache: one task per shard slice, then the index fan-in
+        # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
-        cache_inputs = dict(teacher=teacher, manifests=[src_train, tgt_train], num_shards=CACHE_SHARDS)
-        with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
-            slice_task = _gpu(cache_teacher_shard(shard_index=shard, **cache_inputs, **track), cpu="4", memory="24Gi")
-            slice_task.set_display_name("cache-teacher shard")
-        index = _gpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **cache_inputs, **track),
-                     cpu="2", memory="8Gi").set_display_name("cache-teacher index")
+        cache = cache_teacher_fanout(teacher=teacher, source_manifest=src_train, target_manifest=tgt_train,
+                                     store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
+                                     parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id)
+        cache.set_display_name("cache-teacher")
 
         # -- distill: the paradigm; for (d), (c) first and (d) initialised from it
         distill_inputs = dict(
-            network=student_model, teacher=teacher, cache_index=index.outputs["Output"], source_manifest=src_train,
+            network=student_model, teacher=teacher, cache_index=cache.output, source_manifest=src_train,
             target_manifest=tgt_train, target_resize=target_resize, batch_size=student_batch_size,
             iterations=distill_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
             lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
