@@ -116,6 +116,7 @@ def dakd_pipeline(
     eval_every: int = _D.eval_every,
     num_workers: int = _D.num_workers,
     adaptation_method: str = _D.adaptation_method,
+    distill_adversarial_method: str = _D.distill_adversarial_method,
     lambda_adv_main: float = _D.lambda_adv_main,
     lambda_adv_aux: float = _D.lambda_adv_aux,
     paradigm: str = _D.paradigm,
@@ -189,7 +190,7 @@ def dakd_pipeline(
         distill_inputs = dict(
             network=student_model, teacher=teacher, cache_index=cache.output, source_manifest=src_train,
             target_manifest=tgt_train, target_resize=target_resize, batch_size=student_batch_size,
-            iterations=distill_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
+            iterations=distill_iterations, method=distill_adversarial_method, lambda_adv_main=lambda_adv_main,
             lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
             lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
             temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,

@@ -44,6 +44,9 @@ class PipelineParams(StrictConfig):
     num_workers: int = Field(2, ge=0)  # DataLoader workers per training task
     # adaptation (AdaptSegNet / ADVENT)
     adaptation_method: str = "adaptsegnet"  # any AdaptConfig.method (validated by the adapt stage)
+    # The student's own adversarial DA losses while distilling (adaptsegnet | advent): distillation
+    # keeps an output-space alignment whatever method adapted the networks.
+    distill_adversarial_method: Literal["adaptsegnet", "advent"] = "adaptsegnet"
     lambda_adv_main: float = Field(1e-3, ge=0)
     lambda_adv_aux: float = Field(2e-4, ge=0)
     # distillation (DAKD): paradigm and every weight and the temperature
