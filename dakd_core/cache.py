@@ -25,7 +25,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+import weakref
 import threading
 import zlib
 from dataclasses import dataclass
@@ -381,6 +383,11 @@ def _publish_index(store, num_shards_total: int) -> str:
 # Reader
 
 
+def _remove_local_dir(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class TeacherCache:
     """Random access to a published cache.
 
@@ -445,6 +452,9 @@ class TeacherCache:
             with self._lock:
                 if self._local_dir is None:
                     self._local_dir = tempfile.mkdtemp(prefix="dakd-teacher-cache-")
+                    # Removed with the reader (or at exit) by the process that made it; forked
+                    # DataLoader workers share the folder and must not delete it under the parent.
+                    weakref.finalize(self, _remove_local_dir, self._local_dir, os.getpid())
         path = Path(self._local_dir) / hashlib.sha1(f"{self.root}/{key}".encode()).hexdigest()
         if not path.exists():
             from dakd_core.storage import read_bytes

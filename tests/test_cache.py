@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +54,19 @@ def test_cache_on_s3_matches_live_teacher(s3_store, dtype, tol):
     # Bytes per image vs fp32 main + aux maps at output stride: the goal is <= 25 %.
     fp32 = 2 * 19 * (H // 8) * (W // 8) * 4
     assert result.bytes_written / 5 <= 0.25 * fp32 * (1.0 if dtype == "uint8" else 2.5)
+
+
+def test_reader_removes_its_local_shard_copies(file_store):
+    src, tgt, teacher_uri = _setup(file_store)
+    result = run_cache(CacheConfig(teacher=teacher_uri, manifests=[src], store=file_store, name="t3",
+                                   shard_size=2, device="cpu"))
+    cache = TeacherCache(result.index_uri)
+    cache.get("src_000")
+    local = Path(cache._local_dir)
+    assert local.is_dir() and any(local.iterdir())
+    del cache
+    gc.collect()
+    assert not local.exists()
 
 
 def test_interrupted_run_resumes_without_recomputing(file_store, monkeypatch):
