@@ -62,7 +62,11 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert cfg["best_checkpoint_uri"].endswith("distill_paradigm_d/best.pt")
     md = (docs / "results.md").read_text()
     assert "dakd bench results --size tiny --seeds 1" in md
-    assert "(d) target, from (c) (`paradigm_d`)" in md and "| paper claim |" in md
+    assert "(d) target, from (c) (`paradigm_d`)" in md and "| (d) >= (c) |" in md
+    # only the claims whose two rows ran
+    assert [c["claim"] for c in doc["claims"]] == [
+        "adapted > source-only (teacher)", "adapted > source-only (student)", "(c) > undistilled student",
+        "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)"]
     for name in ("results_miou.png", "results_per_class.png"):
         assert (docs / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run reuses every finished stage (same config hash) and gives the same table

@@ -53,6 +53,8 @@ def summarise(per_seed: dict[int, dict[str, dict]], rows) -> dict:
         }
     claims = []
     for text, left, rel, right in CLAIMS:
+        if left not in table or right not in table:  # a run over a subset of the rows
+            continue
         a, b = table[left]["miou"]["mean"], table[right]["miou"]["mean"]
         wins = sum(_holds(per_seed[s][left]["miou"], rel, per_seed[s][right]["miou"]) for s in seeds)
         claims.append({"claim": text, "left": left, "right": right, "relation": rel,
