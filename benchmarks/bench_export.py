@@ -20,10 +20,11 @@ import time
 import numpy as np
 import torch
 
-from dakd_core.evaluation.inference import DeployedSegmenter, OnnxPredictor, TorchPredictor, default_device, predict_logits
+from dakd_core.evaluation.inference import DeployedSegmenter, OnnxPredictor, TorchPredictor, predict_logits
 from dakd_core.evaluation.metrics import SegmentationMetrics
 from dakd_core.export import export_onnx, export_torch_fp16, load_torch_program, measure_throughput, onnx_to_fp16
 from dakd_core.models import count_parameters, create_model
+from dakd_core.train.engine import default_device
 
 
 def _hw(text: str) -> tuple[int, int]:

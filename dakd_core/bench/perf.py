@@ -32,15 +32,16 @@ def load_benchmark(name: str):
     return module
 
 
-# Arguments of each benchmark: full (docs/performance.md, <= 10 min on 2 shared cores) and quick.
+# Arguments of each benchmark: full (docs/performance.md, <= 10 min on 2 shared cores; the results
+# bench's demo pair deeplabv2_thin -> deeplabv2_tiny) and quick (a smoke).
 ARGS = {
     "full": {
-        "ingest": ["--n", "8", "--size", "512", "256", "--workers", "2", "--repeats", "2", "--formats", "cityscapes"],
-        "train": ["--models", "deeplabv2_thin", "deeplabv2_resnet18", "--iters", "12", "--batch", "2",
+        "ingest": ["--n", "6", "--size", "512", "256", "--workers", "2", "--repeats", "2", "--formats", "cityscapes"],
+        "train": ["--models", "deeplabv2_tiny", "deeplabv2_thin", "--iters", "10", "--batch", "2",
                   "--size", "64", "128", "--workers", "1"],
-        "distill": ["--teacher-model", "deeplabv2_resnet18", "--student-model", "deeplabv2_thin",
+        "distill": ["--teacher-model", "deeplabv2_thin", "--student-model", "deeplabv2_tiny",
                     "--size", "64", "128", "--iterations", "6", "--images", "4"],
-        "export": ["--student", "deeplabv2_thin", "--teacher", "deeplabv2_resnet18", "--resolution", "128x256",
+        "export": ["--student", "deeplabv2_tiny", "--teacher", "deeplabv2_thin", "--resolution", "128x256",
                    "--iters", "6", "--eval-images", "4"],
     },
     "quick": {
