@@ -460,6 +460,8 @@ class TeacherCache:
             from dakd_core.storage import read_bytes
 
             data = read_bytes(f"{self.root}/{key}")
+            # A /tmp cleaner (or a finished sibling reader) may have removed the folder: recreate it.
+            path.parent.mkdir(parents=True, exist_ok=True)
             # Temp name + rename: concurrent DataLoader workers never read a half-written shard.
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)

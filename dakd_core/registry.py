@@ -232,7 +232,7 @@ def promote(
                 return _record(client, name, challenger, "rejected", previous, previous, reason)
             reason = f"{metric} {value:.4f} vs champion v{champion.version} gains {gain:+.4f} >= {min_gain}"
         else:
-            reason = "no champion yet"
+            reason = "there was no champion before"
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         time.sleep(settle_s * (1 + random.random()))  # let a concurrent writer land before re-reading
         now = _version_by_alias(client, name, CHAMPION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ def test_reader_removes_its_local_shard_copies(file_store):
     cache.get("src_000")
     local = Path(cache._local_dir)
     assert local.is_dir() and any(local.iterdir())
+    # a /tmp cleaner removing the folder mid-run costs a re-download, not a crash
+    shutil.rmtree(local)
+    assert cache.get("src_001")["label"].dtype == np.uint8 and local.is_dir()
     del cache
     gc.collect()
     assert not local.exists()

@@ -225,7 +225,7 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = res.stdout[res.stdout.index("dakd run e2e:"):]
     for row in ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
-                "student distilled", "exported (ONNX FP16)"]:
+                "student distilled", "student exported ONNX FP16"]:
         assert f"| {row}" in table, table
     assert "registry: dakd-gta5-to-cityscapes v1 promoted" in table
     assert "orchestration overhead" in table

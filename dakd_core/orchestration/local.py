@@ -30,7 +30,7 @@ TABLE_ROWS = [
     ("student source-only", "student source-only"),
     ("student adapted", "student adapted"),
     ("student distilled", "student distilled"),
-    ("student distilled ONNX FP16", "  exported (ONNX FP16)"),
+    ("student distilled ONNX FP16", "student exported ONNX FP16"),
 ]
 
 
@@ -149,7 +149,7 @@ def format_summary(res: LocalRunResult) -> str:
     lines += [
         "",
         f"registry: {p['name']} v{p['challenger']} {p['decision']}"
-        f" (champion: {('v' + str(p['champion'])) if p.get('champion') else 'none'}) - {p['reason']}",
+        f" (champion now: {('v' + str(p['champion'])) if p.get('champion') else 'none'}) - {p['reason']}",
         f"MLflow: {res.tracking_uri}    store: {res.store_uri}/runs/{res.run_name}",
         f"time: {res.wall_seconds:.1f} s wall, {sum(res.task_seconds.values()):.1f} s inside {len(res.task_seconds)} "
         f"stage calls; orchestration overhead {res.overhead_seconds:.1f} s over {res.num_tasks} tasks "
