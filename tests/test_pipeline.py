@@ -196,6 +196,22 @@ def test_submit_rejects_unknown_parameter_before_contacting_the_server(fake_kfp,
     assert requests == []
 
 
+@pytest.mark.parametrize("bad", ["../other-team", "a/../../x", "a b", ".hidden"])
+def test_run_name_that_would_leave_runs_folder_is_refused(bad, fake_kfp, tmp_path, capsys):
+    from dakd_core.cli import main
+    from dakd_core.errors import ConfigError
+    from dakd_core.orchestration.tasks.common import run_prefix
+
+    with pytest.raises(ConfigError, match="run_name"):
+        run_prefix("s3://dakd/store", bad)
+    host, requests = fake_kfp
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"run_name": bad}))
+    assert main(["submit", "--host", host, "--params", str(params)]) == 2
+    assert "run_name" in capsys.readouterr().err and requests == []
+    assert run_prefix("s3://dakd/store/", "gta5-to-acdc_v2.1") == "s3://dakd/store/runs/gta5-to-acdc_v2.1"
+
+
 def test_submit_names_an_unreachable_server(capsys):
     from dakd_core.cli import main
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dakd_core.errors import DakdError, StoreError
 from dakd_core.orchestration.params import RunConfig
+from dakd_core.orchestration.tasks.common import run_prefix
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed)
 TABLE_ROWS = [
@@ -89,6 +90,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         params.source_uri, params.target_uri = prepare_data(cfg, out)
     params.store_uri = (out / "store").as_uri()
     params.run_name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
+    run_prefix(params.store_uri, params.run_name)  # a bad --run-name fails here, before any task runs
     env = _local_env(out)
     os.environ.update(env)
 

@@ -14,6 +14,8 @@ from pydantic import Field
 
 from dakd_core.config import StrictConfig, build_config
 
+RUN_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
+
 
 class PipelineParams(StrictConfig):
     # data: dataset layout + root URI of each domain (dakd_core.data.formats)
@@ -23,7 +25,8 @@ class PipelineParams(StrictConfig):
     target_uri: str = "s3://dakd/raw/cityscapes"
     # where every stage writes ({store}/datasets, {store}/runs/{run_name}/...)
     store_uri: str = "s3://dakd/store"
-    run_name: str = ""  # empty: the KFP run id
+    # empty: the KFP run id. One store key segment: no "/", no "..", nothing a shell or S3 mangles.
+    run_name: str = Field("", pattern=RUN_NAME_PATTERN)
     # networks
     teacher_model: str = "deeplabv2_resnet101"
     student_model: str = "deeplabv2_resnet18"

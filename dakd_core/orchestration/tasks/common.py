@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import re
 
+from dakd_core.errors import ConfigError
 from dakd_core.orchestration.context import task_context
+from dakd_core.orchestration.params import RUN_NAME_PATTERN
 
 
 def hw(size: list) -> tuple[int, int]:
@@ -15,6 +18,9 @@ def hw(size: list) -> tuple[int, int]:
 
 def run_prefix(store_uri: str, run_name: str) -> str:
     """`{store}/runs/{run_name}`: where the stages of one pipeline run write."""
+    # The name comes from a UI text box: refuse what would escape runs/ or nest ("a/../../x").
+    if not re.fullmatch(RUN_NAME_PATTERN, run_name) or not run_name:
+        raise ConfigError(f"run_name {run_name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return f"{store_uri.rstrip('/')}/runs/{run_name}"
 
 
