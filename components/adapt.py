@@ -13,7 +13,7 @@ def adapt(
     store_uri: str, run_name: str, role: str, network: str, init: str, source_manifest: str,
     target_manifest: str, source_resize: list, target_resize: list, crop: list, batch_size: int,
     iterations: int, lr: float, eval_every: int, num_workers: int, seed: int, method: str,
-    lambda_adv_main: float, lambda_adv_aux: float, experiment: str, parent_run_id: str,
+    lambda_adv_main: float, lambda_adv_aux: float, discriminator_width: int, experiment: str, parent_run_id: str,
     kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], model: Output[Model],
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
     from collections import namedtuple
@@ -26,7 +26,8 @@ def adapt(
         source_manifest=source_manifest, target_manifest=target_manifest, source_resize=source_resize,
         target_resize=target_resize, crop=crop, batch_size=batch_size, iterations=iterations, lr=lr,
         eval_every=eval_every, num_workers=num_workers, seed=seed, method=method,
-        lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux, experiment=experiment,
+        lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux,
+        discriminator_width=discriminator_width, experiment=experiment,
         parent_run_id=parent_run_id, kfp_run_id=kfp_run_id, kfp_task=kfp_task,
     )
     log_metrics(metrics, out["metrics"])

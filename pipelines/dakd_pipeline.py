@@ -119,6 +119,7 @@ def dakd_pipeline(
     distill_adversarial_method: str = _D.distill_adversarial_method,
     lambda_adv_main: float = _D.lambda_adv_main,
     lambda_adv_aux: float = _D.lambda_adv_aux,
+    discriminator_width: int = _D.discriminator_width,
     paradigm: str = _D.paradigm,
     lambda_kl: float = _D.lambda_kl,
     lambda_kl_aux: float = _D.lambda_kl_aux,
@@ -177,7 +178,8 @@ def dakd_pipeline(
                 role=role, network=network, init=pre[role].outputs["checkpoint"], source_manifest=src_train,
                 target_manifest=tgt_train, target_resize=target_resize, batch_size=batch,
                 iterations=adapt_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
-                lambda_adv_aux=lambda_adv_aux, **common)).set_display_name(f"adapt {role}")
+                lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width,
+                **common)).set_display_name(f"adapt {role}")
 
         # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
@@ -191,8 +193,8 @@ def dakd_pipeline(
             network=student_model, teacher=teacher, cache_index=cache.output, source_manifest=src_train,
             target_manifest=tgt_train, target_resize=target_resize, batch_size=student_batch_size,
             iterations=distill_iterations, method=distill_adversarial_method, lambda_adv_main=lambda_adv_main,
-            lambda_adv_aux=lambda_adv_aux, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
-            lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
+            lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width, lambda_kl=lambda_kl,
+            lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
             temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,
             lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
             cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,

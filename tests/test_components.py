@@ -93,8 +93,10 @@ def test_pretrain_and_adapt(env):
     assert uri.startswith(f"{c['store_uri']}/runs/t1/pretrain_student/")
     assert load_checkpoint(uri)["model_name"] == "deeplabv2_tiny"
     ada = adapt_task(**c, role="student", init=pre["checkpoint"], target_manifest=r["tgt"], target_resize=[32, 64],
-                     method="adaptsegnet", lambda_adv_main=1e-3, lambda_adv_aux=2e-4, source_manifest=r["src"], **TRAIN)
+                     method="adaptsegnet", lambda_adv_main=1e-3, lambda_adv_aux=2e-4, discriminator_width=16,
+                     source_manifest=r["src"], **TRAIN)
     assert "/runs/t1/adapt_student/" in pins.resolve(ada["checkpoint"])
+    assert load_checkpoint(pins.resolve(ada["checkpoint"]))["config"]["d_ndf"] == 16
     r.update(pre=pre["checkpoint"], ada=ada["checkpoint"])
 
 

@@ -52,6 +52,8 @@ class PipelineParams(StrictConfig):
     distill_adversarial_method: Literal["adaptsegnet", "advent"] = "adaptsegnet"
     lambda_adv_main: float = Field(1e-3, ge=0)
     lambda_adv_aux: float = Field(2e-4, ge=0)
+    # discriminator width (AdaptSegNet: 64). On CPU a 64-wide D costs more than a small student.
+    discriminator_width: int = Field(64, gt=0)
     # distillation (DAKD): paradigm and every weight and the temperature
     paradigm: Literal["a", "b", "c", "d"] = "d"
     lambda_kl: float = Field(0.1, ge=0)

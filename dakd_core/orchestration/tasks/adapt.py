@@ -9,17 +9,17 @@ from dakd_core.orchestration.pins import resolve
 
 
 def adapt_fields(*, init: str, target_manifest: str, target_resize: list, method: str,
-                 lambda_adv_main: float, lambda_adv_aux: float) -> dict:
+                 lambda_adv_main: float, lambda_adv_aux: float, discriminator_width: int = 64) -> dict:
     """AdaptConfig fields beyond TrainConfig (also used by distillation, which keeps its own DA)."""
     return dict(init=resolve(init), target_manifest=resolve(target_manifest),
                 target_resize=hw(target_resize), method=method,
-                lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux)
+                lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux, d_ndf=int(discriminator_width))
 
 
 @tracked("adapt")
 def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, init: str,
                target_manifest: str, target_resize: list, method: str, lambda_adv_main: float,
-               lambda_adv_aux: float, **train) -> dict:
+               lambda_adv_aux: float, discriminator_width: int = 64, **train) -> dict:
     from dakd_core.config import build_config
     from dakd_core.train import adapt
     from dakd_core.train.configs import AdaptConfig
@@ -29,6 +29,7 @@ def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, ini
         AdaptConfig,
         **training_common(out=out, **train),
         **adapt_fields(init=init, target_manifest=target_manifest, target_resize=target_resize,
-                       method=method, lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux),
+                       method=method, lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux,
+                       discriminator_width=discriminator_width),
     )
     return train_outputs(adapt.run(cfg), cfg.model)

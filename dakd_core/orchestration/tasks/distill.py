@@ -29,7 +29,7 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
                  temperature: float, seg_loss: str = "ce", focal_gamma: float = 2.0,
                  lambda_border_kl: float = 0.0, lambda_l2_feature: float = 0.0, lambda_cwd: float = 0.0,
                  cwd_tau: float = 4.0, lambda_lad: float = 0.0, feature_level: str = "last",
-                 teacher_online: bool = False, **train) -> dict:
+                 teacher_online: bool = False, discriminator_width: int = 64, **train) -> dict:
     from dakd_core.config import build_config
     from dakd_core.train import distill
     from dakd_core.train.distill_config import DistillConfig
@@ -40,7 +40,8 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
         DistillConfig,
         **training_common(out=out, **train),
         **adapt_fields(init=init, target_manifest=target_manifest, target_resize=target_resize, method=method,
-                       lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux),
+                       lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux,
+                       discriminator_width=discriminator_width),
         paradigm=run_paradigm, teacher=resolve(teacher), teacher_cache=resolve(cache_index),
         lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse,
         lambda_pseudo=lambda_pseudo, lambda_target=lambda_target, temperature=temperature,
