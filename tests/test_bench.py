@@ -22,7 +22,8 @@ def test_summary_and_claims_on_given_numbers():
     base = {"teacher_source_only": 0.30, "student_source_only": 0.20, "teacher_adapted": 0.40,
             "student_adapted": 0.25, "paradigm_a": 0.26, "paradigm_b": 0.41, "paradigm_c": 0.42,
             "paradigm_d": 0.42, "kl_only": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
-            "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3}
+            "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
+            "student_diga": 0.27, "student_sfda": 0.19}
     seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24)  # seed 1: (b) below the teacher
     doc = report.summarise({0: _seed_metrics(base), 1: _seed_metrics(seed1)}, results.ROWS)
     b = doc["rows"]["paradigm_b"]
@@ -35,6 +36,19 @@ def test_summary_and_claims_on_given_numbers():
     assert claims["(a) > undistilled student"]["difference_points"] == pytest.approx(0.0)
     assert claims["(a) > undistilled student"]["holds"] is False  # equal means do not satisfy >
     assert "| (b) >= teacher | -2.00 | does not hold | 1/2 |" in report.markdown_claims(doc)
+    assert claims["DiGA > AdaptSegNet (student)"]["holds"] and not claims["ROAD > AdaptSegNet (student)"]["holds"]
+    assert not claims["SFDA, no source data > source-only (student)"]["holds"]
+    assert report.markdown_weather(doc) is None  # no weather target in these numbers
+
+
+def test_weather_rows_summarised_per_condition():
+    seeds = {s: _seed_metrics({"teacher_adapted": 0.4}) for s in (0, 1)}
+    seeds[0]["teacher_adapted"]["weather"] = {"fog": 0.30, "night": 0.10}
+    seeds[1]["teacher_adapted"]["weather"] = {"fog": 0.20, "night": 0.10}
+    rows = tuple(r for r in results.ROWS if r.key == "teacher_adapted")
+    doc = report.summarise(seeds, rows)
+    assert doc["rows"]["teacher_adapted"]["weather"]["fog"]["mean"] == pytest.approx(0.25)
+    assert "| teacher, adapted (AdaptSegNet) (`teacher_adapted`) | 25.00 ± 7.07 | 10.00 ± 0.00 |" in report.markdown_weather(doc)
 
 
 def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
@@ -42,7 +56,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
 
     The rows are cut to the baselines and paradigms c, d (d continues from c) to keep the smoke
     short; every other row is a DistillConfig override of the same code path."""
-    rows = tuple(r for r in results.ROWS if r.group == "baseline" or r.key in ("paradigm_c", "paradigm_d"))
+    rows = tuple(r for r in results.ROWS if r.group == "baseline" or r.key in ("paradigm_c", "paradigm_d", "student_sfda"))
     monkeypatch.setattr(results, "ROWS", rows)
     monkeypatch.setattr(results, "run_seed",
                         lambda *a, _orig=results.run_seed, **k: _orig(*a, rows=rows, **k))
@@ -66,7 +80,15 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     # only the claims whose two rows ran
     assert [c["claim"] for c in doc["claims"]] == [
         "adapted > source-only (teacher)", "adapted > source-only (student)", "(c) > undistilled student",
-        "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)"]
+        "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)",
+        "SFDA, no source data > source-only (student)"]
+    # the source-free row saw no source manifest; the weather target was evaluated per condition
+    from dakd_core.models.checkpoint import load_checkpoint
+
+    sfda = load_checkpoint(str(tmp_path / "work/store/runs/seed0/adapt_student_sfda/best.pt"))["config"]
+    assert sfda["method"] == "sfda" and sfda["source_manifest"] is None
+    assert set(doc["rows"]["paradigm_d"]["weather"]) == {"fog", "night", "rain", "snow"}
+    assert "## Adverse weather: mIoU (%) per condition" in md
     for name in ("results_miou.png", "results_per_class.png"):
         assert (docs / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run reuses every finished stage (same config hash) and gives the same table

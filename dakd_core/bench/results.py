@@ -44,12 +44,14 @@ class ResultsPreset:
     pseudo_threshold: float = 0.0  # teacher confidence below it is ignored by L_pseudoT
     target_augment: bool = True  # random scale + flip on target crops during distillation
     gate_max_images: int = 16
+    d_ndf: int = 64  # discriminator width (AdaptSegNet 64); narrower keeps D below the student's cost on CPU
+    n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
 
 
 PRESETS = {
     # test smoke: seconds, numbers meaningless
     "tiny": ResultsPreset(64, 32, 6, 6, 4, 4, "deeplabv2_tiny", "deeplabv2_tiny", 2, 2, 2, batch_size=2,
-                          eval_every=2, gate_max_images=2),
+                          eval_every=2, gate_max_images=2, d_ndf=8, n_weather=1),
     # a few minutes per seed on 2 CPU cores
     "demo": ResultsPreset(64, 32, 48, 48, 12, 24, "deeplabv2_thin", "deeplabv2_tiny", 80, 30, 30, eval_every=20),
     # the published table (docs/results.md): <= 45 min for 3 seeds on 2 CPU cores shared with other
@@ -62,9 +64,9 @@ PRESETS = {
 @dataclass(frozen=True)
 class Row:
     key: str
-    group: str  # "baseline" | "paradigm" | "ablation"
+    group: str  # "baseline" | "paradigm" | "ablation" | "method"
     label: str
-    overrides: dict = field(default_factory=dict)  # DistillConfig fields (distillation rows only)
+    overrides: dict = field(default_factory=dict)  # DistillConfig fields; AdaptConfig fields for "method" rows
 
 
 # The table rows, in order. Ablations are on paradigm c (source + target) so that lambda_target acts.
@@ -82,7 +84,14 @@ ROWS = (
     Row("pseudo_only", "ablation", "(c) L_pseudoT only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_mse": 0.0}),
     Row("lambda_target_0.1", "ablation", "(c) lambda_target 0.1", {"paradigm": "c", "lambda_target": 0.1}),
     Row("lambda_target_0.5", "ablation", "(c) lambda_target 0.5", {"paradigm": "c", "lambda_target": 0.5}),
+    # the other adaptation methods, on the student from the same source-only checkpoint and budget
+    Row("student_advent", "method", "student, adapted (ADVENT)", {"method": "advent"}),
+    Row("student_road", "method", "student, adapted (ROAD)", {"method": "road"}),
+    Row("student_diga", "method", "student, adapted (DiGA)", {"method": "diga"}),
+    Row("student_sfda", "method", "student, adapted source-free (SFDA)", {"method": "sfda"}),
 )
+# Rows also evaluated per weather condition when the preset renders a weather target.
+WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d")
 ROW_KEYS = tuple(r.key for r in ROWS)
 
 
@@ -135,6 +144,11 @@ def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
         "tune": dict(format="cityscapes", root=str(out / "raw_tgt"), split="tune", domain="target", name="tgt"),
         "val": dict(format="cityscapes", root=str(out / "raw_tgt"), split="val", domain="target", name="tgt"),
     }
+    if p.n_weather:  # the same camera world under fog / night / rain / snow (ACDC layout), labelled
+        generate(out / "raw_weather", "target", p.n_weather, size=size, seed=0, split="val", weather=True,
+                 progress=False)
+        jobs["weather"] = dict(format="acdc", root=str(out / "raw_weather"), split="val", domain="target",
+                               name="weather")
     return {k: run_ingest(build_config(IngestConfig, store=store, **v)).manifest_uri for k, v in jobs.items()}
 
 
@@ -153,7 +167,7 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         select_resize=hw, batch_size=p.batch_size, num_workers=0, lr=p.lr, seed=seed, device=device,
         eval_every=p.eval_every, checkpoint_every=10**6, log_every=p.eval_every,
     )
-    adapt_common = dict(common, target_manifest=manifests["target"], target_resize=hw)
+    adapt_common = dict(common, target_manifest=manifests["target"], target_resize=hw, d_ndf=p.d_ndf)
     ckpt: dict[str, str] = {}
     for role, net in (("teacher", p.teacher), ("student", p.student)):
         ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
@@ -170,7 +184,15 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
     )
     for row in rows:
-        if row.group == "baseline":
+        if row.group != "method":
+            continue
+        fields = dict(adapt_common, model=p.student, iterations=p.it_adapt, init=ckpt["student_source_only"],
+                      out=f"{runs}/adapt_{row.key}", **row.overrides)
+        if row.overrides["method"] == "sfda":
+            fields["source_manifest"] = None  # source-free: only the source-only checkpoint crosses over
+        ckpt[row.key] = _train(adapt, AdaptConfig(**fields))
+    for row in rows:
+        if row.group in ("baseline", "method"):
             continue
         # d continues from (c)'s selected checkpoint; every other row from the adapted student
         init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
@@ -179,17 +201,25 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
     return ckpt
 
 
-def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], val_manifest: str, out: Path,
+def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: dict[str, str], out: Path,
                   device: str) -> dict[str, dict]:
-    """mIoU and per-class IoU of every row's checkpoint on target val (one `evaluate.run`)."""
+    """mIoU and per-class IoU of every row's checkpoint on target val (one `evaluate.run`), plus
+    mIoU per weather condition of WEATHER_ROWS when the preset renders a weather target."""
     from dakd_core.evaluation.evaluate import EvalConfig, run
 
-    cfg = EvalConfig(models=[f"{k}={u}" for k, u in ckpt.items()], manifest=val_manifest,
-                     out=str(out / f"eval_seed{seed}"), resolution=(p.height, p.width), device=device,
-                     grid_samples=0, log_mlflow=False)
-    models = run(cfg).metrics["models"]
-    return {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
+    def evaluate(keys, manifest, name):
+        cfg = EvalConfig(models=[f"{k}={ckpt[k]}" for k in keys], manifest=manifest,
+                         out=str(out / f"{name}_seed{seed}"), resolution=(p.height, p.width), device=device,
+                         grid_samples=0, log_mlflow=False)
+        return run(cfg).metrics["models"]
+
+    models = evaluate(list(ckpt), manifests["val"], "eval")
+    rows = {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
                 "num_parameters": m["num_parameters"]} for k, m in models.items()}
+    if "weather" in manifests:
+        for k, m in evaluate([k for k in WEATHER_ROWS if k in ckpt], manifests["weather"], "weather").items():
+            rows[k]["weather"] = {c: v["miou"] for c, v in m["per_condition"].items()}
+    return rows
 
 
 def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,
@@ -202,7 +232,7 @@ def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         # one SQLite MLflow DB per worker: concurrent writers would hit "database is locked"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlruns_seed{seed}.db"
     ckpt = run_seed(p, seed, manifests, store, device)
-    return evaluate_seed(p, seed, ckpt, manifests["val"], out, device)
+    return evaluate_seed(p, seed, ckpt, manifests, out, device)
 
 
 def run_results(run: ResultsRun) -> dict:
