@@ -53,11 +53,13 @@ PRESETS = {
     "tiny": ResultsPreset(64, 32, 6, 6, 4, 4, "deeplabv2_tiny", "deeplabv2_tiny", 2, 2, 2, batch_size=2,
                           eval_every=2, gate_max_images=2, d_ndf=8, n_weather=1),
     # a few minutes per seed on 2 CPU cores
-    "demo": ResultsPreset(64, 32, 48, 48, 12, 24, "deeplabv2_thin", "deeplabv2_tiny", 80, 30, 30, eval_every=20),
-    # the published table (docs/results.md): <= 45 min for 3 seeds on 2 CPU cores shared with other
-    # jobs (measured load ~14): a 3.3x capacity gap (1.5M -> 0.45M parameters) at 96x48
-    "results": ResultsPreset(96, 48, 200, 200, 24, 48, "deeplabv2_thin", "deeplabv2_tiny", 200, 40, 40,
-                             eval_every=30),
+    "demo": ResultsPreset(128, 64, 48, 48, 12, 24, "deeplabv2_thin", "deeplabv2_tiny", 120, 60, 40, lr=0.02,
+                          eval_every=30, d_ndf=16, n_weather=4),
+    # the published table (docs/results.md), 3 seeds in 3 processes on 2 CPU cores: ~1 hour.
+    # 128x64: at 96x48 the output-stride-8 maps are 12x6 and the small classes vanish. A 16-wide
+    # discriminator: at AdaptSegNet's 64 the D cost 3x the 0.45M-parameter student's step on CPU.
+    "results": ResultsPreset(128, 64, 300, 300, 24, 48, "deeplabv2_thin", "deeplabv2_tiny", 800, 300, 250,
+                             lr=0.02, eval_every=50, d_ndf=16, n_weather=12),
 }
 
 
