@@ -23,7 +23,8 @@ def test_summary_and_claims_on_given_numbers():
             "student_adapted": 0.25, "paradigm_a": 0.26, "paradigm_b": 0.41, "paradigm_c": 0.42,
             "paradigm_d": 0.42, "kl_only": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
             "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
-            "student_diga": 0.27, "student_sfda": 0.19}
+            "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
+            "rt_lad": 0.2, "rt_border": 0.19}
     seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24)  # seed 1: (b) below the teacher
     doc = report.summarise({0: _seed_metrics(base), 1: _seed_metrics(seed1)}, results.ROWS)
     b = doc["rows"]["paradigm_b"]
@@ -38,6 +39,7 @@ def test_summary_and_claims_on_given_numbers():
     assert "| (b) >= teacher | -2.00 | does not hold | 1/2 |" in report.markdown_claims(doc)
     assert claims["DiGA > AdaptSegNet (student)"]["holds"] and not claims["ROAD > AdaptSegNet (student)"]["holds"]
     assert not claims["SFDA, no source data > source-only (student)"]["holds"]
+    assert claims["+ CWD > DAKD alone (real-time student)"]["holds"] and not claims["+ LAD > DAKD alone (real-time student)"]["holds"]
     assert report.markdown_weather(doc) is None  # no weather target in these numbers
 
 
@@ -56,7 +58,8 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
 
     The rows are cut to the baselines and paradigms c, d (d continues from c) to keep the smoke
     short; every other row is a DistillConfig override of the same code path."""
-    rows = tuple(r for r in results.ROWS if r.group == "baseline" or r.key in ("paradigm_c", "paradigm_d", "student_sfda"))
+    rows = tuple(r for r in results.ROWS if r.group == "baseline"
+                 or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd"))
     monkeypatch.setattr(results, "ROWS", rows)
     monkeypatch.setattr(results, "run_seed",
                         lambda *a, _orig=results.run_seed, **k: _orig(*a, rows=rows, **k))
@@ -82,6 +85,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         "adapted > source-only (teacher)", "adapted > source-only (student)", "(c) > undistilled student",
         "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)",
         "SFDA, no source data > source-only (student)"]
+    assert doc["rows"]["rt_cwd"]["num_parameters"] != doc["rows"]["paradigm_c"]["num_parameters"]  # SwiftNet
     # the source-free row saw no source manifest; the weather target was evaluated per condition
     from dakd_core.models.checkpoint import load_checkpoint
 

@@ -37,6 +37,11 @@ CLAIMS = (
     ("ROAD > AdaptSegNet (student)", "student_road", ">", "student_adapted"),
     ("DiGA > AdaptSegNet (student)", "student_diga", ">", "student_adapted"),
     ("SFDA, no source data > source-only (student)", "student_sfda", ">", "student_source_only"),
+    # the real-time student (seed 004): distillation helps it, and each added loss helps DAKD's
+    ("DAKD (c) > source-only (real-time student)", "rt_dakd", ">", "rt_source_only"),
+    ("+ CWD > DAKD alone (real-time student)", "rt_cwd", ">", "rt_dakd"),
+    ("+ LAD > DAKD alone (real-time student)", "rt_lad", ">", "rt_dakd"),
+    ("+ border losses > DAKD alone (real-time student)", "rt_border", ">", "rt_dakd"),
 )
 
 
@@ -126,7 +131,8 @@ def write_plots(doc: dict, img_dir: Path) -> list[str]:
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = doc["rows"]
     keys = list(rows)
-    colours = {"baseline": "#888888", "paradigm": "#1f77b4", "ablation": "#ff7f0e", "method": "#2ca02c"}
+    colours = {"baseline": "#888888", "paradigm": "#1f77b4", "ablation": "#ff7f0e", "method": "#2ca02c",
+               "realtime": "#9467bd"}
     fig, ax = plt.subplots(figsize=(10, 4.5))
     means = [100 * (rows[k]["miou"]["mean"] or 0) for k in keys]
     stds = [100 * (rows[k]["miou"]["std"] or 0) for k in keys]
@@ -196,6 +202,9 @@ teacher is cached once per seed; every distillation row reuses them; (d) starts 
 Ablations are on paradigm (c) (λ_target 1.0 is row (c) itself). The `method` rows adapt the student
 from the same source-only checkpoint with the same budget by ADVENT, ROAD, DiGA and source-free SFDA
 (`dakd adapt --method ...`, defaults of docs/adapt_methods.md); discriminators are {p.get('d_ndf', 64)} wide.
+The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only, then distil it in paradigm (c) from the same
+adapted teacher with DAKD's losses alone and with CWD, LAD (live teacher, `feature_level` last) or the
+border-focal CE + border-weighted KL added (`dakd distill --lambda-cwd/--lambda-lad/--seg-loss`).
 The wall time counts this invocation only: a stage whose `result.json` already held the identical
 config (same config hash), e.g. from an interrupted earlier invocation, was reused, not re-run.
 

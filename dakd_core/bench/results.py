@@ -46,6 +46,7 @@ class ResultsPreset:
     gate_max_images: int = 16
     d_ndf: int = 64  # discriminator width (AdaptSegNet 64); narrower keeps D below the student's cost on CPU
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
+    realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
 
 
 PRESETS = {
@@ -66,7 +67,7 @@ PRESETS = {
 @dataclass(frozen=True)
 class Row:
     key: str
-    group: str  # "baseline" | "paradigm" | "ablation" | "method"
+    group: str  # "baseline" | "paradigm" | "ablation" | "method" | "realtime"
     label: str
     overrides: dict = field(default_factory=dict)  # DistillConfig fields; AdaptConfig fields for "method" rows
 
@@ -91,6 +92,16 @@ ROWS = (
     Row("student_road", "method", "student, adapted (ROAD)", {"method": "road"}),
     Row("student_diga", "method", "student, adapted (DiGA)", {"method": "diga"}),
     Row("student_sfda", "method", "student, adapted source-free (SFDA)", {"method": "sfda"}),
+    # the real-time student (seed 004): source-only, then distilled in paradigm (c) with DAKD's
+    # losses alone and with each of the thesis' additions (feature losses need the live teacher)
+    Row("rt_source_only", "realtime", "real-time student, source only"),
+    Row("rt_dakd", "realtime", "real-time student, DAKD (c)", {"paradigm": "c"}),
+    Row("rt_cwd", "realtime", "real-time student, DAKD (c) + CWD",
+        {"paradigm": "c", "lambda_cwd": 1.0, "teacher_online": True}),
+    Row("rt_lad", "realtime", "real-time student, DAKD (c) + LAD",
+        {"paradigm": "c", "lambda_lad": 1.0, "teacher_online": True}),
+    Row("rt_border", "realtime", "real-time student, DAKD (c) + border-focal CE + border KL",
+        {"paradigm": "c", "seg_loss": "border_focal", "lambda_border_kl": 0.1}),
 )
 # Rows also evaluated per weather condition when the preset renders a weather target.
 WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d")
@@ -194,12 +205,24 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             fields["source_manifest"] = None  # source-free: only the source-only checkpoint crosses over
         ckpt[row.key] = _train(adapt, AdaptConfig(**fields))
     for row in rows:
-        if row.group in ("baseline", "method"):
+        if row.group in ("baseline", "method", "realtime"):
             continue
         # d continues from (c)'s selected checkpoint; every other row from the adapted student
         init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
         cfg = DistillConfig(**distill_common, **row.overrides, init=init, out=f"{runs}/distill_{row.key}")
         ckpt[row.key] = _train(distill, cfg)
+    for row in rows:
+        if row.group != "realtime":
+            continue
+        if row.key == "rt_source_only":
+            cfg = PretrainConfig(**common, model=p.realtime_student, iterations=p.it_pretrain, out=f"{runs}/pretrain_rt")
+        else:
+            overrides = dict(row.overrides)
+            if overrides.get("teacher_online"):
+                overrides["teacher_cache"] = None
+            cfg = DistillConfig(**dict(distill_common, model=p.realtime_student, **overrides),
+                                init=ckpt["rt_source_only"], out=f"{runs}/distill_{row.key}")
+        ckpt[row.key] = _train(pretrain if row.key == "rt_source_only" else distill, cfg)
     return ckpt
 
 
