@@ -39,34 +39,103 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
         engine.shutdown_distributed(dist)
 
 
-def build_discriminators(cfg: AdaptConfig, dist: engine.Dist):
-    """One discriminator per output level, Adam with AdaptSegNet's betas, poly-decayed like G."""
-    discs = {lvl: Discriminator(cfg.num_classes, cfg.d_ndf).to(dist.device) for lvl in LEVELS}
-    optimizers = {
-        lvl: torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas)) for lvl, d in discs.items()
-    }
-    schedulers = {lvl: engine.poly_schedule(o, cfg.iterations, cfg.poly_power) for lvl, o in optimizers.items()}
-    return discs, optimizers, schedulers
+class OutputSpaceAdversary:
+    """The multi-level output-space adversary of AdaptSegNet / ADVENT, shared by `adapt` and
+    `distill` (the student keeps its adaptation while distilling): one discriminator per output
+    level, Adam with AdaptSegNet's betas, poly-decayed like the segmenter.
+
+    Per iteration the caller runs `freeze()`, adds `generator_terms` on target outputs to the
+    segmenter's loss, then `unfreeze()` and backpropagates `discriminator_terms`, and finally
+    `step(scaler)` after the segmenter's optimiser step.
+    """
+
+    def __init__(self, cfg: AdaptConfig, dist: engine.Dist):
+        self.cfg, self.dist = cfg, dist
+        self.discs = {lvl: Discriminator(cfg.num_classes, cfg.d_ndf).to(dist.device) for lvl in LEVELS}
+        self.optimizers = {
+            lvl: torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas)) for lvl, d in self.discs.items()
+        }
+        self.schedulers = {lvl: engine.poly_schedule(o, cfg.iterations, cfg.poly_power) for lvl, o in self.optimizers.items()}
+        self.weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
+        self._nets: dict | None = None  # DDP wrappers, made after a resume has loaded the weights
+
+    def state_dict(self) -> dict:
+        """Checkpoint payload entries (keys `discriminators`, `d_optimizers`, `d_schedulers`)."""
+        return {
+            "discriminators": {k: {n: t.detach().cpu() for n, t in d.state_dict().items()} for k, d in self.discs.items()},
+            "d_optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "d_schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, payload: dict) -> None:
+        for lvl in LEVELS:
+            self.discs[lvl].load_state_dict(payload["discriminators"][lvl])
+            self.optimizers[lvl].load_state_dict(payload["d_optimizers"][lvl])
+            self.schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
+
+    def wrap(self) -> None:
+        self._nets = {lvl: engine.wrap_ddp(d, self.dist) for lvl, d in self.discs.items()}
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=True)
+
+    def freeze(self) -> None:
+        for d in self.discs.values():
+            d.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        for d in self.discs.values():
+            d.requires_grad_(True)
+
+    def generator_terms(self, out_t, size) -> dict[str, torch.Tensor]:
+        """adv_{level}: BCE of D(target maps) against the SOURCE label. D runs unwrapped: its
+        weights are frozen here, so no DDP reduction is wanted. Call under the caller's autocast."""
+        return {f"adv_{lvl}": bce_adversarial(self.discs[lvl](self._input(getattr(out_t, lvl), size)), True)
+                for lvl in LEVELS}
+
+    def generator_loss(self, terms: dict) -> torch.Tensor:
+        return sum(self.weights[lvl] * terms[f"adv_{lvl}"] for lvl in LEVELS)
+
+    def discriminator_terms(self, out_s, out_t, size, amp: bool) -> dict[str, torch.Tensor]:
+        """d_{level}: D's BCE on detached maps, source -> SOURCE label, target -> TARGET label."""
+        terms = {}
+        for lvl in LEVELS:
+            maps = torch.cat([self._input(getattr(out_s, lvl).detach(), size),
+                              self._input(getattr(out_t, lvl).detach(), size)])
+            with engine.autocast(self.dist.device, amp):
+                d_out = self._nets[lvl](maps)
+            n = getattr(out_s, lvl).shape[0]
+            terms[f"d_{lvl}"] = (bce_adversarial(d_out[:n], True) + bce_adversarial(d_out[n:], False)) / 2
+        return terms
+
+    def step(self, scaler) -> None:
+        for o in self.optimizers.values():
+            scaler.step(o)
+
+    def schedule(self) -> None:
+        for s in self.schedulers.values():
+            s.step()
+
+    def _input(self, logits: torch.Tensor, size) -> torch.Tensor:
+        return discriminator_input(logits, self.cfg.discriminator_input, size)
 
 
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     device = dist.device
     engine.seed_everything(cfg.seed + dist.rank)
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
-    discs, d_optimizers, d_schedulers = build_discriminators(cfg, dist)
+    adversary = OutputSpaceAdversary(cfg, dist)
     amp = engine.amp_enabled(cfg, device)
     scaler = engine.make_scaler(device, amp)  # one scaler, updated once per iteration
     source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
     target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
-    weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
 
     def snapshot(step: int) -> dict:
         return make_payload(
             model, step,
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            discriminators={k: {n: t.detach().cpu() for n, t in d.state_dict().items()} for k, d in discs.items()},
-            d_optimizers={k: o.state_dict() for k, o in d_optimizers.items()},
-            d_schedulers={k: s.state_dict() for k, s in d_schedulers.items()},
+            **adversary.state_dict(),
             data={"source": source.state_dict(), "target": target.state_dict()},
             method=cfg.method, init=cfg.init,
         )
@@ -78,10 +147,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         start = keeper.restore_segmenter(
             payload, model, optimizer, scheduler, scaler, {"source": source, "target": target}
         )
-        for lvl in LEVELS:
-            discs[lvl].load_state_dict(payload["discriminators"][lvl])
-            d_optimizers[lvl].load_state_dict(payload["d_optimizers"][lvl])
-            d_schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
+        adversary.load_state_dict(payload)
     else:
         init = load_checkpoint(cfg.init, map_location="cpu")
         try:
@@ -90,7 +156,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             raise TrainingError(f"init: {e}") from None
 
     net = engine.wrap_ddp(model, dist)
-    d_nets = {lvl: engine.wrap_ddp(d, dist) for lvl, d in discs.items()}
+    adversary.wrap()
     net.train()
 
     with keeper.tracking():
@@ -99,12 +165,10 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             tgt = engine.to_device(target.next(), device)
             size = tuple(src["image"].shape[-2:])
             optimizer.zero_grad(set_to_none=True)
-            for o in d_optimizers.values():
-                o.zero_grad(set_to_none=True)
+            adversary.zero_grad()
 
-            # 1. segmenter step, discriminators fixed (called unwrapped: no DDP reduction for D here).
-            for d in discs.values():
-                d.requires_grad_(False)
+            # 1. segmenter step, discriminators fixed: source segmentation, then target adversarial.
+            adversary.freeze()
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
                 with engine.autocast(device, amp):
                     out_s = net(src["image"])
@@ -112,36 +176,19 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 scaler.scale(seg["seg_main"] + cfg.aux_weight * seg["seg_aux"]).backward()
             with engine.autocast(device, amp):
                 out_t = net(tgt["image"])
-                adv = {
-                    f"adv_{lvl}": bce_adversarial(
-                        discs[lvl](discriminator_input(getattr(out_t, lvl), cfg.discriminator_input, size)), True
-                    )
-                    for lvl in LEVELS
-                }
-            scaler.scale(sum(weights[lvl] * adv[f"adv_{lvl}"] for lvl in LEVELS)).backward()
+                adv = adversary.generator_terms(out_t, size)
+            scaler.scale(adversary.generator_loss(adv)).backward()
 
-            # 2. discriminator step on detached maps: source -> SOURCE label, target -> TARGET label.
-            for d in discs.values():
-                d.requires_grad_(True)
-            d_terms = {}
-            for lvl in LEVELS:
-                maps = torch.cat([
-                    discriminator_input(getattr(out_s, lvl).detach(), cfg.discriminator_input, size),
-                    discriminator_input(getattr(out_t, lvl).detach(), cfg.discriminator_input, size),
-                ])
-                with engine.autocast(device, amp):
-                    d_out = d_nets[lvl](maps)
-                n = src["image"].shape[0]
-                d_terms[f"d_{lvl}"] = (bce_adversarial(d_out[:n], True) + bce_adversarial(d_out[n:], False)) / 2
+            # 2. discriminator step on detached maps.
+            adversary.unfreeze()
+            d_terms = adversary.discriminator_terms(out_s, out_t, size, amp)
             scaler.scale(sum(d_terms.values())).backward()
 
             losses = engine.check_finite(step, {**seg, **adv, **d_terms})
             scaler.step(optimizer)
-            for o in d_optimizers.values():
-                scaler.step(o)
+            adversary.step(scaler)
             scaler.update()
             scheduler.step()
-            for s in d_schedulers.values():
-                s.step()
+            adversary.schedule()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)

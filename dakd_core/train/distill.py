@@ -40,7 +40,6 @@ from dakd_core.data.transforms import IGNORE_LABEL
 from dakd_core.errors import ConfigError, DakdError, TrainingError
 from dakd_core.losses import (
     FeatureAdapter,
-    bce_adversarial,
     border_focal_loss,
     border_weighted_kl,
     border_weights,
@@ -51,10 +50,9 @@ from dakd_core.losses import (
     mse_distill,
     pseudo_label_ce,
 )
-from dakd_core.models import discriminator_input
 from dakd_core.models.checkpoint import load_checkpoint, load_state_into, make_payload
 from dakd_core.train import engine
-from dakd_core.train.adapt import LEVELS, build_discriminators
+from dakd_core.train.adapt import OutputSpaceAdversary
 from dakd_core.train.distill_config import PARADIGM_DOMAINS, DistillConfig
 
 STAGE = "distill"
@@ -324,7 +322,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
     domains = PARADIGM_DOMAINS[cfg.paradigm]
     cache = _open_cache(cfg, domains)
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
-    discs, d_optimizers, d_schedulers = build_discriminators(cfg, dist)
+    adversary = OutputSpaceAdversary(cfg, dist)
     amp = engine.amp_enabled(cfg, device)
     scaler = engine.make_scaler(device, amp)
     # Teacher maps ride along only for the domains being distilled.
@@ -343,15 +341,12 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.lr * 10,
                                        "lr_mult": 10.0, "name": "adapter"})
             scheduler = engine.poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
-    adv_weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
 
     def snapshot(step: int) -> dict:
         return make_payload(
             model, step,
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            discriminators={k: {n: t.detach().cpu() for n, t in d.state_dict().items()} for k, d in discs.items()},
-            d_optimizers={k: o.state_dict() for k, o in d_optimizers.items()},
-            d_schedulers={k: s.state_dict() for k, s in d_schedulers.items()},
+            **adversary.state_dict(),
             data={"source": source.state_dict(), "target": target.state_dict()},
             paradigm=cfg.paradigm, init=cfg.init,
             **({"adapter": {k: t.detach().cpu() for k, t in adapter.state_dict().items()}} if adapter is not None else {}),
@@ -365,10 +360,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
-        for lvl in LEVELS:
-            discs[lvl].load_state_dict(payload["discriminators"][lvl])
-            d_optimizers[lvl].load_state_dict(payload["d_optimizers"][lvl])
-            d_schedulers[lvl].load_state_dict(payload["d_schedulers"][lvl])
+        adversary.load_state_dict(payload)
         source.load_state_dict(payload["data"]["source"])
         target.load_state_dict(payload["data"]["target"])
         if adapter is not None:
@@ -379,7 +371,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
 
     student = DistillStudent(model, cfg.feature_level if cfg.feature_distillation else None, adapter)
     net = _wrap_student(student, dist, unused_possible=cfg.feature_distillation and cfg.paradigm == "a")
-    d_nets = {lvl: engine.wrap_ddp(d, dist) for lvl, d in discs.items()}
+    adversary.wrap()
 
     with keeper.tracking():
         if start == 0 and dist.is_main:
@@ -390,12 +382,10 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             tgt = engine.to_device(target.next(), device)
             size = tuple(src["image"].shape[-2:])
             optimizer.zero_grad(set_to_none=True)
-            for o in d_optimizers.values():
-                o.zero_grad(set_to_none=True)
+            adversary.zero_grad()
 
             # 1. segmenter step, discriminators fixed: source seg (+ source distillation) ...
-            for d in discs.values():
-                d.requires_grad_(False)
+            adversary.freeze()
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
                 with engine.autocast(device, amp):
                     out_s, feat_s = net(src["image"])
@@ -408,37 +398,24 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             # ... then target adversarial (+ lambda_target * target distillation).
             with engine.autocast(device, amp):
                 out_t, feat_t = net(tgt["image"])
-                for lvl in LEVELS:
-                    d_in = discriminator_input(getattr(out_t, lvl), cfg.discriminator_input, size)
-                    terms[f"adv_{lvl}"] = bce_adversarial(discs[lvl](d_in), True)
-            loss_t = sum(adv_weights[lvl] * terms[f"adv_{lvl}"] for lvl in LEVELS)
+                terms.update(adversary.generator_terms(out_t, size))
+            loss_t = adversary.generator_loss(terms)
             if "target" in domains:
                 terms.update(_domain_terms(out_t, feat_t, batch_targets(tgt, live_teacher), cfg, "t"))
                 loss_t = loss_t + cfg.lambda_target * weighted_distill(terms, cfg, "t")
             scaler.scale(loss_t).backward()
 
-            # 2. discriminator step on detached maps: source -> SOURCE label, target -> TARGET label.
-            for d in discs.values():
-                d.requires_grad_(True)
-            for lvl in LEVELS:
-                maps = torch.cat([
-                    discriminator_input(getattr(out_s, lvl).detach(), cfg.discriminator_input, size),
-                    discriminator_input(getattr(out_t, lvl).detach(), cfg.discriminator_input, size),
-                ])
-                with engine.autocast(device, amp):
-                    d_out = d_nets[lvl](maps)
-                n = src["image"].shape[0]
-                terms[f"d_{lvl}"] = (bce_adversarial(d_out[:n], True) + bce_adversarial(d_out[n:], False)) / 2
+            # 2. discriminator step on detached maps.
+            adversary.unfreeze()
+            terms.update(adversary.discriminator_terms(out_s, out_t, size, amp))
             scaler.scale(terms["d_main"] + terms["d_aux"]).backward()
 
             losses = engine.check_finite(step, terms)  # before any optimizer step: NaN guard
             scaler.step(optimizer)
-            for o in d_optimizers.values():
-                scaler.step(o)
+            adversary.step(scaler)
             scaler.update()
             scheduler.step()
-            for s in d_schedulers.values():
-                s.step()
+            adversary.schedule()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start)
 
