@@ -248,7 +248,7 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("dakd-gta5-to-cityscapes", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("dakd-gta5-to-cityscapes", "champion").version) == "1"
     parent = client.search_runs([client.get_experiment_by_name("dakd-e2e").experiment_id],
                                 filter_string="tags.`dakd.pipeline_parent` = 'true'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"

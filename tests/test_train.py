@@ -188,10 +188,11 @@ def test_kill_9_at_a_random_step_then_rerun_matches_an_uninterrupted_run(data, t
     kill_after = random.Random().randint(1, iterations - 2)
     proc = subprocess.Popen(_cli_pretrain(data, killed, iterations), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = killed / "checkpoints" / f"step_{kill_after:07d}.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: a loaded 2-core CI box starts torch slowly
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
+    assert marker.exists(), f"no checkpoint of step {kill_after} before the kill (run ended or deadline passed)"
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (killed / "result.json").exists()
