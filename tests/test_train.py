@@ -189,7 +189,9 @@ def test_kill_9_at_a_random_step_then_rerun_matches_an_uninterrupted_run(data, t
     proc = subprocess.Popen(_cli_pretrain(data, killed, iterations), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = killed / "checkpoints" / f"step_{kill_after:07d}.pt"
     deadline = time.time() + 600  # generous: a loaded 2-core CI box starts torch slowly
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    # step_N.pt is written before last.pt: wait for both, so the rerun has a last.pt to resume from
+    last = killed / "last.pt"
+    while not (marker.exists() and last.exists()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert marker.exists(), f"no checkpoint of step {kill_after} before the kill (run ended or deadline passed)"
