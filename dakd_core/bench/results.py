@@ -215,14 +215,15 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         if row.group != "realtime":
             continue
         if row.key == "rt_source_only":
-            cfg = PretrainConfig(**common, model=p.realtime_student, iterations=p.it_pretrain, out=f"{runs}/pretrain_rt")
-        else:
-            overrides = dict(row.overrides)
-            if overrides.get("teacher_online"):
-                overrides["teacher_cache"] = None
-            cfg = DistillConfig(**dict(distill_common, model=p.realtime_student, **overrides),
-                                init=ckpt["rt_source_only"], out=f"{runs}/distill_{row.key}")
-        ckpt[row.key] = _train(pretrain if row.key == "rt_source_only" else distill, cfg)
+            ckpt[row.key] = _train(pretrain, PretrainConfig(
+                **common, model=p.realtime_student, iterations=p.it_pretrain, out=f"{runs}/pretrain_rt"))
+            continue
+        # the live teacher replaces the cache (feature losses need its intermediate maps)
+        fields = dict(distill_common, model=p.realtime_student, **row.overrides)
+        if fields.get("teacher_online"):
+            fields["teacher_cache"] = None
+        ckpt[row.key] = _train(distill, DistillConfig(
+            **fields, init=ckpt["rt_source_only"], out=f"{runs}/distill_{row.key}"))
     return ckpt
 
 
