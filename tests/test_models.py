@@ -10,6 +10,7 @@ import torch
 
 from dakd_core.errors import ConfigError, DataError, TrainingError
 from dakd_core.models import (
+    count_parameters,
     Discriminator,
     SegOutput,
     create_model,
@@ -21,7 +22,7 @@ from dakd_core.models.deeplabv2 import ASPP_DILATIONS, ASPPClassifier
 torch.set_num_threads(1)
 
 SMALL = ["deeplabv2_tiny", "deeplabv2_thin", "deeplabv2_resnet18", "deeplabv2_mobilenetv3",
-         "swiftnet_resnet18", "swiftnet_mobilenetv4"]
+         "swiftnet_resnet18", "swiftnet_mobilenetv4", "swiftnet_thin", "swiftnet_tiny"]
 BIG = ["deeplabv2_resnet101", "deeplabv2_resnet50", "deeplabv2_resnet34"]
 
 
@@ -71,7 +72,18 @@ def test_big_networks_output_stride_8(name):
     assert out.main.shape == out.aux.shape == (1, 19, 8, 8)
 
 
-@pytest.mark.parametrize("name", ["deeplabv2_tiny", "swiftnet_mobilenetv4"])
+def test_cpu_scale_pair_decodes_to_stride_2_and_the_teacher_is_4x_the_student():
+    teacher, student = create_model("swiftnet_thin"), create_model("swiftnet_tiny")
+    for model in (teacher, student):
+        assert model.output_strides == {"main": 2, "aux": 8}
+        with torch.no_grad():
+            out = model.eval()(torch.randn(1, 3, 64, 128))
+        assert out.main.shape == (1, 19, 32, 64) and out.aux.shape == (1, 19, 8, 16)
+    ratio = count_parameters(teacher) / count_parameters(student)
+    assert 4.0 <= ratio < 5.0, ratio
+
+
+@pytest.mark.parametrize("name", ["deeplabv2_tiny", "swiftnet_mobilenetv4", "swiftnet_tiny"])
 def test_forward_features_do_not_change_forward(name):
     model = create_model(name).eval()
     x = torch.randn(1, 3, 64, 96)

@@ -24,8 +24,8 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _batch(domain, n, size=(128, 64), condition=None, split="train", seed=0):
-    return [render_sample(domain, size, seed, split, i, condition) for i in range(n)]
+def _batch(domain, n, size=(128, 64), condition=None, split="train", seed=0, **look):
+    return [render_sample(domain, size, seed, split, i, condition, **look) for i in range(n)]
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
@@ -106,8 +106,8 @@ def _rows_of(label_batch, label_id):
     return np.concatenate(rows)
 
 
-def test_layout_is_plausible_and_geometry_differs_between_domains():
-    labels = {d: [lab for _, lab in _batch(d, 8)] for d in ("source", "target")}
+def test_layout_is_plausible_and_the_camera_layout_differs_from_the_source():
+    labels = {d: [lab for _, lab in _batch(d, 8, target_layout="camera")] for d in ("source", "target")}
     for d, batch in labels.items():
         road, sky = _rows_of(batch, 7), _rows_of(batch, 23)
         assert (road > 0.5).mean() > 0.9, d
@@ -116,6 +116,59 @@ def test_layout_is_plausible_and_geometry_differs_between_domains():
     assert _rows_of(labels["target"], 23).mean() > _rows_of(labels["source"], 23).mean()
     assert all((lab[-1] == 1).any() for lab in labels["target"])
     assert not any((lab == 1).any() for lab in labels["source"])
+
+
+def _class_shares(domain, n, **look):
+    hist = np.zeros(NUM_CLASSES)
+    for _, lab in _batch(domain, n, size=(64, 32), **look):
+        ids = to_train_ids(lab, "cityscapes").ravel()
+        hist += np.bincount(ids[ids < NUM_CLASSES], minlength=NUM_CLASSES)
+    return hist / hist.sum()
+
+
+def test_default_target_layout_draws_class_frequencies_from_the_source_distribution():
+    source, matched = _class_shares("source", 60), _class_shares("target", 60)
+    camera = _class_shares("target", 60, target_layout="camera")
+    road = 0
+    # measured over 100 scenes: road 51 % of source pixels, 51 % of matched target, 19 % camera layout
+    assert abs(matched[road] - source[road]) < 0.05 and camera[road] < source[road] - 0.2
+    assert np.abs(matched - source).sum() < 0.5 * np.abs(camera - source).sum()
+
+
+def test_shift_moves_the_target_look_continuously_from_the_source_look():
+    """At shift 0 the target is painted with the source's palette and no camera effects; the colour
+    distance to the source look grows with the shift; labels never change with it."""
+    def look(shift):
+        return render_sample("target", (128, 64), 0, "train", 3, shift=shift)
+
+    def source_look_distance(img, lab):
+        # per-class mean colour of this image vs the same class in source images
+        src = _batch("source", 12)
+        dists = []
+        for cls in (7, 11, 23):  # road, building, sky
+            ref = np.concatenate([i[l == cls] for i, l in src]).mean(0)
+            if (lab == cls).any():
+                dists.append(np.abs(img[lab == cls].mean(0) - ref).max())
+        return float(np.mean(dists))
+
+    images = {s: look(s) for s in (0.0, 0.3, 0.6, 1.0)}
+    assert all(np.array_equal(images[0.0][1], lab) for _, lab in images.values())
+    d = [source_look_distance(*images[s]) for s in (0.0, 0.3, 0.6, 1.0)]
+    assert d[0] < d[1] < d[2] < d[3], d
+    # shift 0: flat shading as in the source (equal neighbouring road pixels); shift 1: none
+    assert _flat_fraction(*images[0.0]) > 0.9 and _flat_fraction(*images[1.0]) < 0.1
+
+
+def test_shift_and_target_layout_are_recorded_and_checked(tmp_path):
+    result = generate(tmp_path, "target", 1, size=SIZE, seed=1, split="val", shift=0.25, target_layout="camera",
+                      progress=False)
+    info = json.loads(Path(result.info_path).read_text())["parts"]["cityscapes/val"]
+    assert info["shift"] == 0.25 and info["target_layout"] == "camera"
+    with pytest.raises(ConfigError, match="'shift'"):
+        generate(tmp_path / "bad", "target", 1, size=SIZE, shift=1.5, progress=False)
+    with pytest.raises(ConfigError, match="'target_layout'"):
+        generate(tmp_path / "bad", "target", 1, size=SIZE, target_layout="fisheye", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def _saturation(img):
@@ -129,7 +182,7 @@ def _flat_fraction(img, label, label_id=7):
 
 
 def test_source_and_target_images_differ_statistically():
-    src, tgt = _batch("source", 6), _batch("target", 6)
+    src, tgt = _batch("source", 6), _batch("target", 6, shift=1.0)
     # game: flat shading, so road pixels repeat exactly; camera: texture and sensor noise
     assert min(_flat_fraction(*s) for s in src) > 0.9
     assert max(_flat_fraction(*t) for t in tgt) < 0.1

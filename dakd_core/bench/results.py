@@ -47,6 +47,8 @@ class ResultsPreset:
     d_ndf: int = 64  # discriminator width (AdaptSegNet 64); narrower keeps D below the student's cost on CPU
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
     realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
+    shift: float = 0.6  # target appearance shift (dakd synth --shift)
+    target_layout: str = "source"  # target scene geometry (dakd synth --target-layout)
 
 
 PRESETS = {
@@ -148,8 +150,9 @@ def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
 
     size = (p.width, p.height)
     generate(out / "raw_src", "source", p.n_source, size=size, seed=0, split="train", progress=False)
+    look = dict(shift=p.shift, target_layout=p.target_layout)
     for split, n in (("train", p.n_target), ("tune", p.n_tune), ("val", p.n_val)):
-        generate(out / "raw_tgt", "target", n, size=size, seed=0, split=split, progress=False)
+        generate(out / "raw_tgt", "target", n, size=size, seed=0, split=split, progress=False, **look)
     jobs = {
         "source": dict(format="gta5", root=str(out / "raw_src"), split="all", domain="source", name="src"),
         "target": dict(format="cityscapes", root=str(out / "raw_tgt"), split="train", domain="target",
@@ -159,7 +162,7 @@ def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
     }
     if p.n_weather:  # the same camera world under fog / night / rain / snow (ACDC layout), labelled
         generate(out / "raw_weather", "target", p.n_weather, size=size, seed=0, split="val", weather=True,
-                 progress=False)
+                 progress=False, **look)
         jobs["weather"] = dict(format="acdc", root=str(out / "raw_weather"), split="val", domain="target",
                                name="weather")
     return {k: run_ingest(build_config(IngestConfig, store=store, **v)).manifest_uri for k, v in jobs.items()}

@@ -27,7 +27,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StrictConfig
         flag = "--" + name.replace("_", "-")
         annotation = _strip_optional(info.annotation)
         default = info.default if not info.is_required() else "required"
-        help_text = f"(default: {default})"
+        # the field's description is the one text of a parameter: CLI help, pipeline form, docs
+        help_text = f"{info.description} (default: {default})" if info.description else f"(default: {default})"
         if annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(annotation) is tuple:

@@ -8,6 +8,9 @@ HELP = ("generate the built-in demo data: source (game-like, GTA5 layout) or tar
 
 
 def add_arguments(p) -> None:
+    from dakd_core.data.synth import SynthConfig
+
+    look = SynthConfig.model_fields
     # No argparse `choices`/types for domain and size: the config reports bad values naming the field.
     p.add_argument("--out", help="output directory (the dataset root)")
     p.add_argument("--domain", help="source or target")
@@ -20,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--conditions", default="fog,night,rain,snow",
                    help="comma-separated weather conditions with --weather (default fog,night,rain,snow)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--shift", type=float, help=f"{look['shift'].description} (default {look['shift'].default})")
+    p.add_argument("--target-layout", help=f"{look['target_layout'].description} (default {look['target_layout'].default})")
     p.add_argument("--preview", metavar="FILE.png",
                    help="instead of a dataset, write a grid of samples of both domains and all conditions")
 
@@ -40,7 +45,8 @@ def run(args) -> int:
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     start = time.perf_counter()
     result = generate(args.out, args.domain, args.n, size=size, seed=args.seed, split=args.split,
-                      weather=args.weather, conditions=conditions, workers=args.workers)
+                      weather=args.weather, conditions=conditions, workers=args.workers, shift=args.shift,
+                      target_layout=args.target_layout)
     seconds = time.perf_counter() - start
     print(f"{result.num_images} images in the {result.layout} layout under {result.out_dir} "
           f"({seconds:.1f} s, {result.num_images / max(seconds, 1e-9):.0f} images/s)")

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from dakd_core.data.imageio import decode_image, decode_label
 from dakd_core.data.manifest import read_manifest
-from dakd_core.data.transforms import RandomScaleCropFlip, normalize, resize_pair
+from dakd_core.data.transforms import RandomScaleCropFlip, normalize, photometric_jitter, resize_pair
 from dakd_core.errors import DataError
 from dakd_core.storage import read_bytes
 
@@ -25,7 +25,7 @@ class ManifestDataset(Dataset):
     Every image is first resized to `resize` = (height, width) (the configured training
     resolution; None keeps the stored size). With `train=True` it is then randomly scaled,
     cropped to `crop` = (height, width) and flipped (`scale_range`, `flip`); with `train=False`
-    nothing random happens.
+    nothing random happens. `photometric` (train only) adds `photometric_jitter` to the image.
     """
 
     def __init__(
@@ -38,8 +38,10 @@ class ManifestDataset(Dataset):
         resize: tuple[int, int] | None = None,
         scale_range: tuple[float, float] = (0.75, 1.25),
         flip: bool = True,
+        photometric: bool = False,
     ):
         self.manifest_uri = manifest_uri
+        self.photometric = photometric and train
         self.rows = read_manifest(manifest_uri)
         self.train = train
         self.with_labels = with_labels
@@ -86,6 +88,8 @@ class ManifestDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, int(epoch), int(index)))
             image, label, _ = self.augment(image, label, rng)
+            if self.photometric:
+                image = photometric_jitter(image, rng)
         item = {"image": normalize(image), "index": int(index), "sample_id": self.rows[index]["sample_id"]}
         if label is not None:
             item["label"] = torch.from_numpy(label.astype(np.int64))

@@ -45,6 +45,9 @@ from dakd_core.errors import ConfigError, DataError
 INFO_FILE = "synth_info.json"
 INFO_FORMAT = "dakd-synth/1"
 DOMAINS = ("source", "target")
+# The default target look: chosen where source-only sits well below the target oracle and
+# adaptation closes a clear part of the gap (the strength curve is in docs/results.md).
+DEFAULT_SHIFT = 0.6
 CITIES = ("dakdorf", "pixelstadt", "rasterburg", "voxelheim")  # 100 consecutive scenes per city
 ACDC_SEQ_BASE = {"fog": 1000, "night": 2000, "rain": 3000, "snow": 4000}  # GOPRxxxx per condition
 
@@ -65,6 +68,16 @@ class SynthConfig(StrictConfig):
     weather: bool = False
     conditions: tuple[Literal["fog", "night", "rain", "snow"], ...] = CONDITIONS
     workers: int = Field(default=1, ge=1)
+    shift: float = Field(
+        default=DEFAULT_SHIFT, ge=0, le=1,
+        description="target only: strength of the appearance shift, 0 = the source's look, 1 = the full "
+                    "camera look (palette, textures, shadows, haze, blur, noise, response curve)")
+    target_layout: Literal["source", "camera"] = Field(
+        default="source",
+        description="target only: scene geometry. 'source': layouts and class frequencies drawn from the "
+                    "source's distribution (as GTA5 vs Cityscapes); 'camera': the camera car's own geometry "
+                    "(higher camera, narrow streets, crowded sidewalks, ego hood) - a label shift on top, "
+                    "the harder setting")
 
     @field_validator("size")
     @classmethod
@@ -108,11 +121,14 @@ def scene_rng(seed: int, domain: str, split: str, index: int, condition: str | N
 
 
 def render_sample(domain: str, size: tuple[int, int], seed: int, split: str, index: int,
-                  condition: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 HxWx3, Cityscapes labelIds uint8 HxW) of one scene."""
+                  condition: str | None = None, shift: float = DEFAULT_SHIFT,
+                  target_layout: str = "source") -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 HxWx3, Cityscapes labelIds uint8 HxW) of one scene (`shift`, `target_layout`:
+    see SynthConfig; the source ignores both)."""
     rng = scene_rng(seed, domain, split, index, condition)
-    scene = build_scene(domain, size[0], size[1], rng)
-    return render(scene, domain, rng, condition), scene.labels()
+    geometry = "source" if domain == "source" or target_layout == "source" else "target"
+    scene = build_scene(geometry, size[0], size[1], rng)
+    return render(scene, domain, rng, condition, shift), scene.labels()
 
 
 def layout_of(domain: str, weather: bool) -> str:
@@ -166,10 +182,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _render_chunk(task) -> np.ndarray:
     """Worker: render and write some scenes; returns their labelId pixel histogram."""
-    out_dir, domain, size, seed, split, layout, condition, indices = task
+    out_dir, domain, size, seed, split, layout, condition, look, indices = task
     hist = np.zeros(256, np.int64)
     for index in indices:
-        rgb, label = render_sample(domain, size, seed, split, index, condition)
+        rgb, label = render_sample(domain, size, seed, split, index, condition, *look)
         image_rel, label_rel = sample_paths(layout, split, index, condition)
         write_atomic(Path(out_dir) / image_rel, _png(rgb))
         write_atomic(Path(out_dir) / label_rel, encode_label(label, layout))
@@ -199,10 +215,11 @@ def _write_info(path: Path, info: dict) -> None:
 
 def generate(out_dir: str | os.PathLike, domain: str, n: int, size: tuple[int, int] = (256, 128), seed: int = 0,
              split: str = "train", weather: bool = False, conditions=None, workers: int = 1,
-             progress: bool = True) -> SynthResult:
+             progress: bool = True, shift: float | None = None, target_layout: str | None = None) -> SynthResult:
     """Render and write `n` scenes (per condition with weather); see the module docstring."""
     overrides = dict(out_dir=str(out_dir), domain=domain, n=n, size=size, seed=seed, split=split,
-                     weather=weather, workers=workers, conditions=conditions)
+                     weather=weather, workers=workers, conditions=conditions, shift=shift,
+                     target_layout=target_layout)
     cfg = build_config(SynthConfig, None, **overrides)
     if cfg.weather and cfg.domain != "target":
         raise ConfigError("field 'weather': weather conditions are rendered for the target domain only")
@@ -216,6 +233,9 @@ def generate(out_dir: str | os.PathLike, domain: str, n: int, size: tuple[int, i
     conds = list(cfg.conditions) if cfg.weather else [None]
     params = {"layout": layout, "domain": cfg.domain, "split": cfg.split, "n": cfg.n, "size": list(cfg.size),
               "seed": cfg.seed, "weather": cfg.weather, "conditions": conds if cfg.weather else []}
+    look = (cfg.shift, cfg.target_layout) if cfg.domain == "target" else (0.0, "source")
+    if cfg.domain == "target":
+        params.update(shift=cfg.shift, target_layout=cfg.target_layout)
     done = info["parts"].get(part)
     if done and {k: done.get(k) for k in params} == params and _all_written(root, layout, cfg.split, cfg.n, conds):
         # same settings, complete: the output would be byte-identical, so nothing to do
@@ -229,7 +249,7 @@ def generate(out_dir: str | os.PathLike, domain: str, n: int, size: tuple[int, i
 
     total = cfg.n * len(conds)
     chunk = max(1, min(32, cfg.n // (cfg.workers * 4) or 1))
-    tasks = [(str(root), cfg.domain, tuple(cfg.size), cfg.seed, cfg.split, layout, c, range(i, min(i + chunk, cfg.n)))
+    tasks = [(str(root), cfg.domain, tuple(cfg.size), cfg.seed, cfg.split, layout, c, look, range(i, min(i + chunk, cfg.n)))
              for c in conds for i in range(0, cfg.n, chunk)]
     hist = np.zeros(256, np.int64)
     bar = tqdm(total=total, unit="img", desc=f"synth {part}", dynamic_ncols=True,
@@ -271,17 +291,21 @@ def preview(path: str | os.PathLike, size: tuple[int, int] = (256, 128), seed: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("source", None), ("target", None)] + [("target", c) for c in CONDITIONS]
+    # (row name, domain, condition, look): the shift knob, the harder camera layout, each weather
+    rows = [("source", "source", None, {})]
+    rows += [(f"target shift {s:g}" + (" (default)" if s == DEFAULT_SHIFT else ""), "target", None, {"shift": s})
+             for s in (0.3, DEFAULT_SHIFT, 1.0)]
+    rows += [("target, camera layout", "target", None, {"shift": 1.0, "target_layout": "camera"})]
+    rows += [(f"target/{c}", "target", c, {}) for c in CONDITIONS]
     fig, axes = plt.subplots(2 * len(rows), columns, figsize=(columns * 2.6, len(rows) * 2.7))
-    for r, (domain, cond) in enumerate(rows):
+    for r, (name, domain, cond, look) in enumerate(rows):
         for c in range(columns):
-            rgb, label = render_sample(domain, size, seed, "preview", c, cond)
+            rgb, label = render_sample(domain, size, seed, "preview", c, cond, **look)
             axes[2 * r, c].imshow(rgb)
             axes[2 * r + 1, c].imshow(colorize_label_ids(label))
             if c == 0:
-                name = domain if cond is None else f"target/{cond}"
-                axes[2 * r, c].set_ylabel(name, fontsize=9)
-                axes[2 * r + 1, c].set_ylabel("labels", fontsize=9)
+                axes[2 * r, c].set_ylabel(name, fontsize=8)
+                axes[2 * r + 1, c].set_ylabel("labels", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

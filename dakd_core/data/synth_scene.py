@@ -289,8 +289,9 @@ def _tree(rng, s):
 # --- the scene builder ----------------------------------------------------------------------------
 
 
-def build_scene(domain: str, width: int, height: int, rng: np.random.Generator) -> Scene:
-    g = GEOMETRY[domain]
+def build_scene(geometry: str, width: int, height: int, rng: np.random.Generator) -> Scene:
+    """Paint one scene drawn from GEOMETRY[geometry] ("source" or "target")."""
+    g = GEOMETRY[geometry]
     u = rng.uniform
     cam = Camera(f=g.focal * width, height=u(*g.cam_height), horizon=u(*g.horizon) * height,
                  vx=width * (0.5 + u(-0.06, 0.06)))

@@ -5,6 +5,12 @@
 haze, lens blur, vignetting and sensor noise, optionally under fog / night / rain / snow. Palette,
 texture, noise and illumination are the part of the domain shift that adaptation can learn to
 ignore; the geometry in `synth_scene` is the part it cannot.
+
+`shift` (0..1) moves the target's look continuously from the source's (0: the source palette, no
+camera effects) to the full camera (1): colours are interpolated between the two palettes (same
+draw), and every camera effect (texture contrast, shadows, haze, white balance, vignetting, blur,
+noise, response curve) is scaled by it. The random draws do not depend on `shift`, so one scene
+seen at two strengths differs only in its look.
 """
 
 from __future__ import annotations
@@ -109,16 +115,22 @@ def _texture(material: np.ndarray, rng) -> np.ndarray:
     return texture_bank().reshape(-1)[flat]
 
 
-def _instance_colours(scene: Scene, domain: str, rng) -> np.ndarray:
-    """One colour per instance; parts of one object with the same role share it."""
-    palette, jitter = (SOURCE_PALETTE if domain == "source" else TARGET_PALETTE), JITTER[domain]
+def _instance_colours(scene: Scene, domain: str, rng, shift: float = 1.0) -> np.ndarray:
+    """One colour per instance; parts of one object with the same role share it. For the target,
+    the source and target palette colours of the same draw are mixed by `shift`."""
+    mix = 0.0 if domain == "source" else shift
+    jitter = (1 - mix) * JITTER["source"] + mix * JITTER["target"]
     groups: dict[tuple[int, str], int] = {}
     group_of = np.fromiter((groups.setdefault(kr, len(groups)) for kr in zip(scene.colour_key, scene.role)),
                            np.intp, len(scene.role))
     pick = rng.random(len(groups))
-    noise = rng.normal(0, jitter, (len(groups), 3))
-    base = np.array([palette[role][int(p * len(palette[role]))] for (_, role), p in zip(groups, pick)], float)
-    return np.clip(base + noise, 0, 255).astype(np.float32)[group_of]
+    noise = rng.normal(0, 1.0, (len(groups), 3)) * jitter
+
+    def base(palette):
+        return np.array([palette[role][int(p * len(palette[role]))] for (_, role), p in zip(groups, pick)], float)
+
+    colours = base(SOURCE_PALETTE) if mix == 0 else (1 - mix) * base(SOURCE_PALETTE) + mix * base(TARGET_PALETTE)
+    return np.clip(colours.reshape(-1, 3) + noise, 0, 255).astype(np.float32)[group_of]
 
 
 def _depth_map(scene: Scene) -> np.ndarray:
@@ -135,9 +147,10 @@ def _side_shading(scene: Scene, lit_side: int, dark: float) -> np.ndarray:
     return np.where(side == -lit_side, dark, 1.0).astype(np.float32)
 
 
-def render(scene: Scene, domain: str, rng: np.random.Generator, condition: str | None = None) -> np.ndarray:
-    """RGB uint8 image of a painted scene."""
-    colours = _instance_colours(scene, domain, rng)
+def render(scene: Scene, domain: str, rng: np.random.Generator, condition: str | None = None,
+           shift: float = 1.0) -> np.ndarray:
+    """RGB uint8 image of a painted scene; `shift` (target only): see the module docstring."""
+    colours = _instance_colours(scene, domain, rng, shift)
     if domain == "source":
         colours *= _side_shading(scene, -1, 0.8)[:, None]
         img = colours[scene.inst]
@@ -145,49 +158,57 @@ def render(scene: Scene, domain: str, rng: np.random.Generator, condition: str |
         grad = 0.8 + 0.3 * np.clip(np.arange(scene.height) / max(scene.camera.horizon, 1), 0, 1)
         img[sky] *= np.broadcast_to(grad[:, None], sky.shape)[sky][:, None]
         return np.clip(img, 0, 255).astype(np.uint8)
-    return _render_camera(scene, colours, rng, condition)
+    return _render_camera(scene, colours, rng, condition, shift)
 
 
-def _render_camera(scene: Scene, colours, rng, condition):
+def _toward(value: float, neutral: float, strength: float) -> float:
+    """`value` moved from `neutral` by the fraction `strength` (a camera effect at that strength)."""
+    return neutral + strength * (value - neutral)
+
+
+def _render_camera(scene: Scene, colours, rng, condition, shift: float = 1.0):
     H, W = scene.height, scene.width
     u = rng.uniform
     lit_side = int(rng.choice((-1, 1)))
-    colours *= _side_shading(scene, lit_side, u(0.55, 0.8))[:, None]
+    colours *= _side_shading(scene, lit_side, _toward(u(0.55, 0.8), 0.8, shift))[:, None]
     img = np.take(colours, scene.inst, axis=0)
     # textures, sampled at a random offset of the periodic bank
     material = np.array([MATERIAL.get(r, 0) for r in scene.role], np.intp)[scene.inst]
-    img *= _texture(material, rng)[..., None]
+    img *= _toward(_texture(material, rng), 1.0, shift)[..., None]
 
     labels = np.asarray(scene.label, np.uint8)[scene.inst]
     ground = _GROUND_IDS[labels]
     depth = _depth_map(scene)
     if condition != "night":  # cast shadow of the sunny side's buildings across the street
-        img[ground & _shadow_mask(scene, lit_side, rng)] *= u(0.45, 0.7)
+        img[ground & _shadow_mask(scene, lit_side, rng)] *= _toward(u(0.45, 0.7), 1.0, shift)
 
     if condition is None:
-        t = np.exp(-u(0.002, 0.008) * depth)[..., None]
+        t = np.exp(-shift * u(0.002, 0.008) * depth)[..., None]
         img = img * t + np.asarray((200, 205, 215), np.float32) * (1 - t)
-        noise_std = u(2.0, 5.0)
+        noise_std = shift * u(2.0, 5.0)
     else:
         img, noise_std = WEATHER[condition](scene, img, labels, ground, depth, rng)
 
-    img *= np.asarray(rng.uniform(0.92, 1.08, 3) * u(0.85, 1.12), np.float32)  # white balance, exposure
-    img *= _vignette(H, W)[..., None]
-    sigma = max(0.35, u(0.45, 0.95) * W / 256)
-    img = cv2.GaussianBlur(img, (0, 0), sigma)
+    balance = rng.uniform(0.92, 1.08, 3) * u(0.85, 1.12)  # white balance, exposure
+    img *= np.asarray(_toward(balance, 1.0, shift), np.float32)
+    img *= _vignette(H, W, round(shift, 4))[..., None]
+    sigma = shift * max(0.35, u(0.45, 0.95) * W / 256)
+    if sigma >= 0.1:  # below that the kernel is a single tap
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
     noise = np.empty_like(img)
     cv2.setRNGSeed(int(rng.integers(1 << 31)))  # cv2's generator: 4x faster than numpy's here
     cv2.randn(noise, 0.0, (noise_std,) * 3)
     img = cv2.add(img, noise)
-    curve = np.clip(255.0 * (np.arange(256) / 255.0) ** u(0.85, 1.15) + 0.5, 0, 255).astype(np.uint8)
+    gamma = _toward(u(0.85, 1.15), 1.0, shift)
+    curve = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma + 0.5, 0, 255).astype(np.uint8)
     return cv2.LUT(np.clip(img + 0.5, 0, 255).astype(np.uint8), curve)  # sensor response curve
 
 
 @lru_cache(maxsize=8)
-def _vignette(H, W):
+def _vignette(H, W, strength: float = 1.0):
     yy, xx = np.mgrid[:H, :W]
     r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
-    return (1 - 0.18 * r2).astype(np.float32)
+    return (1 - 0.18 * strength * r2).astype(np.float32)
 
 
 def _shadow_mask(scene: Scene, side: int, rng) -> np.ndarray:

@@ -152,3 +152,15 @@ class RandomScaleCropFlip:
         out_extra = {k: plan.apply(v, nearest=False, pad_value=0) for k, v in (extra or {}).items()}
         return out_image, out_label, out_extra
 
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random per-channel gain (0.7-1.3), contrast (0.6-1.4) and brightness (+-50) of a uint8 RGB
+    image. Strong on purpose: it is the practitioner's baseline against an appearance shift."""
+    x = image.astype(np.float32)
+    mean = x.mean()
+    gain = rng.uniform(0.7, 1.3, 3).astype(np.float32)
+    contrast = np.float32(rng.uniform(0.6, 1.4))
+    bias = rng.uniform(-50, 50, 3).astype(np.float32)
+    out = (x - mean) * contrast * gain + mean + bias
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from dakd_core.models import count_parameters, create_model, list_models
 from dakd_core.models.deeplabv2 import VARIANTS
 
-SWIFTNET_ROLES = {"swiftnet_resnet18": "real-time student", "swiftnet_mobilenetv4": "real-time student"}
+SWIFTNET_ROLES = {"swiftnet_resnet18": "real-time student", "swiftnet_mobilenetv4": "real-time student",
+                  "swiftnet_thin": "CPU-scale teacher (stride 2)", "swiftnet_tiny": "CPU-scale student (stride 2)"}
 
 
 def step_seconds(model: torch.nn.Module, batch: int, size: tuple[int, int], steps: int, device: str) -> float:

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from dakd_core.config import StrictConfig
+from dakd_core.train.recipes import recipe_for
 
 Size = tuple[int, int]
 
@@ -40,15 +41,22 @@ class TrainConfig(StrictConfig):
     crop: Size = (512, 1024)
     scale_range: tuple[float, float] = (0.75, 1.25)
     flip: bool = True
+    photometric: bool = Field(
+        False, description="random brightness, contrast and colour gains on labelled source images "
+                           "(the first thing a practitioner tries against an appearance shift)")
     select_resize: Size | None = (512, 1024)
     batch_size: int = Field(1, gt=0)  # per process (DDP: global batch = batch_size x world size)
     num_workers: int = Field(2, ge=0)
-    # optimisation (segmenter)
+    # optimisation (segmenter). Fields the config leaves unset take the network's recipe
+    # (dakd_core/train/recipes.py); the defaults below are the paper's SGD recipe.
     iterations: int = Field(250_000, gt=0)
-    lr: float = Field(2.5e-4, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="segmenter optimiser (heads at 10x lr with sgd)")
+    lr: float = Field(2.5e-4, gt=0, description="base learning rate of the segmenter")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["poly", "cosine"] = Field("poly", description="learning-rate decay over the iterations")
     poly_power: float = Field(0.9, ge=0)
+    warmup_iterations: int = Field(0, ge=0, description="linear learning-rate warm-up from 0")
     aux_weight: float = Field(0.1, ge=0)  # weight of the auxiliary head's segmentation loss
     amp: bool = True  # float16 autocast + GradScaler; only ever used on CUDA
     seed: int = Field(1234, ge=0)
@@ -58,6 +66,14 @@ class TrainConfig(StrictConfig):
     checkpoint_every: int = Field(1000, gt=0)
     eval_every: int = Field(1000, gt=0)
     log_every: int = Field(50, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_recipe(cls, data):
+        """Fill the recipe fields the config leaves unset from the network's recipe."""
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**recipe_for(data["model"]), **data}
+        return data
 
     @field_validator("scale_range")
     @classmethod

@@ -337,10 +337,12 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
         live_teacher = FeatureTap(live_teacher, cfg.feature_level)
         if adapter is not None:
             adapter.to(device)
-            # A new layer, like the heads: 10x lr; the schedule is rebuilt to cover its group.
-            optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.lr * 10,
-                                       "lr_mult": 10.0, "name": "adapter"})
-            scheduler = engine.poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
+            # A new layer, like the heads (10x lr under SGD); the schedule is rebuilt to cover its group.
+            mult = 10.0 if cfg.optimizer == "sgd" else 1.0
+            optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.lr * mult,
+                                       "lr_mult": mult, "name": "adapter"})
+            scheduler = engine.lr_schedule(optimizer, cfg.iterations, cfg.schedule, cfg.poly_power,
+                                           cfg.warmup_iterations)
 
     def snapshot(step: int) -> dict:
         return make_payload(

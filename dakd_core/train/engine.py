@@ -176,11 +176,25 @@ def gather_rng(dist: Dist) -> list[dict]:
 # ----------------------------------------------------------------------------- optimisation helpers
 
 
+def lr_factor(step: int, iterations: int, schedule: str = "poly", power: float = 0.9, warmup: int = 0) -> float:
+    """The multiplier of every group's initial lr at `step` (0-based): linear warm-up over `warmup`
+    steps, then poly (1 - t) ** power or cosine (1 + cos(pi t)) / 2, t the fraction of the run."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, step / iterations)
+    return (1.0 - t) ** power if schedule == "poly" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, iterations: int, schedule: str = "poly", power: float = 0.9,
+                warmup: int = 0):
+    """LambdaLR applying `lr_factor` to every group (heads keep their multiplier)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, iterations, schedule, power, warmup))
+
+
 def poly_schedule(optimizer: torch.optim.Optimizer, iterations: int, power: float):
     """lr = initial_lr * (1 - step / iterations) ** power per param group (heads keep their 10x)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / iterations) ** power
-    )
+    return lr_schedule(optimizer, iterations, "poly", power)
 
 
 def amp_enabled(cfg, device: torch.device) -> bool:
@@ -540,25 +554,34 @@ def _execution_fields() -> frozenset:
 # ----------------------------------------------------------------------------- pieces every loop builds
 
 
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The segmenter's optimiser from the recipe fields: SGD with AdamSegNet's heads at 10x lr, or
+    AdamW with one lr for every parameter (its per-parameter step sizes make the 10x unnecessary)."""
+    if cfg.optimizer == "adamw":
+        groups = [dict(g, lr=cfg.lr, lr_mult=1.0) for g in model.param_groups(cfg.lr)]
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def build_segmenter(cfg, dist: Dist):
-    """(model on the device, SGD with heads at 10x lr, poly schedule) from the shared fields."""
+    """(model on the device, optimiser, lr schedule) from the shared recipe fields."""
     from dakd_core.models import create_model
 
     model = create_model(cfg.model, num_classes=cfg.num_classes, backbone_weights=cfg.backbone_weights)
     model.to(dist.device)
-    optimizer = torch.optim.SGD(
-        model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    return model, optimizer, poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
+    optimizer = build_optimizer(cfg, model)
+    return model, optimizer, lr_schedule(optimizer, cfg.iterations, cfg.schedule, cfg.poly_power,
+                                         cfg.warmup_iterations)
 
 
 def image_stream(cfg, dist: Dist, manifest_uri: str, resize, with_labels: bool, name: str, seed_offset: int = 0) -> BatchStream:
-    """Augmented training batches (random scale, crop `cfg.crop`, flip) of one manifest."""
+    """Augmented training batches (random scale, crop `cfg.crop`, flip; photometric jitter on
+    labelled images when `cfg.photometric`) of one manifest."""
     from dakd_core.data.dataset import ManifestDataset
 
     dataset = ManifestDataset(
         manifest_uri, crop=cfg.crop, train=True, with_labels=with_labels, seed=cfg.seed + seed_offset,
-        resize=resize, scale_range=cfg.scale_range, flip=cfg.flip,
+        resize=resize, scale_range=cfg.scale_range, flip=cfg.flip, photometric=cfg.photometric and with_labels,
     )
     return BatchStream(dataset, cfg.batch_size, cfg.seed + seed_offset, dist, cfg.num_workers, name)
 
