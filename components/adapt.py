@@ -12,7 +12,7 @@ from components._base import gpu_component
 def adapt(
     store_uri: str, run_name: str, role: str, network: str, init: str, source_manifest: str,
     target_manifest: str, source_resize: list, target_resize: list, crop: list, batch_size: int,
-    iterations: int, lr: float, eval_every: int, num_workers: int, seed: int, method: str,
+    iterations: int, lr: float, optimizer: str, eval_every: int, num_workers: int, seed: int, method: str,
     lambda_adv_main: float, lambda_adv_aux: float, discriminator_width: int, experiment: str, parent_run_id: str,
     kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], model: Output[Model],
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
@@ -24,7 +24,7 @@ def adapt(
     out = adapt_task(
         store_uri=store_uri, run_name=run_name, role=role, network=network, init=init,
         source_manifest=source_manifest, target_manifest=target_manifest, source_resize=source_resize,
-        target_resize=target_resize, crop=crop, batch_size=batch_size, iterations=iterations, lr=lr,
+        target_resize=target_resize, crop=crop, batch_size=batch_size, iterations=iterations, lr=lr, optimizer=optimizer,
         eval_every=eval_every, num_workers=num_workers, seed=seed, method=method,
         lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux,
         discriminator_width=discriminator_width, experiment=experiment,

@@ -14,7 +14,7 @@ from components._base import cpu_component, gpu_component
 def distill(
     store_uri: str, run_name: str, paradigm: str, stage: str, network: str, teacher: str,
     cache_index: str, init: str, source_manifest: str, target_manifest: str, source_resize: list,
-    target_resize: list, crop: list, batch_size: int, iterations: int, lr: float, eval_every: int,
+    target_resize: list, crop: list, batch_size: int, iterations: int, lr: float, optimizer: str, eval_every: int,
     num_workers: int, seed: int, method: str, lambda_adv_main: float, lambda_adv_aux: float,
     discriminator_width: int,
     lambda_kl: float, lambda_kl_aux: float, lambda_mse: float, lambda_pseudo: float,
@@ -32,7 +32,7 @@ def distill(
         store_uri=store_uri, run_name=run_name, paradigm=paradigm, stage=stage, network=network,
         teacher=teacher, cache_index=cache_index, init=init, source_manifest=source_manifest,
         target_manifest=target_manifest, source_resize=source_resize, target_resize=target_resize,
-        crop=crop, batch_size=batch_size, iterations=iterations, lr=lr, eval_every=eval_every,
+        crop=crop, batch_size=batch_size, iterations=iterations, lr=lr, optimizer=optimizer, eval_every=eval_every,
         num_workers=num_workers, seed=seed, method=method, lambda_adv_main=lambda_adv_main,
         lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width, lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux,
         lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,

@@ -10,7 +10,7 @@ from components._base import gpu_component
 @gpu_component
 def pretrain(
     store_uri: str, run_name: str, role: str, network: str, source_manifest: str,
-    source_resize: list, crop: list, batch_size: int, iterations: int, lr: float, eval_every: int,
+    source_resize: list, crop: list, batch_size: int, iterations: int, lr: float, optimizer: str, eval_every: int,
     num_workers: int, seed: int, experiment: str, parent_run_id: str, kfp_run_id: str, kfp_task: str,
     metrics: Output[Metrics], model: Output[Model],
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
@@ -22,7 +22,7 @@ def pretrain(
     out = pretrain_task(
         store_uri=store_uri, run_name=run_name, role=role, network=network,
         source_manifest=source_manifest, source_resize=source_resize, crop=crop, batch_size=batch_size,
-        iterations=iterations, lr=lr, eval_every=eval_every, num_workers=num_workers, seed=seed,
+        iterations=iterations, lr=lr, optimizer=optimizer, eval_every=eval_every, num_workers=num_workers, seed=seed,
         experiment=experiment, parent_run_id=parent_run_id,
         kfp_run_id=kfp_run_id, kfp_task=kfp_task,
     )

@@ -112,6 +112,7 @@ def dakd_pipeline(
     distill_iterations: int = _D.distill_iterations,
     teacher_batch_size: int = _D.teacher_batch_size,
     student_batch_size: int = _D.student_batch_size,
+    optimizer: str = _D.optimizer,
     lr: float = _D.lr,
     eval_every: int = _D.eval_every,
     num_workers: int = _D.num_workers,
@@ -164,7 +165,7 @@ def dakd_pipeline(
         source_resize = [source_resize_h, source_resize_w]
         target_resize = [target_resize_h, target_resize_w]
         crop = [crop_h, crop_w]
-        common = dict(source_resize=source_resize, crop=crop, lr=lr, eval_every=eval_every,
+        common = dict(source_resize=source_resize, crop=crop, lr=lr, optimizer=optimizer, eval_every=eval_every,
                       num_workers=num_workers, seed=seed, **track)
         roles = {"teacher": (teacher_model, teacher_batch_size), "student": (student_model, student_batch_size)}
 

@@ -11,6 +11,7 @@ from dakd_core.bench import report, results
 from dakd_core.bench.perf import PerfRow, markdown_table, perf_rows
 from dakd_core.cli import main as dakd_main
 from dakd_core.labels import CLASS_NAMES
+from dakd_core.models.checkpoint import load_checkpoint
 
 
 def _seed_metrics(values: dict[str, float]) -> dict:
@@ -24,19 +25,33 @@ def test_summary_and_claims_on_given_numbers():
             "paradigm_d": 0.42, "kl_only": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
             "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
             "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
-            "rt_lad": 0.2, "rt_border": 0.19}
-    seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24)  # seed 1: (b) below the teacher
+            "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45}
+    seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24, teacher_adapted=0.34)  # seed 1: (b) below the teacher
     doc = report.summarise({0: _seed_metrics(base), 1: _seed_metrics(seed1)}, results.ROWS)
     b = doc["rows"]["paradigm_b"]
     assert b["miou"]["mean"] == pytest.approx(0.38)
     assert b["miou"]["std"] == pytest.approx(0.0424264, rel=1e-4)  # sample std of 0.41, 0.35
     assert b["per_class_iou"]["road"] == pytest.approx(0.38) and b["per_class_iou"]["car"] is None
     claims = {c["claim"]: c for c in doc["claims"]}
-    assert claims["(b) >= teacher"]["holds"] is False and claims["(b) >= teacher"]["seeds_holding"] == 1
+    # (b) - teacher: seed 0 0.41 - 0.40 = +1, seed 1 0.35 - 0.34 = +1 point
+    assert claims["(b) >= teacher"]["holds"] is True and claims["(b) >= teacher"]["seeds_holding"] == 2
     assert claims["(d) >= (c)"]["holds"] is True  # equal means satisfy >=
     assert claims["(a) > undistilled student"]["difference_points"] == pytest.approx(0.0)
     assert claims["(a) > undistilled student"]["holds"] is False  # equal means do not satisfy >
-    assert "| (b) >= teacher | -2.00 | does not hold | 1/2 |" in report.markdown_claims(doc)
+    # adapted teacher - source-only - 5: seed 0 40-30-5 = +5, seed 1 34-30-5 = -1 -> mean +2, std 4.24
+    five = claims["adapted teacher >= source-only teacher + 5"]
+    assert five["difference_points"] == pytest.approx(7.0) and five["excess_points"] == pytest.approx(2.0)
+    assert five["excess_std_points"] == pytest.approx(4.2426, rel=1e-4) and five["seeds_holding"] == 1
+    assert five["holds"] is True and five["margin_points"] == pytest.approx(5.0)
+    # best of b/c/d per seed: 42 and 42 vs teacher 40, 34 with margin -1 -> +3, +9
+    best = claims["best of (b)/(c)/(d) >= adapted teacher - 1"]
+    assert best["excess_points"] == pytest.approx(6.0) and best["seeds_holding"] == 2
+    assert best["left"] == "best of paradigm_b/paradigm_c/paradigm_d"
+    # absolute level: teacher 40 and 34 against 35 -> +5, -1
+    level = claims["adapted teacher >= 35 % mIoU"]
+    assert level["excess_points"] == pytest.approx(2.0) and level["seeds_holding"] == 1 and level["right"] == "None"
+    assert claims["target oracle > adapted teacher"]["seeds_holding"] == 2
+    assert "| (b) >= teacher | +1.00 | +1.00 ± 0.00 | holds | 2/2 |" in report.markdown_claims(doc)
     assert claims["DiGA > AdaptSegNet (student)"]["holds"] and not claims["ROAD > AdaptSegNet (student)"]["holds"]
     assert not claims["SFDA, no source data > source-only (student)"]["holds"]
     assert claims["+ CWD > DAKD alone (real-time student)"]["holds"] and not claims["+ LAD > DAKD alone (real-time student)"]["holds"]
@@ -58,7 +73,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
 
     The rows are cut to the baselines and paradigms c, d (d continues from c) to keep the smoke
     short; every other row is a DistillConfig override of the same code path."""
-    rows = tuple(r for r in results.ROWS if r.group == "baseline"
+    rows = tuple(r for r in results.ROWS if r.group == "baseline" and r.key != "student_photometric"
                  or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd"))
     monkeypatch.setattr(results, "ROWS", rows)
     monkeypatch.setattr(results, "run_seed",
@@ -84,11 +99,13 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert [c["claim"] for c in doc["claims"]] == [
         "adapted > source-only (teacher)", "adapted > source-only (student)", "(c) > undistilled student",
         "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)",
-        "SFDA, no source data > source-only (student)"]
+        "SFDA, no source data > source-only (student)", "adapted teacher >= source-only teacher + 5",
+        "(c) >= adapted student + 2", "adapted teacher >= 35 % mIoU", "target oracle > adapted teacher"]
+    # the oracle trained on the labelled target train split (a manifest of its own)
+    oracle = load_checkpoint(str(tmp_path / "work/store/runs/seed0/pretrain_oracle/best.pt"))["config"]
+    assert oracle["source_manifest"].endswith("/datasets/tgt_labelled/train/manifest.parquet")
     assert doc["rows"]["rt_cwd"]["num_parameters"] != doc["rows"]["paradigm_c"]["num_parameters"]  # SwiftNet
     # the source-free row saw no source manifest; the weather target was evaluated per condition
-    from dakd_core.models.checkpoint import load_checkpoint
-
     sfda = load_checkpoint(str(tmp_path / "work/store/runs/seed0/adapt_student_sfda/best.pt"))["config"]
     assert sfda["method"] == "sfda" and sfda["source_manifest"] is None
     assert set(doc["rows"]["paradigm_d"]["weather"]) == {"fog", "night", "rain", "snow"}

@@ -14,6 +14,7 @@ from dakd_core.errors import ConfigError
 from dakd_core.models import create_model
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig, PretrainConfig
+from dakd_core.train.recipes import NETWORK_RECIPES
 
 REQUIRED = dict(source_manifest="file:///m.parquet", out="file:///out")
 
@@ -33,7 +34,7 @@ def test_lr_factor_hand_computed(step, iterations, schedule, power, warmup, expe
 
 def test_cpu_networks_take_their_recipe_and_explicit_fields_win():
     cfg = build_config(PretrainConfig, model="swiftnet_tiny", **REQUIRED)
-    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.weight_decay) == ("adamw", 2e-3, "cosine", 1e-4)
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.weight_decay) == ("adamw", 1e-2, "cosine", 1e-4)
     assert cfg.scale_range == (1.0, 1.0) and cfg.warmup_iterations == 20
     cfg = build_config(PretrainConfig, model="swiftnet_tiny", lr=5e-4, schedule="poly", **REQUIRED)
     assert (cfg.optimizer, cfg.lr, cfg.schedule) == ("adamw", 5e-4, "poly")
@@ -44,6 +45,16 @@ def test_cpu_networks_take_their_recipe_and_explicit_fields_win():
     adapt = build_config(AdaptConfig, model="swiftnet_thin", init="file:///i.pt", target_manifest="file:///t.parquet",
                          **REQUIRED)
     assert adapt.optimizer == "adamw"
+
+
+@pytest.mark.parametrize("network", sorted(NETWORK_RECIPES))
+def test_every_recipe_is_a_valid_config(network):
+    """Recipes bypass validation when filled in: each must equal what validation would produce."""
+    filled = build_config(PretrainConfig, model=network, **REQUIRED)
+    explicit = build_config(PretrainConfig, model=network, **REQUIRED, **NETWORK_RECIPES[network])
+    assert filled.model_dump() == explicit.model_dump()
+    # and a list where a tuple is declared (YAML, CLI) still validates next to a recipe
+    assert build_config(PretrainConfig, model=network, crop=[32, 64], **REQUIRED).crop == (32, 64)
 
 
 def test_bad_recipe_values_name_the_field():

@@ -40,6 +40,10 @@ class SegmentationModel(nn.Module):
       num_classes     number of output channels of both classifiers
       output_strides  {"main": s, "aux": s}: input size / logit size of each output
       feature_channels {feature name: channels} for every map `forward_features` returns
+      dense_feature   the feature map at stride 8 whose content the classifiers read (DeepLab: the
+                      last backbone stage; SwiftNet: the stride-8 decoder map). Feature-level
+                      adaptation (ROAD) works on it: the stride-32 "last" map of a SwiftNet is 2x4
+                      at 64x128.
     """
 
     backbone: nn.Module
@@ -52,6 +56,7 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.output_strides: dict[str, int] = {}
         self.feature_channels: dict[str, int] = {}
+        self.dense_feature = "last"
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

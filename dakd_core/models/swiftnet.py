@@ -91,6 +91,7 @@ class SwiftNet(SegmentationModel):
         self.output_strides = {"main": finest_stride, "aux": 8}
         self.feature_channels = {"mid": skip_channels[-1], "last": c32, "spp": width, "decoder8": width,
                                  "decoder": width}
+        self.dense_feature = "decoder8"
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         *skips, f32 = self.backbone(x)

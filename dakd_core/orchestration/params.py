@@ -42,7 +42,10 @@ class PipelineParams(StrictConfig):
     distill_iterations: int = Field(100_000, gt=0)
     teacher_batch_size: int = Field(1, gt=0)
     student_batch_size: int = Field(1, gt=0)
-    lr: float = Field(2.5e-4, gt=0)
+    # the segmenter's recipe: "network" / 0 take each network's own (dakd_core/train/recipes.py:
+    # the paper's SGD for DeepLab/SwiftNet-R18, AdamW + cosine for the CPU-scale networks)
+    optimizer: Literal["network", "sgd", "adamw"] = "network"
+    lr: float = Field(0.0, ge=0)
     eval_every: int = Field(2000, gt=0)
     num_workers: int = Field(2, ge=0)  # DataLoader workers per training task
     # adaptation (AdaptSegNet / ADVENT)
@@ -93,6 +96,8 @@ class LocalSettings(StrictConfig):
     synth_val: int = Field(4, gt=0)
     synth_width: int = Field(128, gt=0)
     synth_height: int = Field(64, gt=0)
+    synth_shift: float = Field(0.45, ge=0, le=1)  # target appearance shift (dakd synth --shift)
+    synth_target_layout: Literal["source", "camera"] = "source"  # dakd synth --target-layout
     weather: bool = False
 
 

@@ -67,13 +67,15 @@ class TrainConfig(StrictConfig):
     eval_every: int = Field(1000, gt=0)
     log_every: int = Field(50, gt=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _network_recipe(cls, data):
-        """Fill the recipe fields the config leaves unset from the network's recipe."""
-        if isinstance(data, dict) and isinstance(data.get("model"), str):
-            data = {**recipe_for(data["model"]), **data}
-        return data
+    @model_validator(mode="after")
+    def _network_recipe(self) -> "TrainConfig":
+        """Fields the config leaves unset take the network's recipe. Written past validation (a
+        "before" validator would turn build_config's JSON-mode input strict); the recipes are
+        constants, each checked against the fields in tests/test_recipes.py."""
+        for name, value in recipe_for(self.model).items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value
+        return self
 
     @field_validator("scale_range")
     @classmethod

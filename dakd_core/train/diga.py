@@ -7,7 +7,7 @@ Steps 1 .. W (W = ceil(diga_warmup_fraction * iterations)), no adversarial align
     after each step: teacher <- xi * teacher + (1 - xi) * student (eq. 5, xi = diga_ema)
 Step W+1 freezes the EMA teacher as the warm-up model; steps W+1 .. end add target crops:
     prototypes: EMA (eq. 10, delta = diga_proto_momentum) of per-class mean features of the
-      warm-up model (its last backbone map) on source crops (labels) and target crops (consensus)
+      warm-up model (its stride-8 `dense_feature` map) on source crops (labels) and target crops (consensus)
     y_t = nearest-prototype label where it equals the warm-up model's argmax, else ignored
     L = diga_lambda_distil * L_distil + diga_lambda_seg * (L_s^seg + CE(student(x_t), y_t))   (eq. 11)
 The strong view is photometric only (contrast, brightness, noise per image), so every pixel keeps
@@ -63,7 +63,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
     target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
     warmup = warmup_steps(cfg)
-    dim = model.feature_channels["last"]
+    dim = model.feature_channels[model.dense_feature]  # prototypes live on the stride-8 features
     state = {  # what self-training adds; all of it goes into checkpoints
         "warm": None,  # frozen warm-up model (set at step W+1)
         "prototypes": torch.zeros(cfg.num_classes, dim, device=device),
@@ -141,14 +141,15 @@ def _self_training_term(cfg: AdaptConfig, state: dict, x_s, y_s, x_t, out_t, dev
     and the fraction of target pixels that got a label (logged, not optimised)."""
     warm = state["warm"]
     with torch.no_grad(), engine.autocast(device, amp):
-        feats_s = warm.forward_features(x_s)["last"]
+        feats_s = warm.forward_features(x_s)[warm.dense_feature]
         feats_t = warm.forward_features(x_t)
         logits_t = warm.forward_head(feats_t).main
     delta = cfg.diga_proto_momentum
     rho, present = batch_prototypes(feats_s, y_s, cfg.num_classes)
     state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)
-    pseudo = consensus_labels(nearest_prototype_labels(feats_t["last"], state["prototypes"], state["valid"]), logits_t)
-    rho, present = batch_prototypes(feats_t["last"], pseudo, cfg.num_classes)
+    feats_t = feats_t[warm.dense_feature]
+    pseudo = consensus_labels(nearest_prototype_labels(feats_t, state["prototypes"], state["valid"]), logits_t)
+    rho, present = batch_prototypes(feats_t, pseudo, cfg.num_classes)
     state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)
     coverage = (pseudo != 255).float().mean()
     return segmentation_loss(out_t.main, pseudo), coverage

@@ -3,8 +3,8 @@
 Per iteration, one forward of [source crops; target crops] through the segmenter (the paper feeds
 both domains together):
 - L_seg: CE of both heads on the labelled source crops (aux weighted `aux_weight`);
-- L_dist: target-guided distillation, ||x - z||_2 per position between the segmenter's last
-  backbone features and those of a frozen copy of the init checkpoint (the "pretrained real-style
+- L_dist: target-guided distillation, ||x - z||_2 per position between the segmenter's dense
+  (stride-8: `model.dense_feature`) features and those of a frozen copy of the init checkpoint (the "pretrained real-style
   model": the network as it was before adaptation) on the TARGET crops;
 - L_spt: spatial-aware adaptation, a pixel-level domain classifier per cell of a road_grid split of
   the crop's feature map, behind a gradient reversal layer: one backward trains the classifiers to
@@ -36,7 +36,8 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     device = dist.device
     engine.seed_everything(cfg.seed + dist.rank)
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
-    classifiers = RegionDomainClassifiers(model.feature_channels["last"], cfg.road_grid).to(device)
+    level = model.dense_feature  # ROAD's features: the stride-8 map the classifiers read
+    classifiers = RegionDomainClassifiers(model.feature_channels[level], cfg.road_grid).to(device)
     c_optimizer = torch.optim.Adam(classifiers.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
     c_scheduler = engine.poly_schedule(c_optimizer, cfg.iterations, cfg.poly_power)
     amp = engine.amp_enabled(cfg, device)
@@ -80,9 +81,9 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             with engine.autocast(device, amp):
                 feats, out = net(torch.cat([src["image"], tgt["image"]]))
                 with torch.no_grad():
-                    frozen_t = reference.forward_features(tgt["image"])["last"]
+                    frozen_t = reference.forward_features(tgt["image"])[level]
             out_s, _ = split_output(out, [n, tgt["image"].shape[0]])
-            last_s, last_t = feats["last"][:n], feats["last"][n:]
+            last_s, last_t = feats[level][:n], feats[level][n:]
             terms = engine.source_seg_terms(out_s, src["label"])
             terms["dist"] = target_guided_distillation(last_t, frozen_t)
             terms["spt"] = spatial_aware_loss(c_net, last_s, last_t)

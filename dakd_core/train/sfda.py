@@ -12,7 +12,7 @@ Per iteration (B target crops, B noise vectors):
 3. D:           easy patches -> label 0, hard patches -> label 1 (BCE, as bce_adversarial)
 Every gradient is computed before any optimizer step, so the NaN guard sees all terms first.
 S uses SGD with Nesterov momentum (the paper's optimiser); G and D use Adam (sfda_g_lr, d_lr).
-Dual attention is computed on the last backbone map; the fakes are sfda_fake_size (default half
+Dual attention is computed on the stride-8 `dense_feature` map (DeepLab: the last backbone stage); the fakes are sfda_fake_size (default half
 the crop, the paper's 256x128 for 512x256 crops).
 """
 
@@ -81,6 +81,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     device = dist.device
     engine.seed_everything(cfg.seed + dist.rank)
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    level = model.dense_feature  # DAD compares the stride-8 features the classifiers read
     for group in optimizer.param_groups:
         group["nesterov"] = cfg.momentum > 0
     generator = Generator(cfg.sfda_latent, fake_size(cfg)).to(device)
@@ -144,11 +145,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 feats = model.forward_features(fake)
                 out = model.forward_head(feats)
                 with torch.no_grad():
-                    target_feats = model.forward_features(x_t)["last"]
+                    target_feats = model.forward_features(x_t)[level]
             terms["bns"] = bns_loss(records)
             terms["g_mae"] = mae_loss(out.main, fixed_out.main)
-            terms["g_dad_ss"] = dad_ss(fixed_feats["last"], feats["last"])
-            terms["g_dad_st"] = dad_st(fixed_feats["last"], target_feats)
+            terms["g_dad_ss"] = dad_ss(fixed_feats[level], feats[level])
+            terms["g_dad_st"] = dad_st(fixed_feats[level], target_feats)
             g_loss = terms["bns"] - cfg.sfda_alpha * terms["g_mae"] - cfg.sfda_beta * terms["g_dad_ss"] + tau * terms["g_dad_st"]
             scaler.scale(g_loss).backward()
             model.requires_grad_(True)
@@ -162,7 +163,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 with engine.autocast(device, amp):
                     feats, out = net(fake)
                 terms["mae"] = mae_loss(out.main, fixed_out.main)
-                terms["dad_ss"] = dad_ss(fixed_feats["last"], feats["last"])
+                terms["dad_ss"] = dad_ss(fixed_feats[level], feats[level])
                 scaler.scale(cfg.sfda_alpha * terms["mae"] + cfg.sfda_beta * terms["dad_ss"]).backward()
             with engine.autocast(device, amp):
                 _, out_t = net(x_t)

@@ -8,13 +8,15 @@ from dakd_core.orchestration.pins import pin, resolve
 
 def training_common(*, network: str, source_manifest: str, source_resize: list, crop: list,
                     batch_size: int, iterations: int, lr: float, eval_every: int, num_workers: int,
-                    seed: int, out: str) -> dict:
+                    seed: int, out: str, optimizer: str = "network") -> dict:
     """TrainConfig fields every training stage sets from pipeline parameters (the MLflow
-    experiment reaches the stage as MLFLOW_EXPERIMENT_NAME, set by the task context)."""
+    experiment reaches the stage as MLFLOW_EXPERIMENT_NAME, set by the task context). `lr` 0 and
+    `optimizer` "network" leave those fields to the network's recipe."""
+    recipe = {k: v for k, v in (("lr", lr), ("optimizer", optimizer)) if v not in (0, 0.0, "network")}
     return dict(
         model=network, source_manifest=resolve(source_manifest), source_resize=hw(source_resize),
-        crop=hw(crop), batch_size=batch_size, iterations=iterations, lr=lr, seed=seed, out=out,
-        eval_every=eval_every, checkpoint_every=eval_every, num_workers=num_workers,
+        crop=hw(crop), batch_size=batch_size, iterations=iterations, seed=seed, out=out,
+        eval_every=eval_every, checkpoint_every=eval_every, num_workers=num_workers, **recipe,
     )
 
 
