@@ -89,6 +89,12 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         assert set(row["per_class_iou"]) == set(CLASS_NAMES)
     assert doc["rows"]["teacher_adapted"]["num_parameters"] == doc["rows"]["paradigm_c"]["num_parameters"]  # tiny/tiny
     assert doc["val_manifest"].endswith("/datasets/tgt/val/manifest.parquet")
+    # class pixel shares of both labelled train sets: fractions summing to 1, road present in both
+    for domain in ("source", "target"):
+        shares = doc["class_pixel_shares"][domain]
+        assert set(shares) == set(CLASS_NAMES) and sum(shares.values()) == pytest.approx(1.0)
+        assert shares["road"] > 0.05
+    assert "## The pair: per-class pixel shares (%)" in (docs / "results.md").read_text()
     # selection ran on tune, never on val
     cfg = json.loads((tmp_path / "work/store/runs/seed0/distill_paradigm_d/result.json").read_text())
     assert cfg["best_checkpoint_uri"].endswith("distill_paradigm_d/best.pt")

@@ -142,6 +142,18 @@ def markdown_per_class(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_class_shares(doc: dict) -> str | None:
+    """Per-class pixel shares (%) of the labelled source and target train images."""
+    shares = doc.get("class_pixel_shares")
+    if not shares:
+        return None
+    domains = list(shares)
+    lines = ["| class | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
+    for c in CLASS_NAMES:
+        lines.append(f"| {c} | " + " | ".join(f"{100 * shares[d][c]:.1f}" for d in domains) + " |")
+    return "\n".join(lines)
+
+
 def markdown_weather(doc: dict) -> str | None:
     """mIoU per weather condition (mean ± std over seeds) of the rows evaluated on the weather target."""
     rows = {k: r for k, r in doc["rows"].items() if "weather" in r}
@@ -263,6 +275,18 @@ a difference smaller than about one standard deviation is not evidence either wa
 {markdown_per_class(doc)}
 
 ![per-class IoU](img/{images[1]})
+"""
+    shares = markdown_class_shares(doc)
+    if shares:
+        text += f"""
+## The pair: per-class pixel shares (%) of the labelled train images
+
+Scene layouts and class frequencies of both domains are drawn from one distribution (the target's
+`--target-layout {p.get('target_layout', 'camera')}`); the domains differ in appearance
+(`--shift {p.get('shift', 1.0)}`). Source: the labelled source train set; target: the same target
+train images the adaptation sees unlabelled, counted with their labels.
+
+{shares}
 """
     weather = markdown_weather(doc)
     if weather:

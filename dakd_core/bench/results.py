@@ -312,6 +312,8 @@ def run_results(run: ResultsRun) -> dict:
     from dakd_core.bench.report import summarise, write_report
 
     doc = summarise(per_seed, ROWS)
+    doc["class_pixel_shares"] = {domain: class_pixel_shares(manifests[key])
+                                 for domain, key in (("source", "source"), ("target", "target_labelled"))}
     doc.update(size=run.size, preset=asdict(p), seeds=list(range(run.seeds)), command=run.command,
                machine=machine_description(run.device), jobs=run.jobs, wall_seconds=round(time.perf_counter() - started, 1),
                val_manifest=manifests["val"], tune_manifest=manifests["tune"])
@@ -322,6 +324,17 @@ def run_results(run: ResultsRun) -> dict:
     tmp.replace(run.json_path)
     write_report(doc, run.docs, run.json_path)
     return doc
+
+
+def class_pixel_shares(manifest_uri: str) -> dict[str, float]:
+    """Fraction of the labelled pixels of each class over a manifest (ingest's per-sample counts)."""
+    import numpy as np
+
+    from dakd_core.data.manifest import read_manifest
+    from dakd_core.labels import CLASS_NAMES
+
+    total = np.sum([row["class_pixels"] for row in read_manifest(manifest_uri)], axis=0).astype(float)
+    return dict(zip(CLASS_NAMES, (total / max(total.sum(), 1.0)).tolist()))
 
 
 def machine_description(device: str) -> str:
