@@ -261,6 +261,10 @@ def test_cli_writes_a_dataset_and_reports_bad_input(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "w"), "--domain", "target", "--n", "1", "--size", "64x32",
                  "--weather", "--conditions", "fog,snow", "--split", "val"]) == 0
     assert sorted(p.name for p in (tmp_path / "w" / "rgb_anon").iterdir()) == ["fog", "snow"]
+    assert main(["synth", "--out", str(tmp_path / "s"), "--domain", "target", "--n", "1", "--size", "64x32",
+                 "--shift", "0.2", "--target-layout", "camera"]) == 0
+    part = json.loads((tmp_path / "s" / synth.INFO_FILE).read_text())["parts"]["cityscapes/train"]
+    assert (part["shift"], part["target_layout"]) == (0.2, "camera")
     assert main(["synth", "--out", str(tmp_path / "x"), "--domain", "target", "--n", "1", "--size", "64by32"]) == 2
     assert "field 'size'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
