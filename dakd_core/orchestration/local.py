@@ -60,8 +60,9 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[str, str]:
     size = (loc.synth_width, loc.synth_height)
     source, target = out / "data" / "source", out / "data" / "target"
     generate(source, "source", loc.synth_train, size=size, seed=cfg.params.seed, split="train")
-    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.seed, split="train", weather=loc.weather)
-    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.seed, split="val", weather=loc.weather)
+    look = dict(weather=loc.weather, shift=loc.synth_shift, target_layout=loc.synth_target_layout)
+    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.seed, split="train", **look)
+    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.seed, split="val", **look)
     return str(source), str(target)
 
 
