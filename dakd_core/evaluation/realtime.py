@@ -78,7 +78,7 @@ def measure(model_names: list[str], resolutions: list[tuple[int, int]], device: 
                 "model": name, "parameters": count_parameters(model), "device": device.type,
                 "runtime": rt.name, "precision": rt.precision, "resolution": f"{hw[0]}x{hw[1]}",
                 "batch_size": batch_size, "iters": iters[hw],
-                "latency_ms": round(timing["latency_ms"], 2), "fps": round(timing["throughput_img_s"], 3),
+                "latency_ms": round(timing["latency_ms"], 4), "fps": round(timing["throughput_img_s"], 3),
             })
         del model, predictor
     return rows
