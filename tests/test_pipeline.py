@@ -223,7 +223,12 @@ def test_submit_names_an_unreachable_server(capsys):
 
 
 def test_dakd_run_end_to_end_tiny(tmp_path):
-    """The SAME pipeline through kfp.local: tiny images, deeplabv2_tiny for both nets, 2 iterations."""
+    """The SAME pipeline through kfp.local: tiny images, deeplabv2_tiny for both nets, 2 iterations.
+    The terminal gets progress and the table only; kfp.local's output goes to the run's log."""
+    import re
+
+    from pipelines.dakd_pipeline import CACHE_SHARDS
+
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "params": {"teacher_model": "deeplabv2_tiny", "student_model": "deeplabv2_tiny",
@@ -236,14 +241,52 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     }))
     out = tmp_path / "out"
     env = _clean_env(OMP_NUM_THREADS="1", DAKD_NO_PROGRESS="1")
+    for name in ("MLFLOW_TRACKING_URI", "DAKD_MLFLOW_ARTIFACT_ROOT", "MLFLOW_ARTIFACT_ROOT"):
+        env.pop(name, None)  # the run's own sqlite database, which the assertions below open
     res = subprocess.run([*DAKD, "run", "--config", str(cfg), "--out", str(out), "--run-name", "e2e"],
                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    table = res.stdout[res.stdout.index("dakd run e2e:"):]
-    for row in ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
-                "student distilled", "student exported ONNX FP16"]:
-        assert f"| {row}" in table, table
+    terminal = res.stdout.splitlines() + res.stderr.splitlines()
+    assert len(terminal) <= 80, res.stdout + res.stderr
+    assert not [line for line in terminal if line.lstrip().startswith(("{", '"'))], res.stdout + res.stderr
+    for noise in ("executor_output", "Executing task", "Warning", "KFP Executor"):
+        assert noise not in res.stdout + res.stderr, noise
+
+    # one progress line per task, counted against the number of tasks the pipeline has
+    total = 15 + CACHE_SHARDS
+    progress = re.findall(r"^\[\s*(\d+)/(\d+)\] (.+) done in (\d+\.\d) s$", res.stdout, re.M)
+    assert [int(k) for k, *_ in progress] == list(range(1, total + 1)), res.stdout
+    assert {int(n) for _, n, *_ in progress} == {total}
+    names = [name for _, _, name, _ in progress]
+    assert names.count("cache-teacher shard") == CACHE_SHARDS
+    assert {"start: MLflow parent run", "pretrain teacher", "adapt student", "distill (d) from (c)", "evaluate",
+            "promote", "finish"} <= set(names)
+
+    log = out / "logs" / "e2e.log"
+    stdout = res.stdout.splitlines()
+    assert str(log) in stdout[1] and stdout[-1] == f"log: {log}"
+    text = log.read_text()
+    for task_output in ("executor_output", "Executing task 'pretrain-2'", "KFP Executor", "UserWarning"):
+        assert task_output in text.replace("\x1b[96m", "").replace("\x1b[0m", ""), task_output
+
+    table = res.stdout[res.stdout.index("dakd run e2e:", res.stdout.index("done in")):]
+    results = json.loads((out / "results.json").read_text())
+    assert f"results: {out / 'results.json'}" in table
+    assert set(results) == {"rows", "wall_seconds", "run_name", "registry"}
+    assert results["run_name"] == "e2e" and results["wall_seconds"] > 0
+    assert results["registry"]["decision"] == "promoted" and str(results["registry"]["challenger"]) == "1"
+    rows = {"teacher_source_only": "teacher source-only", "teacher_adapted": "teacher adapted",
+            "student_source_only": "student source-only", "student_adapted": "student adapted",
+            "student_distilled": "student distilled", "student_exported": "student exported ONNX FP16"}
+    assert set(results["rows"]) == set(rows)
+    for key, label in rows.items():
+        row = results["rows"][key]
+        assert set(row) == {"miou", "num_parameters", "latency_ms"}
+        assert 0.0 <= row["miou"] <= 1.0 and row["num_parameters"] > 0 and row["latency_ms"] > 0
+        # the same numbers as the table: mIoU % there, a fraction here
+        assert f"| {label:<30} | {100 * row['miou']:>7.2f} | {row['num_parameters']:>10} |" in table, (key, table)
     assert "registry: dakd-gta5-to-cityscapes v1 promoted" in table
+    assert f"MLflow: sqlite:///{out / 'mlflow.db'} (default;" in table
     assert "orchestration overhead" in table
     import mlflow
 
@@ -255,3 +298,118 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     children = client.search_runs([parent[0].info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
     assert {r.data.tags.get("dakd.kfp_task") for r in children} >= {"pretrain", "adapt", "distill", "evaluate"}
+
+
+def _local_result(tmp_path, tracking_uri: str, from_env: bool):
+    from dakd_core.orchestration.local import TABLE_ROWS, LocalRunResult
+
+    models = {key: {"miou": 0.1 * (i + 1), "num_parameters": 1000 + i, "throughput_mpx_s": 2.048}
+              for i, (key, _, _) in enumerate(TABLE_ROWS)}
+    promotion = {"name": "m", "challenger": "2", "decision": "kept", "champion": "1", "reason": "worse"}
+    return LocalRunResult("r1", (tmp_path / "store").as_uri(), tracking_uri, from_env, str(tmp_path / "logs/r1.log"),
+                          str(tmp_path / "results.json"), models, (32, 64), promotion, 12.5, {"pretrain": 4.0}, 19)
+
+
+def test_dakd_run_tracking_uri_from_environment_else_local_sqlite_never_showing_credentials(tmp_path, monkeypatch):
+    from dakd_core.orchestration.local import format_summary, tracking_uri_for
+
+    monkeypatch.chdir(tmp_path)  # a path under the working directory must stay readable
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri_for(tmp_path / "out") == (f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "  ")
+    assert tracking_uri_for(tmp_path / "out") == (f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", False)
+    server = "postgresql://dakd:pa/ss%40w0rd@db.example:5432/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    assert tracking_uri_for(tmp_path / "out") == (server, True)
+
+    summary = format_summary(_local_result(tmp_path, server, True))
+    assert "MLflow: postgresql://***@db.example:5432/mlflow (from MLFLOW_TRACKING_URI)" in summary
+    assert "pa/ss" not in summary and "w0rd" not in summary and "dakd:" not in summary
+    local_db = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    assert f"MLflow: {local_db} (default;" in format_summary(_local_result(tmp_path, local_db, False))
+
+
+def test_credential_mask_keeps_paths_and_hosts():
+    from dakd_core.orchestration.run_output import mask_credentials
+
+    assert mask_credentials("https://user:tok3n@mlflow.example/api, then s3://bucket/k@v") == \
+        "https://***@mlflow.example/api, then s3://bucket/k@v"
+    assert mask_credentials("http://mlflow:5000 and sqlite:////tmp/run/mlflow.db") == \
+        "http://mlflow:5000 and sqlite:////tmp/run/mlflow.db"
+
+
+def test_results_document_has_the_six_rows_as_fractions(tmp_path):
+    from dakd_core.orchestration.local import results_document
+
+    doc = results_document(_local_result(tmp_path, "sqlite:///x.db", False))
+    assert list(doc["rows"]) == ["teacher_source_only", "teacher_adapted", "student_source_only",
+                                 "student_adapted", "student_distilled", "student_exported"]
+    # 32x64 px = 0.002048 Mpx at 2.048 Mpx/s: 1 ms per image
+    assert doc["rows"]["student_exported"] == {"miou": pytest.approx(0.6), "num_parameters": 1005,
+                                               "latency_ms": pytest.approx(1.0)}
+    assert doc["wall_seconds"] == 12.5 and doc["run_name"] == "r1" and doc["registry"]["decision"] == "kept"
+
+
+def test_run_output_goes_to_the_log_and_only_our_lines_to_the_terminal(tmp_path, capfd):
+    from dakd_core.orchestration.run_output import output_to_log
+
+    log = tmp_path / "logs" / "r.log"
+    with output_to_log(log) as terminal:
+        print("python print")
+        os.write(2, b"fd 2 write\n")
+        print("sys.stderr print", file=sys.stderr)  # where `warnings` write
+        subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"],
+                       check=True)
+        terminal.write("[1/1] ours\n")
+    print("after")
+    captured = capfd.readouterr()
+    assert captured.out == "[1/1] ours\nafter\n" and captured.err == ""
+    text = log.read_text()
+    for line in ("python print", "fd 2 write", "sys.stderr print", "child out", "child err"):
+        assert line in text
+    assert "ours" not in text
+
+
+def test_task_progress_lines_and_failed_task_tail(tmp_path):
+    import io
+
+    from dakd_core.orchestration.run_output import TaskProgress, log_tail
+
+    log = tmp_path / "r.log"
+    log.write_text("an earlier run\n12:00:00.000 - INFO - Task 'old' finished with status SUCCESS\n")
+    terminal = io.StringIO()
+    progress = TaskProgress(log, terminal, 4, {"shard": "cache shard", "train": "train teacher"})
+    cyan, reset = "\x1b[96m", "\x1b[0m"
+    log.write_text(log.read_text() + "".join([
+        f"23:59:58.000 - INFO - Executing task {cyan}'shard'{reset}\n",
+        f"23:59:58.500 - INFO - Executing task {cyan}'shard'{reset}\n",
+        f"23:59:59.000 - INFO - Task {cyan}'shard'{reset} finished with status SUCCESS\n",
+        f"00:00:01.500 - INFO - Task {cyan}'shard'{reset} finished with status SUCCESS\n",  # past midnight
+        "00:00:02.000 - INFO - Executing task 'train'\n",
+        "    Traceback (most recent call last):\n",
+        "    ValueError: boom\n",
+        "00:00:05.250 - ERROR - Task 'train' finished with status FAILURE\n",
+        "00:00:05.300 - INFO - Executing task 'finish'\n",
+        '    {"executor_output": 1}\n',
+    ]))
+    progress.poll()
+    assert terminal.getvalue().splitlines() == [
+        "[1/4] cache shard done in 1.0 s",
+        "[2/4] cache shard done in 3.0 s",
+        "[3/4] train teacher FAILED after 3.2 s",
+    ]
+    assert progress.failed == ["train"]
+    tail = log_tail(log, task="train", lines=3)
+    assert tail.splitlines() == ["    Traceback (most recent call last):", "    ValueError: boom",
+                                 "00:00:05.250 - ERROR - Task 'train' finished with status FAILURE"]
+
+
+def test_task_count_and_display_names_from_the_pipeline_spec():
+    from dakd_core.orchestration.run_output import pipeline_tasks
+    from pipelines.dakd_pipeline import CACHE_SHARDS, dakd_pipeline
+
+    total, names = pipeline_tasks(dakd_pipeline.pipeline_spec)
+    # start, 2 ingest, 2 pretrain, 2 adapt, the shards, cache index, distill, one of the two
+    # paradigm branches, export, evaluate, register, promote, finish
+    assert total == 15 + CACHE_SHARDS
+    assert names["pretrain-2"] == "pretrain student" and names["cache-teacher-shard"] == "cache-teacher shard"

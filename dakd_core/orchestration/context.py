@@ -20,6 +20,21 @@ ENV_PARENT_RUN_ID = "DAKD_PARENT_RUN_ID"
 
 
 @contextlib.contextmanager
+def environ(values: dict[str, str]):
+    """Set environment variables for the duration of the block; restore the previous values after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experiment: str = "",
                  timings_uri: str = ""):
     """Set the tracking environment for one stage call; restore the previous values after.
@@ -32,20 +47,12 @@ def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experi
         values[ENV_PARENT_RUN_ID] = parent_run_id
     if experiment:
         values["MLFLOW_EXPERIMENT_NAME"] = experiment
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    start = time.perf_counter()
-    try:
+    with environ(values):
+        start = time.perf_counter()
         yield
         if timings_uri:
             record = {"task": kfp_task, "seconds": round(time.perf_counter() - start, 3)}
             write_bytes(f"{timings_uri.rstrip('/')}/{kfp_task}.json", json.dumps(record).encode())
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_name_for(run_name: str, kfp_run_id: str) -> str:

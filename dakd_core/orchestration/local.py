@@ -1,12 +1,15 @@
 """`dakd run`: the SAME pipeline function, executed by kfp.local's SubprocessRunner on this machine.
 
 1. the built-in synthetic domain pair is generated (what `dakd synth` writes) under {out}/data;
-2. tasks get a file:// store under {out}/store and a sqlite MLflow database {out}/mlflow.db
-   through the environment (the cluster gives them the same variables from secrets);
+2. tasks get a file:// store under {out}/store and, through the environment, the MLflow tracking
+   URI: MLFLOW_TRACKING_URI when it is set, else a sqlite database {out}/mlflow.db (the cluster
+   gives them the same variables from secrets);
 3. kfp.local runs the DAG: each task is a Python subprocess of this virtualenv (use_venv=False,
-   no per-task pip install); Kubernetes settings are ignored with a warning;
+   no per-task pip install); Kubernetes settings are ignored with a warning. All it prints goes to
+   {out}/logs/{run_name}.log; the terminal gets one line per finished task (run_output.py);
 4. the results are read back from the store (evaluation metrics, promotion outcome, per-task
-   seconds) and summarised: the final table plus the measured orchestration overhead.
+   seconds), written to {out}/results.json and summarised: the final table plus the measured
+   orchestration overhead.
 
 kfp is imported inside `run_local` only, so `import dakd_core` never pulls it in.
 """
@@ -14,6 +17,7 @@ kfp is imported inside `run_local` only, so `import dakd_core` never pulls it in
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,17 +25,28 @@ from datetime import datetime
 from pathlib import Path
 
 from dakd_core.errors import DakdError, StoreError
+from dakd_core.orchestration.context import environ
 from dakd_core.orchestration.params import RunConfig
+from dakd_core.orchestration.run_output import (
+    kfp_local_shared_state,
+    log_tail,
+    mask_credentials,
+    output_to_log,
+    pipeline_tasks,
+    strip_ansi,
+    TaskProgress,
+)
 from dakd_core.orchestration.tasks.common import run_prefix
 
-# Rows of the final table: (evaluation entry written by components/evaluate.py, label printed)
+# Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
+# key in results.json)
 TABLE_ROWS = [
-    ("teacher source-only", "teacher source-only"),
-    ("teacher adapted", "teacher adapted"),
-    ("student source-only", "student source-only"),
-    ("student adapted", "student adapted"),
-    ("student distilled", "student distilled"),
-    ("student distilled ONNX FP16", "student exported ONNX FP16"),
+    ("teacher source-only", "teacher source-only", "teacher_source_only"),
+    ("teacher adapted", "teacher adapted", "teacher_adapted"),
+    ("student source-only", "student source-only", "student_source_only"),
+    ("student adapted", "student adapted", "student_adapted"),
+    ("student distilled", "student distilled", "student_distilled"),
+    ("student distilled ONNX FP16", "student exported ONNX FP16", "student_exported"),
 ]
 
 
@@ -39,7 +54,10 @@ TABLE_ROWS = [
 class LocalRunResult:
     run_name: str
     store_uri: str
-    tracking_uri: str
+    tracking_uri: str  # as the tasks got it: print it through mask_credentials
+    tracking_from_env: bool  # MLFLOW_TRACKING_URI was set, else the run's own sqlite database
+    log_path: str
+    results_path: str
     models: dict  # evaluate metrics.json "models"
     resolution: tuple[int, int]
     promotion: dict
@@ -66,10 +84,19 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[str, str]:
     return str(source), str(target)
 
 
-def _local_env(out: Path) -> dict[str, str]:
+def tracking_uri_for(out: Path) -> tuple[str, bool]:
+    """(MLflow tracking URI for the tasks, whether it came from the environment):
+    MLFLOW_TRACKING_URI when set (a tracking server or a shared database), else {out}/mlflow.db."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if from_env:
+        return from_env, True
+    return f"sqlite:///{out / 'mlflow.db'}", False
+
+
+def _local_env(tracking_uri: str) -> dict[str, str]:
     """Environment the task subprocesses inherit: where MLflow lives, quiet bars, one BLAS pool."""
     return {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
@@ -79,6 +106,9 @@ def _local_env(out: Path) -> dict[str, str]:
 
 
 def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
+    """Run the pipeline; kfp.local's and the tasks' output go to {out}/logs/{run_name}.log, the
+    terminal (stdout) gets the log's path, one line per finished task, and on failure the log's
+    last lines inside the DakdError."""
     from kfp import local
 
     from dakd_core.storage import open_store
@@ -86,24 +116,45 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     out = Path(cfg.local.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params = cfg.params.model_copy()
-    if cfg.local.synthetic:
-        params.source_format, params.target_format = "gta5", ("acdc" if cfg.local.weather else "cityscapes")
-        params.source_uri, params.target_uri = prepare_data(cfg, out)
     params.store_uri = (out / "store").as_uri()
     params.run_name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
     run_prefix(params.store_uri, params.run_name)  # a bad --run-name fails here, before any task runs
-    env = _local_env(out)
-    os.environ.update(env)
+    log_path = out / "logs" / f"{params.run_name}.log"
+    tracking, tracking_from_env = tracking_uri_for(out)
+    print(f"dakd run {params.run_name}: output of kfp.local and of every task (executor records, warnings,"
+          f" task logs) goes to {log_path}", flush=True)
+    print(f"dakd run {params.run_name}: MLflow {describe_tracking(tracking, tracking_from_env)}", flush=True)
 
-    from pipelines.dakd_pipeline import PIPELINE_NAME, dakd_pipeline
+    # The environment is restored afterwards: a later run in this process must not take this
+    # run's database for a user-set MLFLOW_TRACKING_URI.
+    with environ(_local_env(tracking)), output_to_log(log_path) as terminal:
+        print(f"==== dakd run {params.run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
+        log_start = log_path.stat().st_size
+        if cfg.local.synthetic:
+            t0 = time.perf_counter()
+            params.source_format, params.target_format = "gta5", ("acdc" if cfg.local.weather else "cityscapes")
+            params.source_uri, params.target_uri = prepare_data(cfg, out)
+            terminal.write(f"synthetic domain pair ready in {time.perf_counter() - t0:.1f} s: {out / 'data'}\n")
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
-    start = time.perf_counter()
-    try:
-        dakd_pipeline(**params.model_dump())
-    except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
-        raise DakdError(f"local pipeline run '{params.run_name}' failed: {e} (task logs above; outputs in {out / 'kfp'})") from None
-    wall = time.perf_counter() - start
+        # imported with DAKD_LOCAL_RUN set: the pipeline then compiles without retries
+        from pipelines.dakd_pipeline import PIPELINE_NAME, dakd_pipeline
+
+        total, names = pipeline_tasks(dakd_pipeline.pipeline_spec)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
+        failure = None
+        progress = TaskProgress(log_path, terminal, total, names)
+        start = time.perf_counter()
+        try:
+            with kfp_local_shared_state(), progress:
+                dakd_pipeline(**params.model_dump())
+        except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
+            failure = strip_ansi(str(e))
+        wall = time.perf_counter() - start
+    if failure is not None:
+        failed = progress.failed[0] if progress.failed else None
+        whose = f"the output of task '{progress.display_name(failed)}'" if failed else "the log"
+        raise DakdError(f"local pipeline run '{params.run_name}' failed: {failure}\n"
+                        f"full log: {log_path}; the last lines of {whose}:\n{log_tail(log_path, log_start, failed)}")
     # every task kfp.local ran (executor_output.json per task dir), for the per-task overhead
     runs = sorted((out / "kfp").glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
     num_tasks = len(list(runs[-1].rglob("executor_output.json"))) if runs else 0
@@ -114,12 +165,19 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         promotion = json.loads(run.get_bytes("promote/outcome.json"))
     except StoreError as e:
         raise DakdError(f"the pipeline finished but its results are missing: {e}") from None
+    missing = [key for key, _, _ in TABLE_ROWS if key not in metrics["models"]]
+    if missing:
+        raise DakdError(f"{run.url('evaluate/metrics.json')} has no entry for {missing}")
     timings = {}
     for key in run.list("timings/"):
         record = json.loads(run.get_bytes(key))
         timings[record["task"]] = float(record["seconds"])
-    return LocalRunResult(params.run_name, params.store_uri, env["MLFLOW_TRACKING_URI"], metrics["models"],
-                          (params.eval_resize_h, params.eval_resize_w), promotion, wall, timings, num_tasks)
+    res = LocalRunResult(params.run_name, params.store_uri, tracking, tracking_from_env, str(log_path),
+                         str(out / "results.json"), metrics["models"], (params.eval_resize_h, params.eval_resize_w),
+                         promotion, wall, timings, num_tasks)
+    # put_bytes writes a temporary file and renames it: a reader never sees half a results.json
+    open_store(str(out)).put_bytes("results.json", json.dumps(results_document(res), indent=2).encode())
+    return res
 
 
 def latency_ms(model_metrics: dict, resolution: tuple[int, int]) -> float | None:
@@ -138,10 +196,8 @@ def format_summary(res: LocalRunResult) -> str:
         f"| {'model':<30} | {'mIoU %':>7} | {'params':>10} | {'latency ms':>10} |",
         f"|{'-' * 32}|{'-' * 9}|{'-' * 12}|{'-' * 12}|",
     ]
-    for key, label in TABLE_ROWS:
-        m = res.models.get(key)
-        if m is None:
-            continue
+    for key, label, _ in TABLE_ROWS:
+        m = res.models[key]
         lat = latency_ms(m, res.resolution)
         params = m.get("num_parameters")
         lines.append(
@@ -153,9 +209,33 @@ def format_summary(res: LocalRunResult) -> str:
         "",
         f"registry: {p['name']} v{p['challenger']} {p['decision']}"
         f" (champion now: {('v' + str(p['champion'])) if p.get('champion') else 'none'}) - {p['reason']}",
-        f"MLflow: {res.tracking_uri}    store: {res.store_uri}/runs/{res.run_name}",
+        f"MLflow: {describe_tracking(res.tracking_uri, res.tracking_from_env)}",
+        f"store: {res.store_uri}/runs/{res.run_name}",
         f"time: {res.wall_seconds:.1f} s wall, {sum(res.task_seconds.values()):.1f} s inside {len(res.task_seconds)} "
         f"stage calls; orchestration overhead {res.overhead_seconds:.1f} s over {res.num_tasks} tasks "
         f"({res.overhead_seconds / max(1, res.num_tasks):.2f} s per task: process start, imports, KFP executor)",
+        f"results: {res.results_path}",
+        f"log: {res.log_path}",
     ]
     return "\n".join(lines)
+
+
+def describe_tracking(uri: str, from_env: bool) -> str:
+    """The tracking URI as it may be printed (credentials masked) and where it came from."""
+    source = "from MLFLOW_TRACKING_URI" if from_env else "default; set MLFLOW_TRACKING_URI to use another"
+    return f"{mask_credentials(uri)} ({source})"
+
+
+def results_document(res: LocalRunResult) -> dict:
+    """The content of {out}/results.json: one row per table row (mIoU as a fraction), the wall
+    time of the pipeline, the run name and the registry's promotion outcome."""
+    rows = {}
+    for key, _, name in TABLE_ROWS:
+        m = res.models[key]
+        miou = float(m["miou"])
+        rows[name] = {
+            "miou": miou if math.isfinite(miou) else None,  # NaN (no class present) is not JSON
+            "num_parameters": m.get("num_parameters"),
+            "latency_ms": latency_ms(m, res.resolution),
+        }
+    return {"rows": rows, "wall_seconds": res.wall_seconds, "run_name": res.run_name, "registry": res.promotion}

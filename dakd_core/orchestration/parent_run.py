@@ -29,6 +29,7 @@ def open_parent_run(experiment: str, kfp_run_id: str, run_name: str) -> str:
     injected = os.environ.get("MLFLOW_RUN_ID")
     if injected:
         return injected
+    from dakd_core.orchestration.run_output import mask_credentials
     from dakd_core.tracking import ensure_experiment, tracking_uri
 
     client = _client()
@@ -40,8 +41,8 @@ def open_parent_run(experiment: str, kfp_run_id: str, run_name: str) -> str:
         )
     except DakdError:
         raise
-    except Exception as e:  # unreachable server, bad URI: name it (credentials live in env, not in it)
-        raise DakdError(f"cannot open the MLflow parent run at {tracking_uri()}: {e}") from None
+    except Exception as e:  # unreachable server, bad URI: name it, without a user:password@ part
+        raise DakdError(f"cannot open the MLflow parent run at {mask_credentials(tracking_uri())}: {e}") from None
     return run.info.run_id
 
 
