@@ -183,11 +183,101 @@ def test_missing_parent_run_is_an_error(mlflow_uri, monkeypatch):
     ("aws_secret_access_key", "abc", "***"),
     ("mlflowTrackingPassword", "abc", "***"),
     ("api.key", 5, "***"),
+    ("credentials.aws", "abc", "***"),
+    ("MYSQL_PWD", "abc", "***"),  # MySQL's password variable: 'pwd' after a qualifier
     ("sort_keys", True, "true"),
     ("tokenizer", "bpe", "bpe"),
+    ("PWD", "/home/alice/dakd", "/home/alice/dakd"),  # the working directory, not a password
+    ("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1", "/tmp/ssh-x/agent.1"),
+    ("cache_key", "shard_00001", "shard_00001"),
+    ("secret_name", "dakd-s3", "dakd-s3"),  # the name of a Kubernetes secret is no secret
     ("id", "AKIAIOSFODNN7EXAMPLE", "***"),
     ("digest", "DEADBEEF" * 5, "DEADBEEF" * 5),
     ("lr", 0.01, "0.01"),
 ])
 def test_redact(key, value, expected):
     assert tracking.redact(key, value) == expected
+
+
+# A shell's environment as a pipeline task or a developer's terminal has it, plus real-looking
+# credentials. The ordinary variables hold values that prefix or appear inside every path a run
+# records; the secret ones must vanish from everything MLflow keeps.
+HOME_DIR = "/home/alice"
+WORK_DIR = "/home/alice/work/dakd"
+ORDINARY_ENV = {
+    "PWD": WORK_DIR, "OLDPWD": HOME_DIR, "HOME": HOME_DIR, "USER": "alice", "LOGNAME": "alice",
+    "PATH": f"{HOME_DIR}/.local/bin:/usr/local/bin:/usr/bin:/bin", "SHELL": "/bin/bash",
+    "SSH_AUTH_SOCK": "/tmp/ssh-XXXXk3j2/agent.4242", "TOKENIZERS_PARALLELISM": "false",
+    "AWS_SHARED_CREDENTIALS_FILE": f"{HOME_DIR}/.aws/credentials", "MLFLOW_TRACKING_USERNAME": "alice",
+}
+SECRET_ENV = {
+    "AWS_SECRET_ACCESS_KEY": "q8Vx2LmT/Nw4RzKp9HsY3bGfJ7cD1eUoAiW5tQ6r",
+    "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD",
+    "MLFLOW_TRACKING_PASSWORD": "Tr0ub4dor&3-mlflow",
+    "MLFLOW_TRACKING_TOKEN": "dapi5f3e9a1c7b2d4e6f8a0b",
+    "HF_TOKEN": "hf_kXyZqWeRtYuIoPaSdFgHjKl",
+    "DB_PASSWORD": "s3cr3t-pg-pass",
+}
+
+
+def test_realistic_environment_masks_secrets_and_keeps_paths(mlflow_uri, tmp_path, monkeypatch):
+    """Paths under $PWD and $HOME are recorded intact (they were `file://***_out/store/...` when
+    `pwd` counted as a secret word); every secret value is masked in params, tags and logged text."""
+    for name, value in {**ORDINARY_ENV, **SECRET_ENV}.items():
+        monkeypatch.setenv(name, value)
+    store = f"file://{WORK_DIR}/demo_out/store"
+    checkpoint = f"{store}/runs/local-20250101-120000/pretrain_teacher/best.pt"
+    aws, pg, hf = SECRET_ENV["AWS_SECRET_ACCESS_KEY"], SECRET_ENV["DB_PASSWORD"], SECRET_ENV["HF_TOKEN"]
+    config = {
+        "out": f"{store}/runs/local-20250101-120000/pretrain_teacher",
+        "source_manifest": f"{store}/datasets/gta5-source-1a2b3c4d/train/manifest.parquet",
+        "cache_dir": f"{HOME_DIR}/.cache/dakd",
+        "database": f"postgresql://alice:{pg}@db.internal:5432/mlflow",
+        "note": f"token {hf} pasted by mistake",
+        "presigned": f"https://bucket.s3.amazonaws.com/x.pt?X-Amz-Credential=AKID&X-Amz-Signature=abc123def&part=2",
+    }
+    text = f"checkpoint {checkpoint}\nenv AWS_SECRET_ACCESS_KEY={aws}\nPATH={ORDINARY_ENV['PATH']}\n"
+    with tracking.stage_run("pretrain", config, tags={"dakd.best_checkpoint": checkpoint,
+                                                      "upload": f"s3 key {aws}"}) as run:
+        tracking.set_tags({"cwd": WORK_DIR, "user": "alice"})
+        tracking.log_text(text, "notes/run.txt")
+        tracking.log_dict({"checkpoint": checkpoint, "aws_secret_access_key": "inline-secret-value",
+                           "nested": [{"auth": f"Bearer {SECRET_ENV['MLFLOW_TRACKING_TOKEN']}"}]}, "summary.json")
+        tracking.log_bytes(f"# report\nmodel {checkpoint} password {pg}\n".encode(), "report.md")
+        run_id = run.info.run_id
+    data = _client(mlflow_uri).get_run(run_id).data
+    params, tags = data.params, data.tags
+    # paths intact, wherever $PWD / $HOME / $USER occur in them
+    assert params["out"] == config["out"] and params["source_manifest"] == config["source_manifest"]
+    assert params["cache_dir"] == f"{HOME_DIR}/.cache/dakd"
+    assert tags["dakd.best_checkpoint"] == checkpoint
+    assert tags["cwd"] == WORK_DIR and tags["user"] == "alice"
+    # secrets masked, the text around them kept
+    assert params["database"] == "postgresql://***@db.internal:5432/mlflow"
+    assert params["note"] == "token *** pasted by mistake"
+    assert params["presigned"] == ("https://bucket.s3.amazonaws.com/x.pt?X-Amz-Credential=***"
+                                   "&X-Amz-Signature=***&part=2")
+    assert tags["upload"] == "s3 key ***"
+    root = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl")))
+    notes = (root / "notes/run.txt").read_text()
+    assert notes == (f"checkpoint {checkpoint}\nenv AWS_SECRET_ACCESS_KEY=***\n"
+                     f"PATH={ORDINARY_ENV['PATH']}\n")
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary == {"checkpoint": checkpoint, "aws_secret_access_key": "***",
+                       "nested": [{"auth": "Bearer ***"}]}
+    assert (root / "report.md").read_text() == f"# report\nmodel {checkpoint} password ***\n"
+    recorded = json.dumps([params, tags]) + notes + (root / "summary.json").read_text() + (root / "report.md").read_text()
+    for secret in [*SECRET_ENV.values(), "inline-secret-value", "abc123def"]:
+        assert secret not in recorded, secret
+
+
+def test_aws_secret_shape_spares_paths_and_digests():
+    """Tokens of the AWS-secret shape (40 base64 characters) are masked, paths and digests of the
+    same length are not."""
+    key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    assert tracking.redact_text(f"key={key}.") == "key=***."
+    for ordinary in ["/Users/Alice/Documents/Work/Dakd/Store12",  # an absolute path, 40 characters
+                     "runs/local202/pretrain/teacher/ckpt/best",  # a relative one
+                     "0123456789abcdef0123456789abcdef01234567"]:  # a git SHA
+        assert len(ordinary) == 40
+        assert tracking.redact_text(f"uri {ordinary} ok") == f"uri {ordinary} ok"
