@@ -5,23 +5,32 @@ ONNX student (its sha256 checked against export.json first) as a new version, ta
 reviewer needs (pair, paradigm, teacher, metrics, size, latency, git commit, pipeline run,
 artifact and evaluation-manifest sha256) and points the `challenger` alias at it.
 
-`promote` moves `champion` to a challenger only if it beats the current champion by `min_gain` on
-the same evaluation manifest (no champion yet: promote). Aliases, never the deprecated stages;
-versions are never deleted. The registry has no compare-and-set for aliases, so promotion is a
-loop: read the champion, decide, set, wait a moment, re-read; if another promoter moved the alias
-meanwhile, decide again against the new champion. Two concurrent promotions therefore end with the
-champion a serial order of the two would give (barring one promoter stalling between its read and
-its write for longer than the settle delay).
+`promote` moves `champion` to a challenger only if it beats the current champion by more than
+nothing and at least `min_gain` (`PromoteConfig`, default 0.001 = 0.1 mIoU point: a tie never moves
+the champion) on the same evaluation manifest; with no champion yet it promotes. A champion that
+cannot be compared (evaluated on another manifest, or without the metric) is kept and the outcome
+is `not-comparable`, not an error: the pipeline's last step does not fail because the evaluation
+set changed. Aliases, never the deprecated stages; versions are never deleted.
+
+The registry has no compare-and-set for aliases, so promoters serialise on a lock: a transient
+registered model `<name>.promotion-lock`, whose creation is atomic on every backend. Read the
+champion, decide, move the alias and record the decision all happen while holding it, so two
+concurrent promotions end as one of their serial orders would, and cannot both win against the
+same champion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import socket
 import subprocess
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -58,6 +67,16 @@ class RegisterConfig(StrictConfig):
     git_commit: str | None = Field(None, description="default: $DAKD_GIT_COMMIT or `git rev-parse HEAD`")
 
 
+class PromoteConfig(StrictConfig):
+    name: str = Field(description="registered model name")
+    metric: str = Field("miou", description="evaluation metric compared, higher is better (a fraction)")
+    min_gain: float = Field(
+        0.001, ge=0,
+        description="smallest gain in `metric` over the champion that moves the champion alias "
+                    "(0.001 mIoU = 0.1 point: evaluation noise and ties never replace a champion)")
+    version: str | None = Field(None, description="version to promote; default: the 'challenger' alias")
+
+
 @dataclass
 class RegisterResult:
     name: str
@@ -69,7 +88,7 @@ class RegisterResult:
 class PromotionResult:
     name: str
     challenger: str
-    decision: Literal["promoted", "rejected", "already-champion"]
+    decision: Literal["promoted", "rejected", "already-champion", "not-comparable"]
     champion: str | None
     previous_champion: str | None
     reason: str
@@ -183,63 +202,158 @@ def _version_by_alias(client, name: str, alias: str):
         return None
 
 
-def _metric(version, metric: str, name: str) -> float:
+def _metric(version, metric: str) -> float | None:
+    """The version's numeric `metric` (None: it has none)."""
     try:
         return float(version.tags[metric])
     except (KeyError, ValueError):
-        raise DakdError(f"version {version.version} of {name} has no numeric '{metric}' tag") from None
+        return None
 
 
 def promote(
     name: str,
-    metric: str = "miou",
-    min_gain: float = 0.0,
+    metric: str | None = None,
+    min_gain: float | None = None,
     version: str | None = None,
-    settle_s: float = 0.3,
-    max_rounds: int = 10,
+    *,
+    lock_timeout_s: float = 300.0,
+    stale_lock_s: float = 120.0,
 ) -> PromotionResult:
-    """Gate the champion alias (see module docstring). `version` defaults to the challenger alias."""
+    """Gate the champion alias (see module docstring). `version` defaults to the challenger alias;
+    `metric` and `min_gain` (None) to their `PromoteConfig` defaults. A champion that cannot be compared (other evaluation
+    manifest, no `metric`) is kept and the outcome is `not-comparable`; nothing raises for it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from dakd_core.config import build_config
+
+    cfg = build_config(PromoteConfig, name=name, metric=metric, min_gain=min_gain, version=version)
     client = mlflow.MlflowClient()
     try:
-        challenger = client.get_model_version(name, version) if version else _version_by_alias(client, name, CHALLENGER)
+        challenger = (client.get_model_version(name, cfg.version) if cfg.version
+                      else _version_by_alias(client, name, CHALLENGER))
     except MlflowException as e:
-        raise DakdError(f"registered model {name} has no version {version}: {e.message}") from None
+        raise DakdError(f"registered model {name} has no version {cfg.version}: {e.message}") from None
     if challenger is None:
         raise DakdError(f"registered model {name} has no '{CHALLENGER}' alias (run `dakd register` first)")
-    value = _metric(challenger, metric, name)
-    manifest = challenger.tags.get(TAG_MANIFEST, "")
+    value = _metric(challenger, cfg.metric)
+    if value is None:
+        raise DakdError(f"version {challenger.version} of {name} has no numeric '{cfg.metric}' to compare")
 
-    for _ in range(max_rounds):
+    with _promotion_lock(client, name, lock_timeout_s, stale_lock_s):
+        # Inside the lock no other promoter reads or moves the alias: the champion read here is
+        # the one the decision replaces, so two promotions cannot both win against it.
         champion = _version_by_alias(client, name, CHAMPION)
-        if champion is not None and str(champion.version) == str(challenger.version):
-            return _record(client, name, challenger, "already-champion", str(champion.version), None, "already the champion")
         previous = str(champion.version) if champion is not None else None
-        if champion is not None:
-            if champion.tags.get(TAG_MANIFEST, "") != manifest or not manifest:
-                reason = (
-                    f"refused: challenger v{challenger.version} was evaluated on manifest sha256 "
-                    f"'{manifest[:12]}' but champion v{champion.version} on '{champion.tags.get(TAG_MANIFEST, '')[:12]}'; "
-                    "evaluate both on the same manifest"
-                )
-                _record(client, name, challenger, "rejected", previous, previous, reason)
-                raise DakdError(f"{name}: {reason}")
-            gain = value - _metric(champion, metric, name)
-            if gain < min_gain:
-                reason = f"{metric} {value:.4f} vs champion v{champion.version} gains {gain:+.4f} < {min_gain}"
-                return _record(client, name, challenger, "rejected", previous, previous, reason)
-            reason = f"{metric} {value:.4f} vs champion v{champion.version} gains {gain:+.4f} >= {min_gain}"
-        else:
-            reason = "there was no champion before"
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        time.sleep(settle_s * (1 + random.random()))  # let a concurrent writer land before re-reading
-        now = _version_by_alias(client, name, CHAMPION)
-        if now is not None and str(now.version) == str(challenger.version):
-            return _record(client, name, challenger, "promoted", str(challenger.version), previous, reason)
-        # Someone else moved the alias after our read: decide again against the new champion.
-    raise DakdError(f"{name}: champion alias kept changing; gave up after {max_rounds} rounds")
+        decision, reason = _decide(challenger, champion, value, cfg)
+        if decision == "promoted":
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        now = str(challenger.version) if decision in ("promoted", "already-champion") else previous
+        return _record(client, name, challenger, decision, now,
+                       None if decision == "already-champion" else previous, reason)
+
+
+# Metric values are stored as doubles: 0.503 - 0.502 is 0.00099999999999989 < 0.001.
+_GAIN_TOLERANCE = 1e-9
+
+
+def _decide(challenger, champion, value: float, cfg: "PromoteConfig") -> tuple[str, str]:
+    if champion is None:
+        return "promoted", "there was no champion before"
+    if str(champion.version) == str(challenger.version):
+        return "already-champion", "already the champion"
+    manifest = challenger.tags.get(TAG_MANIFEST, "")
+    champion_manifest = champion.tags.get(TAG_MANIFEST, "")
+    champion_value = _metric(champion, cfg.metric)
+    if not manifest or champion_manifest != manifest or champion_value is None:
+        # Not an error: the pipeline's last step must not fail because the evaluation set changed
+        # since the champion was registered. The promote step cannot re-evaluate (a CPU task
+        # without the champion's evaluation settings), so the champion stays and the outcome
+        # says what to do.
+        what = (f"has no '{cfg.metric}'" if champion_value is None else
+                f"was evaluated on manifest sha256 '{champion_manifest[:12] or 'unknown'}', the challenger "
+                f"on '{manifest[:12] or 'unknown'}'")
+        return "not-comparable", (
+            f"champion v{champion.version} kept: it {what}. To compare, evaluate the champion "
+            f"(`dakd evaluate --model models:/{challenger.name}@{CHAMPION}`) on the challenger's manifest "
+            f"{challenger.tags.get('eval_manifest', '') or '(see its eval_manifest tag)'} and register "
+            "that result, or move the alias by hand")
+    gain = value - champion_value
+    versus = f"{cfg.metric} {value:.4f} vs champion v{champion.version} {champion_value:.4f}: gain {gain:+.4f}"
+    # A tie (or a gain below min_gain) never moves the champion, even with min_gain=0.
+    if gain <= 0 or gain + _GAIN_TOLERANCE < cfg.min_gain:
+        return "rejected", f"{versus}, needs > 0 and >= {cfg.min_gain}"
+    return "promoted", f"{versus} >= {cfg.min_gain}"
+
+
+LOCK_SUFFIX = ".promotion-lock"
+TAG_LOCK_HOLDER = "dakd.lock_holder"
+
+
+@contextlib.contextmanager
+def _promotion_lock(client, name: str, timeout_s: float, stale_s: float):
+    """Hold the promotion lock of `name`: a registered model `<name>.promotion-lock`.
+
+    The registry has no compare-and-set on aliases, but creating a registered model is atomic
+    (its name is the primary key on every backend), so exactly one promoter can create the lock
+    model; the others wait and retry. The lock is deleted on release. A lock older than `stale_s`
+    belonged to a promoter that died inside its few-second critical section and is broken (the
+    holder tag is re-read first; two waiters breaking the same dead lock at once could still
+    both proceed, which needs a crash and a three-way race).
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={TAG_LOCK_HOLDER: holder},
+                description=f"transient lock of `dakd promote` on {name}; deleted when the promotion ends")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        seen = _lock_holder(client, lock, stale_s)
+        if seen is not None and seen[1]:
+            current = _lock_holder(client, lock, stale_s)
+            if current is not None and current[0] == seen[0]:
+                _delete_quietly(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            who = f"held by {seen[0]}" if seen else "held"
+            raise DakdError(
+                f"{name}: the promotion lock {lock} is {who}; waited {timeout_s:.0f} s. If no promotion "
+                f"is running, delete the registered model {lock}")
+        time.sleep(random.uniform(0.05, 0.25))
+    try:
+        yield
+    finally:
+        current = _lock_holder(client, lock, stale_s)
+        if current is not None and current[0] == holder:  # never release a lock broken and re-taken
+            _delete_quietly(client, lock)
+
+
+def _lock_holder(client, lock: str, stale_s: float) -> tuple[str, bool] | None:
+    """(holder, stale) of the lock model, None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(lock)
+    except MlflowException:
+        return None
+    age_s = time.time() - (model.creation_timestamp or 0) / 1000
+    return model.tags.get(TAG_LOCK_HOLDER, ""), age_s > stale_s
+
+
+def _delete_quietly(client, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        pass  # another promoter deleted it first
 
 
 def _record(client, name, challenger, decision, champion, previous, reason) -> PromotionResult:

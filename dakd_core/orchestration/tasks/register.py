@@ -28,8 +28,10 @@ def register_task(*, store_uri: str, run_name: str, experiment: str, export_reco
 
 @tracked("promote")
 def promote_task(*, store_uri: str, run_name: str, experiment: str, name: str, version: str,
-                 min_gain: float = 0.0) -> dict:
-    """Gate the champion alias; the outcome is also written to {run}/promote/outcome.json."""
+                 min_gain: float | None = None) -> dict:
+    """Gate the champion alias (`min_gain` None: `PromoteConfig.min_gain`); the outcome, including
+    `not-comparable` (champion kept, the task succeeds), is also written to
+    {run}/promote/outcome.json."""
     import dataclasses
     import json
 
