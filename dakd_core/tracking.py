@@ -16,10 +16,13 @@ Nesting
   in the parent's experiment, because the MLflow UI shows nesting only within one experiment.
 
 What a stage run records
-  Params: the config flattened to dotted keys (``optim.lr``), with secrets redacted (see
-  ``redact``). Tags: ``dakd.stage``, ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task``
-  (``DAKD_KFP_TASK``), ``dakd.git_commit`` and ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or
-  ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
+  Name: ``<stage>-<DAKD_RUN_LABEL>`` (``pretrain-teacher``, ``adapt-student``, ``distill-student-c``)
+  when the calling pipeline task set a label, else the stage. Params: the config flattened to
+  dotted keys (``optim.lr``), with secrets redacted (see ``redact``). Tags: ``dakd.stage``,
+  ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task`` (``DAKD_KFP_TASK``), those of
+  ``DAKD_RUN_TAGS`` (``dakd.role``, ``dakd.method``, ``dakd.paradigm``), the parent run's
+  ``INHERITED_TAGS`` (``dakd.dataset_pair``, ...), ``dakd.git_commit`` and
+  ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
   ``DAKD_SYSTEM_METRICS=0``.
 
 Helpers (``log_metrics``, ``log_dict``, ...) log to the active run and raise ``DakdError`` when
@@ -50,6 +53,15 @@ from dakd_core.errors import DakdError
 
 DEFAULT_EXPERIMENT = "dakd"
 REDACTED = "***"
+# What the calling task says about a stage run (set by dakd_core.orchestration.context): the
+# label completes the run name `<stage>-<label>` (`pretrain-teacher`, `distill-student-c`), the
+# tags (a JSON object) say role, method, paradigm.
+ENV_RUN_LABEL = "DAKD_RUN_LABEL"
+ENV_RUN_TAGS = "DAKD_RUN_TAGS"
+# Tags a stage run copies from its parent run: the pipeline run's dataset pair and paradigm, so
+# that every child run can be filtered by them.
+TAG_DATASET_PAIR, TAG_PARADIGM = "dakd.dataset_pair", "dakd.paradigm"
+INHERITED_TAGS = (TAG_DATASET_PAIR, TAG_PARADIGM, "dakd.run_name")
 
 # A name (environment variable, config key, tag, URL query parameter) denotes a secret when its
 # words END in one of these sequences: `AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_PASSWORD`,
@@ -186,6 +198,11 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def loggable_params(flat: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params as MLflow may record them: redacted, keys and values within its limits."""
+    return {k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN) for k, v in flat.items()}
+
+
 # ------------------------------------------------------------------------------ where runs go
 
 
@@ -258,6 +275,19 @@ def _without_env(name: str) -> Iterator[str | None]:
             os.environ[name] = value
 
 
+def _env_run_tags() -> dict[str, str]:
+    raw = os.environ.get(ENV_RUN_TAGS, "")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except ValueError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise DakdError(f"{ENV_RUN_TAGS} must be a JSON object of tags, got {raw[:200]!r}")
+    return {str(k): "" if v is None else str(v) for k, v in tags.items()}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -288,18 +318,24 @@ def stage_run(
         active = mlflow.active_run()
         parent_id = (active.info.run_id if active else None) or platform_run_id or (
             os.environ.get("DAKD_PARENT_RUN_ID") or None)
+        inherited: dict[str, str] = {}
         if parent_id is None:
             experiment_id = ensure_experiment(experiment)
         else:
             try:
-                experiment_id = mlflow.MlflowClient(uri).get_run(parent_id).info.experiment_id
+                parent = mlflow.MlflowClient(uri).get_run(parent_id)
             except MlflowException as e:
                 raise DakdError(f"MLflow parent run {parent_id!r} not found at "
                                 f"{redact('uri', uri)}: {e.message}") from None
+            experiment_id = parent.info.experiment_id
+            inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
+        label = os.environ.get(ENV_RUN_LABEL, "")
         run_tags = {
+            **inherited,
             "dakd.stage": stage,
             "dakd.kfp_run_id": os.environ.get("DAKD_KFP_RUN_ID", ""),
             "dakd.kfp_task": os.environ.get("DAKD_KFP_TASK", ""),
+            **_env_run_tags(),
         }
         commit = _git_commit()
         if commit:
@@ -308,7 +344,9 @@ def stage_run(
         run_tags = {k: _clip(redact(k, v), _MAX_TAG_LEN) for k, v in run_tags.items() if v != ""}
         run = mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=run_name or stage,
+            # `pretrain-teacher`, not two runs called `pretrain`: the label comes from the task
+            # that called the stage (the train loops only know their stage).
+            run_name=run_name or (f"{stage}-{label}" if label else stage),
             nested=active is not None,
             parent_run_id=parent_id if active is None else None,
             tags=run_tags,
@@ -316,8 +354,7 @@ def stage_run(
         )
         with run:  # ends the run: FINISHED, or FAILED/KILLED when the block raises
             if flat:
-                mlflow.log_params({k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN)
-                                   for k, v in flat.items()})
+                mlflow.log_params(loggable_params(flat))
             yield run
 
 
