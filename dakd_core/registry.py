@@ -1,9 +1,13 @@
 """MLflow model registry: register exported students, gate the `champion` alias.
 
-One registered model per dataset pair (`dakd-<source>-to-<target>`). `register` logs the exported
-ONNX student (its sha256 checked against export.json first) as a new version, tags it with what a
-reviewer needs (pair, paradigm, teacher, metrics, size, latency, git commit, pipeline run,
-artifact and evaluation-manifest sha256) and points the `challenger` alias at it.
+One registered model per dataset pair (`dakd-<source>-to-<target>`). `register` makes a new version
+of the ONNX student that `dakd export` already logged as an MLflow model (listed in export.json;
+its bytes checked against the recorded sha256), so the registry holds the one copy; only an export
+run without MLflow has its file logged at registration. The evaluation (mIoU, pixel accuracy,
+per-class IoU, ... measured on the evaluation manifest, which is the metrics' dataset), latency
+and size are attached as metrics of that logged model (MLflow 3). The version is tagged with what
+identifies it (pair, paradigm, teacher, precision, git commit, pipeline run, artifact and
+evaluation-manifest sha256) and the `challenger` alias points at it.
 
 `promote` moves `champion` to a challenger only if it beats the current champion by more than
 nothing and at least `min_gain` (`PromoteConfig`, default 0.001 = 0.1 mIoU point: a tie never moves
@@ -82,6 +86,8 @@ class RegisterResult:
     name: str
     version: str
     tags: dict
+    metrics: dict  # attached to the registered logged model
+    model_uri: str  # models:/m-<id>: the logged model the version points to
 
 
 @dataclass
@@ -127,13 +133,11 @@ def _pick_metrics(metrics: dict, uri: str, model: str | None) -> dict:
 
 
 def register(cfg: RegisterConfig) -> RegisterResult:
+    """A new version of the pair's registered model from the ONNX model `dakd export` logged (no
+    second copy), evaluation metrics attached to that logged model, alias `challenger`."""
     import mlflow
-    import onnx
 
     from dakd_core import tracking
-    from dakd_core.evaluation.inference import verify_sha256
-    from dakd_core.export import model_signature
-    from dakd_core.storage import read_bytes
 
     name = cfg.name or registered_model_name(cfg.source, cfg.target)
     record = _load_json(cfg.export, "export record")
@@ -141,43 +145,109 @@ def register(cfg: RegisterConfig) -> RegisterResult:
         entry = record["artifacts"][cfg.artifact]
     except (KeyError, TypeError):
         raise DakdError(f"export record {cfg.export} lists no '{cfg.artifact}' artifact") from None
-    data = read_bytes(entry["uri"])
-    sha = verify_sha256(data, entry["sha256"], entry["uri"])
     metrics_doc = _load_json(cfg.metrics, "metrics")
     m = _pick_metrics(metrics_doc, cfg.metrics, cfg.metrics_model)
-    latency = record.get("latency", {}).get(cfg.artifact, {})
     tags = {
         "dataset_pair": f"{cfg.source}->{cfg.target}",
         "paradigm": cfg.paradigm,
         "teacher": cfg.teacher,
         "model_name": record.get("model_name", ""),
         "precision": cfg.artifact,
-        "miou": m["miou"],
-        "pixel_accuracy": m["pixel_accuracy"],
-        "num_parameters": record.get("num_parameters"),
-        "latency_ms": latency.get("latency_ms"),
         "latency_device": record.get("latency", {}).get("device"),
         "git_commit": cfg.git_commit or _git_commit(),
         "pipeline_run_id": cfg.pipeline_run_id or os.environ.get("DAKD_PIPELINE_RUN_ID", ""),
-        TAG_SHA: sha,
         TAG_MANIFEST: metrics_doc.get("manifest_sha256", ""),
         "eval_manifest": metrics_doc.get("manifest_uri", ""),
         "export_record": cfg.export,
     }
-    tags = {k: "" if v is None else str(v) for k, v in tags.items()}
+    tags = {k: tracking.redact(k, "" if v is None else str(v)) for k, v in tags.items()}
     client = mlflow.MlflowClient()
-    with tracking.stage_run("register", params={"registered_model": name, "artifact": cfg.artifact}):
-        info = mlflow.onnx.log_model(
-            onnx.load_from_string(data),
-            name="student",
-            signature=model_signature(int(record.get("num_classes", 19))),
-            save_as_external_data=False,  # one file, byte-identical to the exported one (sha256)
-            pip_requirements=["onnx", "onnxruntime"],
-        )
+    with tracking.stage_run("register", params={"registered_model": name, "artifact": cfg.artifact}) as run:
+        model_uri, tags[TAG_SHA] = _exported_model(record, entry, cfg)
+        model_id = _logged_model_id(model_uri)
+        if model_id is None:
+            raise DakdError(f"{cfg.export} lists {model_uri}, not an MLflow logged model (models:/m-<id>)")
+        metrics = _model_metrics(m, record.get("latency", {}).get(cfg.artifact, {}), record)
+        _attach_metrics(client, run.info.run_id, model_id, metrics, metrics_doc)
         _ensure_registered_model(client, name)
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
+        version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return RegisterResult(name, str(version.version), tags)
+    return RegisterResult(name, str(version.version), tags, metrics, model_uri)
+
+
+def _exported_model(record: dict, entry: dict, cfg: RegisterConfig) -> tuple[str, str]:
+    """(MLflow model URI, sha256) of the artifact to register, its bytes checked against export.json.
+
+    `dakd export` logs the ONNX files as MLflow models and lists them in export.json: that logged
+    model is registered, so the registry holds one copy. An export run without MLflow
+    (`--no-mlflow`) has none, and the file is logged here instead, once.
+    """
+    import mlflow
+    import onnx
+
+    from dakd_core.evaluation.inference import download_onnx, verify_sha256
+    from dakd_core.export import LOGGED_MODEL_NAMES, model_signature
+    from dakd_core.storage import read_bytes
+
+    logged = (record.get("mlflow") or {}).get(LOGGED_MODEL_NAMES[cfg.artifact])
+    if logged:
+        return logged, verify_sha256(download_onnx(logged), entry["sha256"],
+                                     f"{logged} (logged by the export of {cfg.export})")
+    data = read_bytes(entry["uri"])
+    sha = verify_sha256(data, entry["sha256"], entry["uri"])
+    info = mlflow.onnx.log_model(
+        onnx.load_from_string(data),
+        name=LOGGED_MODEL_NAMES[cfg.artifact],
+        signature=model_signature(int(record.get("num_classes", 19))),
+        save_as_external_data=False,  # one file, byte-identical to the exported one (sha256)
+        pip_requirements=["onnx", "onnxruntime"],
+    )
+    return info.model_uri, sha
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """`m-<id>` of a logged-model URI `models:/m-<id>` (None: another kind of URI)."""
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri or "")
+    return match.group(1) if match else None
+
+
+def _model_metrics(m: dict, latency: dict, record: dict) -> dict[str, float]:
+    """Numbers a reviewer compares: the evaluation's scalars and per-class IoU, the artifact's
+    latency and size."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    out = {k: float(v) for k, v in m.items() if number(v)}
+    out.update({f"iou.{re.sub(r'[^A-Za-z0-9._-]+', '_', c)}": float(v)
+                for c, v in (m.get("per_class_iou") or {}).items() if number(v)})
+    out.update({f"latency.{k}": float(v) for k, v in latency.items() if number(v)})
+    if number(record.get("num_parameters")):
+        out["num_parameters"] = float(record["num_parameters"])
+    return out
+
+
+# MLflow keeps a metric's dataset digest in 36 characters: the manifest's sha256 is shortened
+# (the full one is the version's eval_manifest_sha256 tag, which promotion compares).
+_DIGEST_LEN = 16
+
+
+def _attach_metrics(client, run_id: str, model_id: str, metrics: dict[str, float], metrics_doc: dict) -> None:
+    """`metrics` as metrics of the logged model (MLflow 3), evaluation ones linked to the manifest
+    they were measured on (dataset name = manifest URI, digest = its sha256)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    manifest, sha = metrics_doc.get("manifest_uri"), metrics_doc.get("manifest_sha256")
+    dataset = (manifest[:500], sha[:_DIGEST_LEN]) if manifest and sha else (None, None)  # both or neither
+    batch = []
+    for key, value in metrics.items():
+        measured_on = dataset if not key.startswith("latency.") and key != "num_parameters" else (None, None)
+        batch.append(Metric(key, value, stamp, 0, model_id=model_id, dataset_name=measured_on[0],
+                            dataset_digest=measured_on[1], run_id=run_id))
+    for i in range(0, len(batch), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
 def _ensure_registered_model(client, name: str) -> None:
@@ -202,8 +272,31 @@ def _version_by_alias(client, name: str, alias: str):
         return None
 
 
-def _metric(version, metric: str) -> float | None:
-    """The version's numeric `metric` (None: it has none)."""
+def _metric(client, version, metric: str, manifest_sha256: str) -> float | None:
+    """The version's numeric `metric` measured on the evaluation manifest `manifest_sha256` (None:
+    it has none on that manifest).
+
+    Registered versions carry it as a metric of their logged model whose dataset digest is the
+    manifest's (a logged model can hold evaluations on several manifests); versions registered
+    before metrics went to logged models carry a tag of that name, measured on their
+    `eval_manifest_sha256` tag's manifest.
+    """
+    from mlflow.exceptions import MlflowException
+
+    # The sqlite registry leaves ModelVersion.model_id empty; the source is the logged-model URI.
+    model_id = getattr(version, "model_id", None) or _logged_model_id(version.source)
+    if model_id:
+        try:
+            logged = [m for m in client.get_logged_model(model_id).metrics or [] if m.key == metric]
+        except MlflowException:
+            logged = []  # logged model deleted: only the tag can tell
+        on_manifest = [m for m in logged if (m.dataset_digest or "") == manifest_sha256[:_DIGEST_LEN]]
+        if on_manifest:
+            return float(max(on_manifest, key=lambda m: m.timestamp).value)
+        if logged:
+            return None
+    if version.tags.get(TAG_MANIFEST, "") != manifest_sha256:
+        return None
     try:
         return float(version.tags[metric])
     except (KeyError, ValueError):
@@ -220,8 +313,9 @@ def promote(
     stale_lock_s: float = 120.0,
 ) -> PromotionResult:
     """Gate the champion alias (see module docstring). `version` defaults to the challenger alias;
-    `metric` and `min_gain` (None) to their `PromoteConfig` defaults. A champion that cannot be compared (other evaluation
-    manifest, no `metric`) is kept and the outcome is `not-comparable`; nothing raises for it."""
+    `metric` and `min_gain` (None) to their `PromoteConfig` defaults. A champion without `metric`
+    on the challenger's evaluation manifest is kept and the outcome is `not-comparable`; nothing
+    raises for it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -236,7 +330,8 @@ def promote(
         raise DakdError(f"registered model {name} has no version {cfg.version}: {e.message}") from None
     if challenger is None:
         raise DakdError(f"registered model {name} has no '{CHALLENGER}' alias (run `dakd register` first)")
-    value = _metric(challenger, cfg.metric)
+    manifest = challenger.tags.get(TAG_MANIFEST, "")
+    value = _metric(client, challenger, cfg.metric, manifest)
     if value is None:
         raise DakdError(f"version {challenger.version} of {name} has no numeric '{cfg.metric}' to compare")
 
@@ -245,7 +340,9 @@ def promote(
         # the one the decision replaces, so two promotions cannot both win against it.
         champion = _version_by_alias(client, name, CHAMPION)
         previous = str(champion.version) if champion is not None else None
-        decision, reason = _decide(challenger, champion, value, cfg)
+        # the champion measured on the challenger's manifest, whatever its own tag says
+        champion_value = _metric(client, champion, cfg.metric, manifest) if champion is not None and manifest else None
+        decision, reason = _decide(challenger, champion, value, champion_value, cfg)
         if decision == "promoted":
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
         now = str(challenger.version) if decision in ("promoted", "already-champion") else previous
@@ -257,27 +354,27 @@ def promote(
 _GAIN_TOLERANCE = 1e-9
 
 
-def _decide(challenger, champion, value: float, cfg: "PromoteConfig") -> tuple[str, str]:
+def _decide(challenger, champion, value: float, champion_value: float | None,
+            cfg: "PromoteConfig") -> tuple[str, str]:
     if champion is None:
         return "promoted", "there was no champion before"
     if str(champion.version) == str(challenger.version):
         return "already-champion", "already the champion"
-    manifest = challenger.tags.get(TAG_MANIFEST, "")
-    champion_manifest = champion.tags.get(TAG_MANIFEST, "")
-    champion_value = _metric(champion, cfg.metric)
-    if not manifest or champion_manifest != manifest or champion_value is None:
+    if champion_value is None:
         # Not an error: the pipeline's last step must not fail because the evaluation set changed
-        # since the champion was registered. The promote step cannot re-evaluate (a CPU task
-        # without the champion's evaluation settings), so the champion stays and the outcome
-        # says what to do.
-        what = (f"has no '{cfg.metric}'" if champion_value is None else
-                f"was evaluated on manifest sha256 '{champion_manifest[:12] or 'unknown'}', the challenger "
-                f"on '{manifest[:12] or 'unknown'}'")
+        # since the champion was registered. The promote step does not re-evaluate: it is a CPU
+        # task, a full evaluation belongs on the GPU pool, and the champion's evaluation settings
+        # (resolution, window) are not recorded with it. The champion stays; the reason says how
+        # to compare.
+        manifest = challenger.tags.get(TAG_MANIFEST, "")
+        champion_manifest = champion.tags.get(TAG_MANIFEST, "")
         return "not-comparable", (
-            f"champion v{champion.version} kept: it {what}. To compare, evaluate the champion "
-            f"(`dakd evaluate --model models:/{challenger.name}@{CHAMPION}`) on the challenger's manifest "
-            f"{challenger.tags.get('eval_manifest', '') or '(see its eval_manifest tag)'} and register "
-            "that result, or move the alias by hand")
+            f"champion v{champion.version} kept: it has no '{cfg.metric}' measured on the challenger's "
+            f"evaluation manifest (sha256 '{manifest[:12] or 'unknown'}'; the champion's: "
+            f"'{champion_manifest[:12] or 'unknown'}'). Compare both on one manifest (`dakd evaluate "
+            f"--model models:/{challenger.name}@{CHAMPION} --model models:/{challenger.name}/{challenger.version} "
+            f"--manifest {challenger.tags.get('eval_manifest') or 'URI'}`) and move the alias by hand "
+            "if the challenger wins")
     gain = value - champion_value
     versus = f"{cfg.metric} {value:.4f} vs champion v{champion.version} {champion_value:.4f}: gain {gain:+.4f}"
     # A tie (or a gain below min_gain) never moves the champion, even with min_gain=0.
