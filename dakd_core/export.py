@@ -46,6 +46,9 @@ from dakd_core.evaluation.inference import (
 )
 from dakd_core.evaluation.metrics import SegmentationMetrics, miou_from_confusion
 
+# Names of the MLflow logged models of the export run, per export.json artifact kind; `dakd
+# register` registers the one of its --artifact (export.json's "mlflow" lists their URIs).
+LOGGED_MODEL_NAMES = {"onnx_fp32": "student_onnx_fp32", "onnx_fp16": "student_onnx_fp16"}
 ONNX_FP32 = "student_fp32.onnx"
 ONNX_FP16 = "student_fp16.onnx"
 TORCH_FP16 = "student_fp16.pt2"
@@ -316,7 +319,7 @@ def _log_mlflow(model, onnx32: bytes, onnx16: bytes, torch16: bytes, record: dic
     signature = model_signature(record["num_classes"])
     logged = {}
     with tracking.stage_run("export", params={"checkpoint": record["checkpoint"], "opset": record["opset"]}):
-        for name, data in (("student_onnx_fp32", onnx32), ("student_onnx_fp16", onnx16)):
+        for name, data in ((LOGGED_MODEL_NAMES["onnx_fp32"], onnx32), (LOGGED_MODEL_NAMES["onnx_fp16"], onnx16)):
             info = mlflow.onnx.log_model(
                 onnx.load_from_string(data),
                 name=name,

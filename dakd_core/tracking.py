@@ -16,14 +16,24 @@ Nesting
   in the parent's experiment, because the MLflow UI shows nesting only within one experiment.
 
 What a stage run records
-  Params: the config flattened to dotted keys (``optim.lr``), with secrets redacted (see
-  ``redact``). Tags: ``dakd.stage``, ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task``
-  (``DAKD_KFP_TASK``), ``dakd.git_commit`` and ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or
-  ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
+  Name: ``<stage>-<DAKD_RUN_LABEL>`` (``pretrain-teacher``, ``adapt-student``, ``distill-student-c``)
+  when the calling pipeline task set a label, else the stage. Params: the config flattened to
+  dotted keys (``optim.lr``), with secrets redacted (see ``redact``). Tags: ``dakd.stage``,
+  ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task`` (``DAKD_KFP_TASK``), those of
+  ``DAKD_RUN_TAGS`` (``dakd.role``, ``dakd.method``, ``dakd.paradigm``), the parent run's
+  ``INHERITED_TAGS`` (``dakd.dataset_pair``, ...), ``dakd.git_commit`` and
+  ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
   ``DAKD_SYSTEM_METRICS=0``.
 
 Helpers (``log_metrics``, ``log_dict``, ...) log to the active run and raise ``DakdError`` when
 there is none, so a stage that forgot ``stage_run`` fails loudly instead of losing its metrics.
+
+Secrets
+  Params, tags, ``log_text``, ``log_dict`` and text files given to ``log_bytes`` are masked by
+  ``redact``: values under secret names, the exact values of secret-named environment variables,
+  credentials inside URLs. A name is secret by how it ends (``*_PASSWORD``, ``*_TOKEN``,
+  ``*_SECRET_ACCESS_KEY``), never because a word inside it looks like one: ``PWD`` is the working
+  directory, and its value prefixes every path a run records.
 """
 
 from __future__ import annotations
@@ -43,16 +53,48 @@ from dakd_core.errors import DakdError
 
 DEFAULT_EXPERIMENT = "dakd"
 REDACTED = "***"
+# What the calling task says about a stage run (set by dakd_core.orchestration.context): the
+# label completes the run name `<stage>-<label>` (`pretrain-teacher`, `distill-student-c`), the
+# tags (a JSON object) say role, method, paradigm.
+ENV_RUN_LABEL = "DAKD_RUN_LABEL"
+ENV_RUN_TAGS = "DAKD_RUN_TAGS"
+# Tags a stage run copies from its parent run: the pipeline run's dataset pair and paradigm, so
+# that every child run can be filtered by them.
+TAG_DATASET_PAIR, TAG_PARADIGM = "dakd.dataset_pair", "dakd.paradigm"
+INHERITED_TAGS = (TAG_DATASET_PAIR, TAG_PARADIGM, "dakd.run_name")
 
-# A config/tag key is secret when one of its words is one of these (``aws_secret_access_key``,
-# ``apiKey``, ``mlflow.tracking_password``), not when a word merely contains one (``keys``).
-_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "pwd", "token", "key", "apikey",
-                 "credential", "credentials", "passphrase", "auth"}
-# AWS secret access keys: 40 characters of base64 alphabet. Requiring mixed case and a digit (or
-# '/' '+') keeps git SHAs and other hex digests, which are single-case, from being redacted.
-_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+# A name (environment variable, config key, tag, URL query parameter) denotes a secret when its
+# words END in one of these sequences: `AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_PASSWORD`,
+# `HF_TOKEN`, `apiKey`, `db.password`. Only the end counts, so names that merely mention such a
+# word stay ordinary: `SSH_AUTH_SOCK`, `TOKENIZERS_PARALLELISM`, `sort_keys`, `cache_key`,
+# `secret_name` (the name of a Kubernetes secret, not its value).
+_SECRET_TAILS = {
+    ("password",), ("passwd",), ("passphrase",), ("secret",), ("token",), ("apikey",),
+    ("credential",), ("credentials",), ("authorization",),
+    ("api", "key"), ("secret", "key"), ("private", "key"), ("access", "key"), ("account", "key"),
+    ("signing", "key"), ("encryption", "key"), ("master", "key"), ("session", "key"),
+    # AWS_ACCESS_KEY_ID: not secret on its own, but it names the account a leaked secret opens.
+    ("access", "key", "id"),
+    # AZURE_STORAGE_CONNECTION_STRING and the like embed the account key.
+    ("connection", "string"),
+}
+# `pwd` is a password only after a qualifier (`MYSQL_PWD`); alone it is the shell's working
+# directory (`PWD`, and `OLDPWD` is one word), whose value prefixes every path a run records.
+_QUALIFIED_TAILS = {("pwd",)}
+# A secret-named variable's value is masked wherever it appears; shorter values ("1", "true",
+# "us") would mask unrelated text, and no credential worth the name is that short.
+_MIN_SECRET_LEN = 6
+# AWS secret access keys: 40 characters of base64 alphabet, masked even when they reach a value
+# without passing through a secret-named variable (pasted into a config field). '=' may precede
+# one (`key=...`); after one it is base64 padding, i.e. the token is part of a longer string.
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AWS_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _URL_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# name=value pairs of a URL's query string (`?X-Amz-Security-Token=...&X-Amz-Signature=...`); a
+# presigned URL's signature is a credential too, though `signature` is no secret word elsewhere.
+_URL_QUERY_RE = re.compile(r"(?P<sep>[?&;])(?P<name>[A-Za-z0-9_.~%-]+)=(?P<value>[^&#\s\"']*)")
+# Artifacts logged from bytes that are text, masked like params (a report quotes model URIs).
+_TEXT_SUFFIXES = (".md", ".txt", ".json", ".yaml", ".yml", ".csv", ".log", ".html")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _MAX_TAG_LEN = 8000
 
@@ -65,43 +107,75 @@ def _words(key: str) -> list[str]:
     return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
 
 
+def _ends_secret(words: list[str]) -> bool:
+    for tail in _SECRET_TAILS:
+        if tuple(words[-len(tail):]) == tail:
+            return True
+    return any(len(words) > len(t) and tuple(words[-len(t):]) == t for t in _QUALIFIED_TAILS)
+
+
 def is_secret_key(key: str) -> bool:
-    """Whether a config/env/tag name denotes a secret (any word is secret/password/token/key...)."""
-    return any(w in _SECRET_WORDS for w in _words(key))
+    """Whether a name denotes a secret: the whole name or one of its dotted parts ends in a secret
+    word (``MLFLOW_TRACKING_PASSWORD``, ``api.key``, ``credentials.aws``); see ``_SECRET_TAILS``."""
+    return _ends_secret(_words(key)) or any(_ends_secret(_words(part)) for part in key.split("."))
 
 
 def _looks_like_aws_secret(token: str) -> bool:
-    if "/" in token or "+" in token:
-        return any(c.isalpha() for c in token) and any(c.isdigit() for c in token)
-    return (any(c.islower() for c in token) and any(c.isupper() for c in token)
-            and any(c.isdigit() for c in token))
+    # Random base64 of 40 characters has ~16 upper- and ~16 lower-case letters. Git SHAs and hex
+    # digests are single-case; an absolute path starts with '/', and relative paths are mostly
+    # lower-case words: none of them is masked.
+    if token.startswith("/") or token.endswith("/") or "//" in token:
+        return False
+    upper = sum(c.isupper() for c in token)
+    lower = sum(c.islower() for c in token)
+    digits = sum(c.isdigit() for c in token)
+    return upper >= 5 and lower >= 5 and (digits >= 1 or "/" in token or "+" in token)
 
 
 def _secret_env_values() -> list[str]:
-    """Values of secret-named environment variables (long enough not to match by accident).
+    """Values of secret-named environment variables, longest first (so a secret containing another
+    is masked whole).
 
     Iterates over a snapshot: MLflow's background threads may change os.environ meanwhile.
     """
-    return sorted((v for k, v in dict(os.environ).items() if is_secret_key(k) and len(v) >= 6),
+    return sorted({v for k, v in dict(os.environ).items() if is_secret_key(k) and len(v) >= _MIN_SECRET_LEN},
                   key=len, reverse=True)
 
 
-def redact(key: str, value: Any) -> str:
-    """The string MLflow may record for ``key=value``: secrets become ``***``.
+def _secret_query_name(name: str) -> bool:
+    return is_secret_key(name) or _words(name)[-1:] == ["signature"]
 
-    Redacted: the whole value when the key names a secret; inside any value, the values of
-    secret-named environment variables (e.g. ``AWS_SECRET_ACCESS_KEY``), things shaped like AWS
-    secret keys and key ids, and the ``user:password@`` part of URLs.
-    """
-    if is_secret_key(key):
-        return REDACTED
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+
+def redact_text(text: str) -> str:
+    """``text`` with every credential inside it masked: the exact values of secret-named
+    environment variables, the ``user:password@`` of URLs, secret-named URL query parameters, AWS
+    key ids and AWS-secret-shaped tokens. Ordinary text (paths, ids, digests) is left intact."""
     for secret in _secret_env_values():
         text = text.replace(secret, REDACTED)
     text = _URL_USERINFO_RE.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    text = _URL_QUERY_RE.sub(
+        lambda m: f"{m.group('sep')}{m.group('name')}={REDACTED}" if _secret_query_name(m.group("name")) else m.group(),
+        text)
     text = _AWS_KEY_ID_RE.sub(REDACTED, text)
-    return _AWS_SECRET_RE.sub(lambda m: REDACTED if _looks_like_aws_secret(m.group()) else m.group(),
-                              text)
+    return _AWS_SECRET_RE.sub(lambda m: REDACTED if _looks_like_aws_secret(m.group()) else m.group(), text)
+
+
+def redact(key: str, value: Any) -> str:
+    """The string MLflow may record for ``key=value``: the whole value is ``***`` when ``key``
+    names a secret, else the value (JSON for non-strings) passed through ``redact_text``."""
+    if is_secret_key(key):
+        return REDACTED
+    return redact_text(value if isinstance(value, str) else json.dumps(value, default=str))
+
+
+def redact_data(data: Any) -> Any:
+    """A JSON-like structure (dicts, lists, scalars) with secrets masked as ``redact`` does: values
+    under secret-named keys become ``***``, strings are passed through ``redact_text``."""
+    if isinstance(data, Mapping):
+        return {k: REDACTED if isinstance(k, str) and is_secret_key(k) else redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return redact_text(data) if isinstance(data, str) else data
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -122,6 +196,11 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def loggable_params(flat: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params as MLflow may record them: redacted, keys and values within its limits."""
+    return {k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN) for k, v in flat.items()}
 
 
 # ------------------------------------------------------------------------------ where runs go
@@ -196,6 +275,19 @@ def _without_env(name: str) -> Iterator[str | None]:
             os.environ[name] = value
 
 
+def _env_run_tags() -> dict[str, str]:
+    raw = os.environ.get(ENV_RUN_TAGS, "")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except ValueError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise DakdError(f"{ENV_RUN_TAGS} must be a JSON object of tags, got {raw[:200]!r}")
+    return {str(k): "" if v is None else str(v) for k, v in tags.items()}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -226,18 +318,24 @@ def stage_run(
         active = mlflow.active_run()
         parent_id = (active.info.run_id if active else None) or platform_run_id or (
             os.environ.get("DAKD_PARENT_RUN_ID") or None)
+        inherited: dict[str, str] = {}
         if parent_id is None:
             experiment_id = ensure_experiment(experiment)
         else:
             try:
-                experiment_id = mlflow.MlflowClient(uri).get_run(parent_id).info.experiment_id
+                parent = mlflow.MlflowClient(uri).get_run(parent_id)
             except MlflowException as e:
                 raise DakdError(f"MLflow parent run {parent_id!r} not found at "
                                 f"{redact('uri', uri)}: {e.message}") from None
+            experiment_id = parent.info.experiment_id
+            inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
+        label = os.environ.get(ENV_RUN_LABEL, "")
         run_tags = {
+            **inherited,
             "dakd.stage": stage,
             "dakd.kfp_run_id": os.environ.get("DAKD_KFP_RUN_ID", ""),
             "dakd.kfp_task": os.environ.get("DAKD_KFP_TASK", ""),
+            **_env_run_tags(),
         }
         commit = _git_commit()
         if commit:
@@ -246,7 +344,9 @@ def stage_run(
         run_tags = {k: _clip(redact(k, v), _MAX_TAG_LEN) for k, v in run_tags.items() if v != ""}
         run = mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=run_name or stage,
+            # `pretrain-teacher`, not two runs called `pretrain`: the label comes from the task
+            # that called the stage (the train loops only know their stage).
+            run_name=run_name or (f"{stage}-{label}" if label else stage),
             nested=active is not None,
             parent_run_id=parent_id if active is None else None,
             tags=run_tags,
@@ -254,8 +354,7 @@ def stage_run(
         )
         with run:  # ends the run: FINISHED, or FAILED/KILLED when the block raises
             if flat:
-                mlflow.log_params({k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN)
-                                   for k, v in flat.items()})
+                mlflow.log_params(loggable_params(flat))
             yield run
 
 
@@ -301,18 +400,19 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 
 def log_text(text: str, artifact_file: str) -> None:
+    """A text artifact, secrets masked as in params (reports and logs quote URIs and configs)."""
     import mlflow
 
     _require_run()
-    mlflow.log_text(text, _check_artifact_file(artifact_file))
+    mlflow.log_text(redact_text(text), _check_artifact_file(artifact_file))
 
 
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
-    """A JSON (or YAML, by extension) artifact."""
+    """A JSON (or YAML, by extension) artifact, secrets masked as in params."""
     import mlflow
 
     _require_run()
-    mlflow.log_dict(dict(data), _check_artifact_file(artifact_file))
+    mlflow.log_dict(redact_data(dict(data)), _check_artifact_file(artifact_file))
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:
@@ -334,11 +434,17 @@ def log_artifact(local_path: str | os.PathLike, artifact_path: str | None = None
 
 
 def log_bytes(data: bytes, artifact_file: str) -> None:
-    """Raw bytes (e.g. a PNG or a model file read from the store) as artifact ``artifact_file``."""
+    """Raw bytes (e.g. a PNG or a model file read from the store) as artifact ``artifact_file``;
+    text files (by extension: reports, JSON) have their secrets masked as in params."""
     import mlflow
 
     _require_run()
     artifact_file = _check_artifact_file(artifact_file)
+    if artifact_file.lower().endswith(_TEXT_SUFFIXES):
+        try:
+            data = redact_text(data.decode("utf-8")).encode("utf-8")
+        except UnicodeDecodeError:
+            pass  # not text after all: logged as it is
     directory, _, name = artifact_file.rpartition("/")
     with tempfile.TemporaryDirectory(prefix="dakd-artifact-") as tmp:
         path = Path(tmp) / name

@@ -143,11 +143,14 @@ def dakd_pipeline(
     mlflow_experiment: str = _D.mlflow_experiment,
     registered_model: str = _D.registered_model,
 ):
+    # Every pipeline parameter, for the MLflow parent run (first statement: locals() holds
+    # exactly the parameters here).
+    pipeline_params = dict(locals())
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _cpu(finish(kfp_run_id=job_id, experiment=mlflow_experiment), cache=False)
     with dsl.ExitHandler(exit_task, name="dakd-run"):
         begin = _cpu(start(run_name=run_name, kfp_run_id=job_id, experiment=mlflow_experiment,
-                           cache_shards=CACHE_SHARDS), cache=False)
+                           cache_shards=CACHE_SHARDS, params=pipeline_params), cache=False)
         begin.set_display_name("start: MLflow parent run")
         run_name_out = begin.outputs["run_name"]
         track = dict(store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,

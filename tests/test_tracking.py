@@ -183,11 +183,210 @@ def test_missing_parent_run_is_an_error(mlflow_uri, monkeypatch):
     ("aws_secret_access_key", "abc", "***"),
     ("mlflowTrackingPassword", "abc", "***"),
     ("api.key", 5, "***"),
+    ("credentials.aws", "abc", "***"),
+    ("MYSQL_PWD", "abc", "***"),  # MySQL's password variable: 'pwd' after a qualifier
     ("sort_keys", True, "true"),
     ("tokenizer", "bpe", "bpe"),
+    ("PWD", "/home/alice/dakd", "/home/alice/dakd"),  # the working directory, not a password
+    ("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1", "/tmp/ssh-x/agent.1"),
+    ("cache_key", "shard_00001", "shard_00001"),
+    ("secret_name", "dakd-s3", "dakd-s3"),  # the name of a Kubernetes secret is no secret
     ("id", "AKIAIOSFODNN7EXAMPLE", "***"),
     ("digest", "DEADBEEF" * 5, "DEADBEEF" * 5),
     ("lr", 0.01, "0.01"),
 ])
 def test_redact(key, value, expected):
     assert tracking.redact(key, value) == expected
+
+
+# A shell's environment as a pipeline task or a developer's terminal has it, plus real-looking
+# credentials. The ordinary variables hold values that prefix or appear inside every path a run
+# records; the secret ones must vanish from everything MLflow keeps.
+HOME_DIR = "/home/alice"
+WORK_DIR = "/home/alice/work/dakd"
+ORDINARY_ENV = {
+    "PWD": WORK_DIR, "OLDPWD": HOME_DIR, "HOME": HOME_DIR, "USER": "alice", "LOGNAME": "alice",
+    "PATH": f"{HOME_DIR}/.local/bin:/usr/local/bin:/usr/bin:/bin", "SHELL": "/bin/bash",
+    "SSH_AUTH_SOCK": "/tmp/ssh-XXXXk3j2/agent.4242", "TOKENIZERS_PARALLELISM": "false",
+    "AWS_SHARED_CREDENTIALS_FILE": f"{HOME_DIR}/.aws/credentials", "MLFLOW_TRACKING_USERNAME": "alice",
+}
+SECRET_ENV = {
+    "AWS_SECRET_ACCESS_KEY": "q8Vx2LmT/Nw4RzKp9HsY3bGfJ7cD1eUoAiW5tQ6r",
+    "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD",
+    "MLFLOW_TRACKING_PASSWORD": "Tr0ub4dor&3-mlflow",
+    "MLFLOW_TRACKING_TOKEN": "dapi5f3e9a1c7b2d4e6f8a0b",
+    "HF_TOKEN": "hf_kXyZqWeRtYuIoPaSdFgHjKl",
+    "DB_PASSWORD": "s3cr3t-pg-pass",
+}
+
+
+def test_realistic_environment_masks_secrets_and_keeps_paths(mlflow_uri, tmp_path, monkeypatch):
+    """Paths under $PWD and $HOME are recorded intact (they were `file://***_out/store/...` when
+    `pwd` counted as a secret word); every secret value is masked in params, tags and logged text."""
+    for name, value in {**ORDINARY_ENV, **SECRET_ENV}.items():
+        monkeypatch.setenv(name, value)
+    store = f"file://{WORK_DIR}/demo_out/store"
+    checkpoint = f"{store}/runs/local-20250101-120000/pretrain_teacher/best.pt"
+    aws, pg, hf = SECRET_ENV["AWS_SECRET_ACCESS_KEY"], SECRET_ENV["DB_PASSWORD"], SECRET_ENV["HF_TOKEN"]
+    config = {
+        "out": f"{store}/runs/local-20250101-120000/pretrain_teacher",
+        "source_manifest": f"{store}/datasets/gta5-source-1a2b3c4d/train/manifest.parquet",
+        "cache_dir": f"{HOME_DIR}/.cache/dakd",
+        "database": f"postgresql://alice:{pg}@db.internal:5432/mlflow",
+        "note": f"token {hf} pasted by mistake",
+        "presigned": f"https://bucket.s3.amazonaws.com/x.pt?X-Amz-Credential=AKID&X-Amz-Signature=abc123def&part=2",
+    }
+    text = f"checkpoint {checkpoint}\nenv AWS_SECRET_ACCESS_KEY={aws}\nPATH={ORDINARY_ENV['PATH']}\n"
+    with tracking.stage_run("pretrain", config, tags={"dakd.best_checkpoint": checkpoint,
+                                                      "upload": f"s3 key {aws}"}) as run:
+        tracking.set_tags({"cwd": WORK_DIR, "user": "alice"})
+        tracking.log_text(text, "notes/run.txt")
+        tracking.log_dict({"checkpoint": checkpoint, "aws_secret_access_key": "inline-secret-value",
+                           "nested": [{"auth": f"Bearer {SECRET_ENV['MLFLOW_TRACKING_TOKEN']}"}]}, "summary.json")
+        tracking.log_bytes(f"# report\nmodel {checkpoint} password {pg}\n".encode(), "report.md")
+        run_id = run.info.run_id
+    data = _client(mlflow_uri).get_run(run_id).data
+    params, tags = data.params, data.tags
+    # paths intact, wherever $PWD / $HOME / $USER occur in them
+    assert params["out"] == config["out"] and params["source_manifest"] == config["source_manifest"]
+    assert params["cache_dir"] == f"{HOME_DIR}/.cache/dakd"
+    assert tags["dakd.best_checkpoint"] == checkpoint
+    assert tags["cwd"] == WORK_DIR and tags["user"] == "alice"
+    # secrets masked, the text around them kept
+    assert params["database"] == "postgresql://***@db.internal:5432/mlflow"
+    assert params["note"] == "token *** pasted by mistake"
+    assert params["presigned"] == ("https://bucket.s3.amazonaws.com/x.pt?X-Amz-Credential=***"
+                                   "&X-Amz-Signature=***&part=2")
+    assert tags["upload"] == "s3 key ***"
+    root = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl")))
+    notes = (root / "notes/run.txt").read_text()
+    assert notes == (f"checkpoint {checkpoint}\nenv AWS_SECRET_ACCESS_KEY=***\n"
+                     f"PATH={ORDINARY_ENV['PATH']}\n")
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary == {"checkpoint": checkpoint, "aws_secret_access_key": "***",
+                       "nested": [{"auth": "Bearer ***"}]}
+    assert (root / "report.md").read_text() == f"# report\nmodel {checkpoint} password ***\n"
+    recorded = json.dumps([params, tags]) + notes + (root / "summary.json").read_text() + (root / "report.md").read_text()
+    for secret in [*SECRET_ENV.values(), "inline-secret-value", "abc123def"]:
+        assert secret not in recorded, secret
+
+
+def test_aws_secret_shape_spares_paths_and_digests():
+    """Tokens of the AWS-secret shape (40 base64 characters) are masked, paths and digests of the
+    same length are not."""
+    key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    assert tracking.redact_text(f"key={key}.") == "key=***."
+    for ordinary in ["/Users/Alice/Documents/Work/Dakd/Store12",  # an absolute path, 40 characters
+                     "runs/local202/pretrain/teacher/ckpt/best",  # a relative one
+                     "0123456789abcdef0123456789abcdef01234567"]:  # a git SHA
+        assert len(ordinary) == 40
+        assert tracking.redact_text(f"uri {ordinary} ok") == f"uri {ordinary} ok"
+
+
+# ------------------------------------------------------------------ pipeline runs: names, tags, parent
+
+
+def _fake_stage(module, stage: str):
+    """Stands in for a stage entry point (`pretrain.run`, `evaluate.run`, ...) as far as MLflow sees
+    it: one `stage_run(stage, params=config)` (what the train loops' RunKeeper and evaluate open),
+    its output written under cfg.out."""
+    from dakd_core.storage import open_store
+
+    def run(cfg):
+        with tracking.stage_run(stage, params=cfg.model_dump(mode="json")) as active:
+            out = open_store(cfg.out)
+            if stage == "evaluate":
+                metrics = {"models": {name.split("=", 1)[0]: {"miou": miou} for name, miou in
+                                      zip(cfg.models, [0.30, 0.40, 0.20, 0.25, 0.33, 0.32])}}
+                from dakd_core.evaluation.evaluate import EvalResult
+
+                return EvalResult(out.put_bytes("metrics.json", json.dumps(metrics).encode()),
+                                  out.put_bytes("report.md", b"# report"), metrics)
+            from dakd_core.train.engine import TrainResult
+
+            uri = out.put_bytes("best.pt", stage.encode())
+            return TrainResult(uri, uri, {"miou": 0.1}, active.info.run_id)
+
+    return run
+
+
+def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headline(mlflow_uri, tmp_path, monkeypatch):
+    """The tasks of one pipeline run, as components call them (stage entry points replaced by
+    `_fake_stage`): child runs are `<stage>-<role>` with role/method/paradigm/dataset-pair tags;
+    the parent run holds every pipeline parameter, the headline metrics and the promotion."""
+    from dakd_core.evaluation import evaluate
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.tasks.adapt import adapt_task
+    from dakd_core.orchestration.tasks.distill import distill_task
+    from dakd_core.orchestration.tasks.evaluate import ROWS, evaluate_task
+    from dakd_core.orchestration.tasks.pretrain import pretrain_task
+    from dakd_core.orchestration.tasks.register import promote_task
+    from dakd_core.orchestration.tasks.start import start_task
+    from dakd_core.train import adapt, distill, pretrain
+
+    monkeypatch.setenv("DAKD_SYSTEM_METRICS", "0")  # each run would wait for its sampler thread
+    for module, stage in ((pretrain, "pretrain"), (adapt, "adapt"), (distill, "distill"), (evaluate, "evaluate")):
+        monkeypatch.setattr(module, "run", _fake_stage(module, stage))
+    params = PipelineParams(source_format="gta5", target_format="cityscapes", paradigm="d").model_dump()
+    # as KFP hands the dict to the start task: every value substituted as text, integers as floats
+    delivered = {k: json.dumps(v) if isinstance(v, bool) else str(float(v)) if type(v) is int else str(v)
+                 for k, v in params.items()}
+    start = start_task(run_name="r1", kfp_run_id="job-7", experiment="dakd-e", cache_shards=1, params=delivered)
+    parent_id = start["parent_run_id"]
+    common = dict(store_uri=(tmp_path / "store").as_uri(), run_name="r1", experiment="dakd-e",
+                  kfp_run_id="job-7", parent_run_id=parent_id)
+    train = dict(network="deeplabv2_tiny", source_manifest="file:///data/src.parquet", source_resize=[32, 64],
+                 crop=[32, 64], batch_size=2, iterations=2, lr=1e-3, eval_every=2, num_workers=0, seed=7)
+    adversarial = dict(target_manifest="file:///data/tgt.parquet", target_resize=[32, 64],
+                       lambda_adv_main=1e-3, lambda_adv_aux=2e-4)
+    ckpt = {role: pretrain_task(**common, role=role, **train)["checkpoint"] for role in ("teacher", "student")}
+    adapted = adapt_task(**common, role="teacher", init=ckpt["teacher"], method="advent", **adversarial, **train)
+    distill_args = dict(teacher=adapted["checkpoint"], cache_index="file:///cache/index.parquet",
+                        method="adaptsegnet", lambda_kl=0.1, lambda_kl_aux=0.01, lambda_mse=0.01,
+                        lambda_pseudo=1.0, lambda_target=1.0, temperature=1.0, **adversarial, **train)
+    first = distill_task(**common, paradigm="d", stage="first", init=ckpt["student"], **distill_args)
+    distill_task(**common, paradigm="d", stage="second", init=first["checkpoint"], **distill_args)
+    evaluate_task(**common, models={row: ckpt["student"] for row in ROWS}, val_manifest="file:///data/val.parquet",
+                  resolution=[32, 64])
+
+    client = _client(mlflow_uri)
+    children = {r.info.run_name: r for r in client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")}
+    assert set(children) == {"pretrain-teacher", "pretrain-student", "adapt-teacher", "distill-student-c",
+                             "distill-student-d", "evaluate"}
+    tags = {name: run.data.tags for name, run in children.items()}
+    for name in children:
+        assert tags[name]["dakd.dataset_pair"] == "gta5->cityscapes", name  # from the parent
+        assert tags[name]["dakd.stage"] == name.split("-")[0]
+    assert (tags["pretrain-teacher"]["dakd.role"], tags["pretrain-teacher"]["dakd.method"]) == ("teacher", "source-only")
+    assert tags["pretrain-student"]["dakd.role"] == "student"
+    assert (tags["adapt-teacher"]["dakd.role"], tags["adapt-teacher"]["dakd.method"]) == ("teacher", "advent")
+    assert tags["pretrain-teacher"]["dakd.paradigm"] == "d"  # the pipeline's paradigm
+    for paradigm in "cd":
+        t = tags[f"distill-student-{paradigm}"]
+        assert (t["dakd.role"], t["dakd.method"], t["dakd.paradigm"]) == ("student", "dakd", paradigm)
+        assert t["dakd.adversarial_method"] == "adaptsegnet"
+    assert "dakd.role" not in tags["evaluate"]  # no label or role left over from earlier tasks
+
+    parent = client.get_run(parent_id).data
+    assert set(parent.params) == set(PipelineParams.model_fields)
+    assert parent.params["crop_h"] == "512" and parent.params["lr"] == "0.00025"
+    assert parent.params["teacher_online"] == "false" and parent.params["source_uri"] == params["source_uri"]
+    assert parent.tags["dakd.dataset_pair"] == "gta5->cityscapes" and parent.tags["dakd.paradigm"] == "d"
+    assert parent.metrics["miou.teacher_adapted"] == pytest.approx(0.40)
+    assert parent.metrics["miou.student_adapted"] == pytest.approx(0.25)
+    assert parent.metrics["miou.student_distilled"] == pytest.approx(0.33)
+    assert parent.metrics["miou.student_distilled_onnx_fp16"] == pytest.approx(0.32)
+    assert parent.metrics["gain.distilled_vs_adapted_student"] == pytest.approx(0.33 - 0.25)
+
+    # the promotion decision reaches the parent run too
+    from dakd_core.registry import TAG_MANIFEST
+
+    source = (tmp_path / "artifact").as_uri()
+    client.create_registered_model("dakd-gta5-to-cityscapes")
+    version = client.create_model_version("dakd-gta5-to-cityscapes", source=source,
+                                          tags={"miou": "0.33", TAG_MANIFEST: "aaa"}).version
+    promote_task(**common, name="dakd-gta5-to-cityscapes", version=str(version))
+    parent = client.get_run(parent_id).data
+    assert parent.tags["dakd.promotion"] == "promoted" and parent.tags["dakd.champion"] == str(version)
+    assert parent.tags["dakd.registered_version"] == f"dakd-gta5-to-cityscapes/{version}"

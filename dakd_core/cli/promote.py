@@ -7,18 +7,20 @@ HELP = "promote the challenger to champion if it beats the champion by --min-gai
 
 
 def add_arguments(p) -> None:
+    from dakd_core.registry import PromoteConfig
+
+    fields = PromoteConfig.model_fields
     p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--metric", default="miou", help="version tag compared (higher is better)")
-    p.add_argument("--min-gain", type=float, default=0.0, help="required gain, in the tag's units (fractions)")
+    p.add_argument("--metric", help=f"{fields['metric'].description} (default {fields['metric'].default})")
+    p.add_argument("--min-gain", type=float,
+                   help=f"{fields['min_gain'].description} (default {fields['min_gain'].default})")
     p.add_argument("--version", help="promote this version instead of the challenger alias")
 
 
 def run(args) -> int:
-    from dakd_core.errors import ConfigError
     from dakd_core.registry import promote
 
-    if args.min_gain < 0:
-        raise ConfigError(f"--min-gain must be >= 0, got {args.min_gain}")
     result = promote(args.model, args.metric, args.min_gain, args.version)
-    print(f"{result.name} v{result.challenger}: {result.decision} ({result.reason}); champion v{result.champion}")
+    champion = f"v{result.champion}" if result.champion else "none"
+    print(f"{result.name} v{result.challenger}: {result.decision} ({result.reason}); champion {champion}")
     return 0

@@ -31,5 +31,6 @@ def run(args) -> int:
         artifact=args.artifact, pipeline_run_id=args.pipeline_run_id, git_commit=args.git_commit,
     )
     result = register(cfg)
-    print(f"registered {result.name} version {result.version} (alias challenger), mIoU {result.tags['miou']}")
+    print(f"registered {result.name} version {result.version} (alias challenger, {result.model_uri}), "
+          f"mIoU {result.metrics['miou']:.4f}")
     return 0

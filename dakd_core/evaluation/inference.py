@@ -146,6 +146,23 @@ def verify_sha256(data: bytes, expected: str | None, source: str) -> str:
     return actual
 
 
+def download_onnx(uri: str) -> bytes:
+    """The bytes of the one .onnx file of an MLflow model: `models:/NAME@alias`, `models:/NAME/3`
+    or a logged model `models:/m-<id>`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            files = sorted(Path(local).rglob("*.onnx"))
+            if len(files) != 1:
+                raise DakdError(f"{uri} holds {len(files)} .onnx files, expected exactly one")
+            return files[0].read_bytes()
+    except MlflowException as e:
+        raise DakdError(f"cannot download MLflow model {uri}: {e.message}") from None
+
+
 def _download_registry_onnx(uri: str) -> tuple[bytes, str | None, str]:
     """(model bytes, artifact_sha256 tag, source) of a `models:/` registry URI."""
     import mlflow
@@ -160,15 +177,9 @@ def _download_registry_onnx(uri: str) -> tuple[bytes, str | None, str]:
         else:
             name, number = ref.rsplit("/", 1)
             version = client.get_model_version(name, number)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-            files = sorted(Path(local).rglob("*.onnx"))
-            if len(files) != 1:
-                raise DakdError(f"{uri} holds {len(files)} .onnx files, expected exactly one")
-            data = files[0].read_bytes()
     except MlflowException as e:
         raise DakdError(f"cannot resolve registry model {uri}: {e.message}") from None
-    return data, version.tags.get("artifact_sha256"), f"{uri} (version {version.version})"
+    return download_onnx(uri), version.tags.get("artifact_sha256"), f"{uri} (version {version.version})"
 
 
 def load_predictor(

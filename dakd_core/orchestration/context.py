@@ -13,6 +13,7 @@ import os
 import time
 
 from dakd_core.storage import write_bytes
+from dakd_core.tracking import ENV_RUN_LABEL, ENV_RUN_TAGS
 
 ENV_KFP_RUN_ID = "DAKD_KFP_RUN_ID"
 ENV_KFP_TASK = "DAKD_KFP_TASK"
@@ -36,8 +37,12 @@ def environ(values: dict[str, str]):
 
 @contextlib.contextmanager
 def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experiment: str = "",
-                 timings_uri: str = ""):
+                 timings_uri: str = "", run_label: str = "", run_tags: dict | None = None):
     """Set the tracking environment for one stage call; restore the previous values after.
+
+    `run_label` and `run_tags` describe the stage runs this task opens (`dakd_core.tracking`
+    names them `<stage>-<run_label>` and adds the tags): the stage code itself (the train loops)
+    only knows its stage, not whether it trains the teacher or the student.
 
     With `timings_uri` (a store prefix), the seconds the stage itself took are written to
     `{timings_uri}/{kfp_task}.json`: `dakd run` subtracts them from the wall time to report the
@@ -47,6 +52,10 @@ def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experi
         values[ENV_PARENT_RUN_ID] = parent_run_id
     if experiment:
         values["MLFLOW_EXPERIMENT_NAME"] = experiment
+    # Always set (possibly empty): a label left by an earlier task in this process must not name
+    # this task's runs.
+    values[ENV_RUN_LABEL] = run_label
+    values[ENV_RUN_TAGS] = json.dumps(run_tags or {}, sort_keys=True)
     with environ(values):
         start = time.perf_counter()
         yield

@@ -3,7 +3,7 @@ checkpoint."""
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
 from dakd_core.orchestration.tasks.pretrain import train_outputs, training_common
 from dakd_core.orchestration.pins import resolve
 
@@ -16,7 +16,7 @@ def adapt_fields(*, init: str, target_manifest: str, target_resize: list, method
                 lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux, d_ndf=int(discriminator_width))
 
 
-@tracked("adapt")
+@tracked("adapt", lambda kw: run_identity(kw["role"], method=kw["method"]))
 def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, init: str,
                target_manifest: str, target_resize: list, method: str, lambda_adv_main: float,
                lambda_adv_aux: float, discriminator_width: int = 64, **train) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 from dakd_core.errors import ConfigError
 from dakd_core.orchestration.context import task_context
@@ -24,17 +25,28 @@ def run_prefix(store_uri: str, run_name: str) -> str:
     return f"{store_uri.rstrip('/')}/runs/{run_name}"
 
 
-def tracked(stage: str):
+def run_identity(role: str, method: str = "", paradigm: str = "", label: str = "") -> tuple[str, dict]:
+    """(label, tags) of the MLflow runs of one task: named `<stage>-<label>` (label: the role
+    unless given) and tagged dakd.role / dakd.method / dakd.paradigm (empty ones left out)."""
+    tags = {"dakd.role": role, "dakd.method": method, "dakd.paradigm": paradigm}
+    return label or role, {k: v for k, v in tags.items() if v}
+
+
+def tracked(stage: str, identity: Callable[[dict], tuple[str, dict]] | None = None):
     """Decorate a `<stage>_task`: adds the tracking keyword arguments every component passes
     (KFP run id, task name, MLflow parent run and experiment) and records the stage's seconds
-    under {run}/timings/ (`dakd run` reports the orchestration overhead from them)."""
+    under {run}/timings/ (`dakd run` reports the orchestration overhead from them).
+    `identity(task kwargs) -> (label, tags)` (see `run_identity`) names and tags the task's
+    stage runs."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*, store_uri: str, run_name: str, kfp_run_id: str = "local", kfp_task: str = stage,
                   parent_run_id: str = "", experiment: str = "dakd", **kwargs):
             timings = f"{run_prefix(store_uri, run_name)}/timings"
-            with task_context(kfp_run_id, kfp_task, parent_run_id, experiment, timings_uri=timings):
+            label, tags = identity(kwargs) if identity else ("", {})
+            with task_context(kfp_run_id, kfp_task, parent_run_id, experiment, timings_uri=timings,
+                              run_label=label, run_tags=tags):
                 return fn(store_uri=store_uri, run_name=run_name, experiment=experiment, **kwargs)
 
         return inner

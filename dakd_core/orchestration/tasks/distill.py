@@ -5,7 +5,7 @@ for d: stage "first" trains c (or the chosen a/b/c), stage "second" trains d fro
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
 from dakd_core.orchestration.tasks.adapt import adapt_fields
 from dakd_core.orchestration.tasks.pretrain import train_outputs, training_common
 from dakd_core.errors import ConfigError
@@ -21,7 +21,15 @@ def stage_paradigm(paradigm: str, stage: str) -> str:
     raise ConfigError(f"stage: '{stage}' with paradigm '{paradigm}' (a second stage exists only for d)")
 
 
-@tracked("distill")
+def _identity(kw: dict) -> tuple[str, dict]:
+    """distill-student-c / distill-student-d: paradigm d runs this task twice (c, then d)."""
+    paradigm = stage_paradigm(kw["paradigm"], kw["stage"])
+    label, tags = run_identity("student", method="dakd", paradigm=paradigm, label=f"student-{paradigm}")
+    # the student's own adversarial DA while distilling (adaptsegnet | advent)
+    return label, {**tags, "dakd.adversarial_method": kw["method"]}
+
+
+@tracked("distill", _identity)
 def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: str, stage: str,
                  teacher: str, cache_index: str, init: str, target_manifest: str, target_resize: list,
                  method: str, lambda_adv_main: float, lambda_adv_aux: float, lambda_kl: float,

@@ -3,12 +3,26 @@ teacher source-only / adapted, student source-only / adapted / distilled (+ its 
 
 from __future__ import annotations
 
+import re
+
+from dakd_core.orchestration.parent_run import log_headline
 from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
 from dakd_core.orchestration.pins import pin, resolve, split
 
 # Display names, in table order; `dakd run` prints the same rows.
 ROWS = ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
         "student distilled", "student distilled ONNX FP16"]
+# The pipeline's headline gain: what distillation adds over the student adapted on its own.
+GAIN = ("gain.distilled_vs_adapted_student", "student distilled", "student adapted")
+
+
+def headline_metrics(miou: dict[str, float]) -> dict[str, float]:
+    """The parent run's metrics: `miou.<row>` per evaluated row and the distillation gain."""
+    out = {"miou." + re.sub(r"[^a-z0-9]+", "_", row.lower()).strip("_"): v for row, v in miou.items()}
+    key, distilled, adapted = GAIN
+    if distilled in miou and adapted in miou:
+        out[key] = miou[distilled] - miou[adapted]
+    return out
 
 
 @tracked("evaluate")
@@ -32,5 +46,6 @@ def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dic
     res = run(cfg)
     from dakd_core.storage import read_bytes
 
-    return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(),
-            "miou": {name: m["miou"] for name, m in res.metrics["models"].items()}}
+    miou = {name: m["miou"] for name, m in res.metrics["models"].items()}
+    log_headline(headline_metrics(miou))
+    return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(), "miou": miou}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
 from dakd_core.orchestration.pins import pin, resolve
 
 
-@tracked("export")
+@tracked("export", lambda kw: run_identity("student"))
 def export_task(*, store_uri: str, run_name: str, experiment: str, checkpoint: str, val_manifest: str,
                 resolution: list, parity_samples: int = 0) -> dict:
     from dakd_core.config import build_config

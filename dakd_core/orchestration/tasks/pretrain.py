@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
 from dakd_core.orchestration.pins import pin, resolve
 
 
@@ -26,7 +26,7 @@ def train_outputs(result, network: str) -> dict:
             "metrics": dict(result.metrics), "mlflow_run_id": result.mlflow_run_id or ""}
 
 
-@tracked("pretrain")
+@tracked("pretrain", lambda kw: run_identity(kw["role"], method="source-only"))
 def pretrain_task(*, store_uri: str, run_name: str, experiment: str, role: str, **train) -> dict:
     from dakd_core.config import build_config
     from dakd_core.train import pretrain

@@ -3,13 +3,13 @@ it to `champion` if it beats the current one on the same evaluation manifest."""
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import run_prefix, tracked
+from dakd_core.orchestration.tasks.common import run_identity, run_prefix, tracked
 from dakd_core.orchestration.pins import resolve
 
 DISTILLED_ROW = "student distilled ONNX FP16"  # the artifact registered is the FP16 ONNX file
 
 
-@tracked("register")
+@tracked("register", lambda kw: run_identity("student", paradigm=kw["paradigm"]))
 def register_task(*, store_uri: str, run_name: str, experiment: str, export_record: str, metrics: str,
                   source: str, target: str, name: str, paradigm: str, teacher: str) -> dict:
     import os
@@ -28,14 +28,20 @@ def register_task(*, store_uri: str, run_name: str, experiment: str, export_reco
 
 @tracked("promote")
 def promote_task(*, store_uri: str, run_name: str, experiment: str, name: str, version: str,
-                 min_gain: float = 0.0) -> dict:
-    """Gate the champion alias; the outcome is also written to {run}/promote/outcome.json."""
+                 min_gain: float | None = None) -> dict:
+    """Gate the champion alias (`min_gain` None: `PromoteConfig.min_gain`); the outcome, including
+    `not-comparable` (champion kept, the task succeeds), is also written to
+    {run}/promote/outcome.json."""
     import dataclasses
     import json
 
     from dakd_core.registry import promote
     from dakd_core.storage import write_bytes
 
+    from dakd_core.orchestration.parent_run import tag_parent
+
     outcome = dataclasses.asdict(promote(name, version=version, min_gain=min_gain))
+    tag_parent({"dakd.registered_version": f"{name}/{outcome['challenger']}",
+                "dakd.promotion": outcome["decision"], "dakd.champion": outcome["champion"] or "none"})
     write_bytes(f"{run_prefix(store_uri, run_name)}/promote/outcome.json", json.dumps(outcome).encode())
     return outcome
