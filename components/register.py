@@ -28,12 +28,12 @@ def register(
 
 @cpu_component
 def promote(
-    store_uri: str, run_name: str, name: str, version: str, experiment: str, parent_run_id: str,
+    store_uri: str, run_name: str, name: str, version: str, min_gain: float, experiment: str, parent_run_id: str,
     kfp_run_id: str, kfp_task: str, outcome: Output[Markdown],
 ) -> str:
     from dakd_core.orchestration.tasks.register import promote_task
 
-    out = promote_task(store_uri=store_uri, run_name=run_name, name=name, version=version,
+    out = promote_task(store_uri=store_uri, run_name=run_name, name=name, version=version, min_gain=min_gain,
                        experiment=experiment, parent_run_id=parent_run_id, kfp_run_id=kfp_run_id,
                        kfp_task=kfp_task)
     with open(outcome.path, "w") as f:

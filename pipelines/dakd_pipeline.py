@@ -142,6 +142,7 @@ def dakd_pipeline(
     seed: int = _D.seed,
     mlflow_experiment: str = _D.mlflow_experiment,
     registered_model: str = _D.registered_model,
+    promotion_min_gain: float = _D.promotion_min_gain,
 ):
     # Every pipeline parameter, for the MLflow parent run (first statement: locals() holds
     # exactly the parameters here).
@@ -226,4 +227,5 @@ def dakd_pipeline(
         reg = _cpu(register(export_record=exp.outputs["record"], metrics=ev.outputs["metrics_uri"],
                             source=source_format, target=target_format, name=registered_model,
                             paradigm=paradigm, teacher=teacher_model, **track), cache=False)
-        _cpu(promote(name=reg.outputs["name"], version=reg.outputs["version"], **track), cache=False)
+        _cpu(promote(name=reg.outputs["name"], version=reg.outputs["version"], min_gain=promotion_min_gain,
+                     **track), cache=False)

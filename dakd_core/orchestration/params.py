@@ -83,6 +83,8 @@ class PipelineParams(StrictConfig):
     # tracking / registry
     mlflow_experiment: str = Field("dakd", min_length=1)
     registered_model: str = ""  # empty: dakd-<source_format>-to-<target_format>
+    # smallest mIoU gain over the champion that moves the alias (dakd_core.registry.PromoteConfig)
+    promotion_min_gain: float = Field(0.001, ge=0)
 
 
 class LocalSettings(StrictConfig):
