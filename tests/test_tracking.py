@@ -370,7 +370,7 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
 
     parent = client.get_run(parent_id).data
     assert set(parent.params) == set(PipelineParams.model_fields)
-    assert parent.params["crop_h"] == "512" and parent.params["lr"] == "0.00025"
+    assert parent.params["crop_h"] == "512" and parent.params["lr"] == "0.0"  # 0: the networks' recipes
     assert parent.params["teacher_online"] == "false" and parent.params["source_uri"] == params["source_uri"]
     assert parent.tags["dakd.dataset_pair"] == "gta5->cityscapes" and parent.tags["dakd.paradigm"] == "d"
     assert parent.metrics["miou.teacher_adapted"] == pytest.approx(0.40)
