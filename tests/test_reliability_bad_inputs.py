@@ -223,6 +223,32 @@ def _png16(tmp) -> bytes:
     return buf.tobytes()
 
 
+def _nan_checkpoint(tmp) -> str:
+    """A valid checkpoint of the run's network whose bytes hold a NaN weight (written around
+    save_checkpoint, which refuses it: a file from an older dakd or another tool)."""
+    from dakd_core.models import create_model
+    from dakd_core.models.checkpoint import make_payload
+
+    payload = make_payload(create_model("deeplabv2_tiny", num_classes=19))
+    name = next(k for k, v in payload["model"].items() if v.is_floating_point())
+    payload["model"][name].view(-1)[0] = float("nan")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return open_store((tmp / "o").as_uri()).put_bytes("nan.pt", buffer.getvalue())
+
+
+def _readonly_tracking_db(w, tmp) -> dict:
+    """MLFLOW_TRACKING_URI -> a migrated sqlite database opened read-only (SQLite's own
+    read-only mode: file permissions would not stop root; tests/test_reliability_inputs.py
+    covers the chmod 0444 file as an unprivileged process)."""
+    import shutil
+
+    db = tmp / "ro.db"
+    shutil.copyfile(Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]), db)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///file:{db}?mode=ro&uri=true"  # restored by mlflow_uri
+    return {}
+
+
 # ------------------------------------------------------------------------------------- the corpus
 
 CASES = [
@@ -289,6 +315,25 @@ CASES = [
          r"field 'momentum'", _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "momentum: fast\n")})),
     Case("pretrain-config-out-of-range", "pretrain", "--iterations 0", r"field 'iterations'",
          _train("pretrain", lambda w, tmp: {"iterations": 0})),
+    Case("pretrain-config-inf", "pretrain", "YAML config with lr: .inf",
+         r"field 'lr': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"lr": None, "_config": _yaml(tmp, "lr: .inf\n")})),
+    Case("pretrain-flag-inf", "pretrain", "--lr inf", r"field 'lr': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"lr": "inf"})),
+    Case("pretrain-config-nan-in-tuple", "pretrain", "YAML config with scale_range: [0.5, .nan]",
+         r"field 'scale_range\.1': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "scale_range: [0.5, .nan]\n")})),
+    Case("pretrain-config-duplicate-key", "pretrain", "YAML config with lr twice",
+         r"config file \S+config\.yaml: duplicate key 'lr' \(lines 1 and 3\)",
+         _train("pretrain", lambda w, tmp: {"lr": None, "_config": _yaml(tmp, "lr: 0.01\nmomentum: 0.9\nlr: 1.0\n")})),
+    Case("pretrain-config-binary", "pretrain", "--config of random bytes",
+         r"config file \S+/o/config\.yaml is not a YAML text file",
+         _train("pretrain", lambda w, tmp: {"_config": _object("config.yaml", _junk(64))(tmp)[len("file://"):]})),
+    Case("pretrain-config-directory", "pretrain", "--config naming a directory",
+         r"config file \S+ is a directory", _train("pretrain", lambda w, tmp: {"_config": str(tmp)})),
+    Case("pretrain-tracking-db-read-only", "pretrain", "MLflow sqlite database opened read-only",
+         r"MLflow tracking database \S+ro\.db\S* cannot be written \(attempt to write a readonly database\)",
+         _train("pretrain", _readonly_tracking_db)),
     Case("pretrain-nan-loss", "pretrain", "lr 1e30 drives the loss to NaN/inf",
          r"step \d+: loss term '\w+' is (nan|inf)", _train("pretrain", lambda w, tmp: {"lr": 1e30, "iterations": 6})),
     Case("adapt-init-other-network", "adapt", "--init checkpoint of deeplabv2_thin for a deeplabv2_tiny run",
@@ -302,6 +347,9 @@ CASES = [
     Case("adapt-init-malicious-pickle", "adapt", "--init pickle whose __reduce__ would run code",
          r"file://\S+/o/evil\.pt is not a readable dakd checkpoint",
          _train("adapt", lambda w, tmp: {"init": _malicious_checkpoint(tmp)})),
+    Case("adapt-init-nan-weights", "adapt", "--init checkpoint holding a NaN weight",
+         r"checkpoint file://\S+/o/nan\.pt holds non-finite values? in model\.\S+",
+         _train("adapt", lambda w, tmp: {"init": _nan_checkpoint(tmp)})),
     Case("distill-stale-cache", "distill", "teacher cache made by another teacher (sha256 mismatch)",
          r"teacher cache file://\S+/index\.parquet is stale",
          _train("distill", lambda w, tmp: {"teacher": make_checkpoint((tmp / "t2.pt").as_uri(), seed=9)})),
