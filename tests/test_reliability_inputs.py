@@ -1,26 +1,36 @@
 """Reliability, second round (issue 16): the checks behind the bad-input corpus that are not one
-CLI call each - every float field of every config, checkpoint finiteness and a read-only
-tracking database seen by an unprivileged process.
+CLI call each - every float field of every config, checkpoint finiteness, image signatures and
+header sizes, unprivileged processes (unreadable directories, a read-only tracking database) and
+all-void label splits.
 
 The CLI cases themselves live in tests/test_reliability_bad_inputs.py (and docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import types
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from _distill_data import H, W, make_split
+import fixtures_datasets as F
+
+from _distill_data import H, W, make_checkpoint, make_split
+from dakd_core.cli import main
 from dakd_core.config import StrictConfig, build_config, load_yaml
-from dakd_core.errors import ConfigError, TrainingError
+from dakd_core.data.imageio import MAX_PIXELS, decode_image, decode_label, encode_png, jpeg_size
+from dakd_core.data.ingest import IngestConfig, run_ingest
+from dakd_core.data.manifest import read_manifest
+from dakd_core.errors import ConfigError, DataError, TrainingError
 from dakd_core.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +228,79 @@ def test_save_checkpoint_checks_every_tensor_entry_but_not_integer_ones(tmp_path
     assert (tmp_path / "d.pt").stat().st_size > 0
 
 
+# ----------------------------------------------------------------------------- 4. images and labels
+
+
+def _png_header(width, height, colour_type=2) -> bytes:
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+def _jpeg_declaring(width, height) -> bytes:
+    """A real JPEG whose SOF0 size fields are rewritten."""
+    import cv2
+
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_signature_must_match_the_name():
+    import cv2
+
+    rgb = F.random_rgb(np.random.default_rng(3))
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    png = encode_png(rgb)
+    assert decode_image(jpeg, "a.jpg").shape == decode_image(png, "a.png").shape == (32, 64, 3)
+    assert decode_image(jpeg, "shard.bin#x/image").shape == (32, 64, 3)  # no extension: no name check
+    with pytest.raises(DataError, match=r"a\.png: JPEG bytes under a \.png name"):
+        decode_image(jpeg, "a.png")
+    with pytest.raises(DataError, match=r"s3://b/a\.JPEG: PNG bytes under a \.JPEG name"):
+        decode_image(png, "s3://b/a.JPEG")
+    with pytest.raises(DataError, match=r"x\.png: not a decodable image \(neither a PNG nor a JPEG"):
+        decode_image(cv2.imencode(".bmp", rgb)[1].tobytes(), "x.png")
+    ids = np.zeros((32, 64), np.uint8)
+    with pytest.raises(DataError, match=r"l\.jpg: JPEG label; labels must be lossless PNG"):
+        decode_label(cv2.imencode(".jpg", ids)[1].tobytes(), "l.jpg")
+    with pytest.raises(DataError, match=r"l\.png: JPEG bytes under a \.png name"):
+        decode_label(cv2.imencode(".jpg", ids)[1].tobytes(), "l.png")
+
+
+@pytest.mark.parametrize("data,pattern", [
+    (_png_header(100000, 100000), r"header declares 100000x100000 pixels \(10000 Mpx\)"),
+    (_png_header(100000, 100000, colour_type=3), r"header declares 100000x100000 pixels"),  # palette: Pillow
+    (_png_header(0, 5), r"header declares an empty 0x5 image"),
+    (_jpeg_declaring(65535, 65535), r"header declares 65535x65535 pixels"),
+])
+def test_oversized_or_empty_headers_are_refused_before_decoding(data, pattern):
+    for decode in (decode_image, decode_label):
+        if decode is decode_label and data[:2] == b"\xff\xd8":
+            continue  # a JPEG label is refused for being JPEG
+        with pytest.raises(DataError, match=pattern):
+            decode(data, "big" if data[:2] == b"\xff\xd8" else "big.png")
+
+
+def test_jpeg_size_reads_the_frame_header():
+    assert jpeg_size(_jpeg_declaring(640, 480)) == (640, 480)
+    assert jpeg_size(b"\xff\xd8\xff\xd9") is None
+    assert MAX_PIXELS >= 8192 * 8192  # large real photos (Mapillary ~ 5000x4000) stay accepted
+
+
+def test_a_directory_named_like_an_image_is_an_error_not_skipped(tmp_path):
+    from dakd_core.data.formats import discover
+
+    F.write_gta5(tmp_path, n=2)
+    (tmp_path / "images" / "00003.png").mkdir()
+    with pytest.raises(DataError, match=r"1 image path\(s\) under \S+images are directories, not files: \S+00003\.png"):
+        discover("gta5", tmp_path, "all")
+
+
 # ----------------------------------------------------------------------------- 8. unprivileged
 
 
@@ -232,6 +315,26 @@ def _unprivileged(argv: list[str], env: dict[str, str]) -> subprocess.CompletedP
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DAKD_NO_PROGRESS": "1", **env}
     return subprocess.run([*prefix, sys.executable, "-m", "dakd_core", *argv], env=env, capture_output=True,
                           text=True, timeout=1800)  # minutes only on a starved machine; seconds usually
+
+
+@pytest.mark.parametrize("folder,message", [
+    ("gtFine/train/ulm", "cannot read label {path}/ulm_000000_000019_gtFine_labelIds.png: Permission denied"),
+    # Path.rglob skipped such a folder silently: half a split would have been ingested.
+    ("leftImg8bit/train/ulm", "cannot read directory {path}: Permission denied"),
+], ids=["label-directory", "image-directory"])
+def test_unreadable_dataset_directory_is_a_named_error_exit_2(tmp_path, file_store, folder, message):
+    F.write_cityscapes(tmp_path / "cs", split="train", cities=("bonn", "ulm"), per_city=1)
+    path = tmp_path / "cs" / folder
+    path.chmod(0)
+    try:
+        result = _unprivileged(["ingest", "--format", "cityscapes", "--root", str(tmp_path / "cs"), "--split",
+                                "train", "--domain", "source", "--store", file_store, "--name", "ds"], {})
+    finally:
+        path.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "dakd ingest: error: " + message.format(path=path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store" / "datasets").exists()
 
 
 def test_read_only_tracking_database_file_is_a_named_error_exit_2(tmp_path, mlflow_uri):
@@ -251,3 +354,60 @@ def test_read_only_tracking_database_file_is_a_named_error_exit_2(tmp_path, mlfl
     assert (f"dakd pretrain: error: MLflow tracking database {mlflow_uri} cannot be written "
             "(attempt to write a readonly database)") in result.stderr
     assert not (out / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------- 9. all-void labels
+
+
+def _ingest_cfg(root, store, **kw):
+    return build_config(IngestConfig, format="cityscapes", root=str(root), split="train", domain="source",
+                        store=store, name="ds", **kw)
+
+
+def _void_manifest(file_store) -> str:
+    """A labelled manifest whose every label pixel is 255 (as an older ingest could write)."""
+    uri = make_split(file_store, "void", "target", 2, seed=3)
+    store = open_store(file_store)
+    for row in read_manifest(uri):
+        store.put_bytes(row["label_uri"][len(file_store) + 1:], encode_png(np.full((H, W), 255, np.uint8)))
+    return uri
+
+
+def test_evaluate_on_all_void_labels_reports_undefined_metrics_without_crashing(tmp_path, file_store, capsys,
+                                                                                mlflow_uri):
+    manifest = _void_manifest(file_store)
+    model = make_checkpoint((tmp_path / "m.pt").as_uri(), seed=0)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", f"student={model}", "--manifest", manifest, "--out", str(out),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "student: mIoU -  pixel acc -  (no labelled pixel in the manifest: metrics undefined)" in printed
+    metrics = json.loads((out / "metrics.json").read_text())["models"]["student"]
+    assert metrics["labelled_pixels"] == 0 and metrics["miou"] is None and metrics["ece"] is None
+    assert metrics["reliability"]["count"] == [0] * 15
+    assert (out / "plots" / "reliability.png").stat().st_size > 0
+    assert "| student | - |" in (out / "report.md").read_text()
+
+
+def test_score_on_all_void_ground_truth_prints_undefined_metrics(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    ids = F.write_cityscapes(gt, split="val", cities=("ulm",), per_city=1)
+    for sid in ids:
+        F.write_gray(gt / f"gtFine/val/ulm/{sid}_gtFine_labelIds.png", np.zeros((32, 64), np.uint8))  # unlabeled
+        F.write_gray(tmp_path / "pred" / f"{sid}.png", np.zeros((32, 64), np.uint8))
+    assert main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--gt-format", "cityscapes",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "mIoU -  pixel acc -  (1 images)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["miou"] is None
+
+
+def test_ingest_refuses_an_all_void_split_but_not_a_partly_void_one(tmp_path, file_store):
+    F.write_cityscapes(tmp_path / "cs", split="train", cities=("ulm",), per_city=2)
+    labels = sorted((tmp_path / "cs/gtFine/train/ulm").glob("*_labelIds.png"))
+    F.write_gray(labels[0], np.zeros((32, 64), np.uint8))  # one all-void image is fine
+    assert run_ingest(_ingest_cfg(tmp_path / "cs", file_store)).num_samples == 2
+    F.write_gray(labels[1], np.full((32, 64), 50, np.uint8))  # unknown ids, mapped to 255 by 'ignore'
+    with pytest.raises(DataError, match=r"every label pixel .* is void \(255\) in all 2 labels, no manifest "
+                                        r"written: .*field 'unknown_ids' \(ignore maps unknown ids to 255\)"):
+        run_ingest(_ingest_cfg(tmp_path / "cs", file_store + "2", unknown_ids="ignore"))
+    assert not open_store(file_store + "2").exists("datasets/ds/train/manifest.parquet")
