@@ -1,8 +1,9 @@
 """Strict configuration: every stage's settings are one pydantic model.
 
-Unknown keys, wrong types and out-of-range values are errors that name the field. A stage config
-is built from (lowest to highest precedence) its defaults, an optional YAML file, and explicit
-overrides (CLI flags or KFP parameters).
+Unknown keys, wrong types, out-of-range and non-finite (NaN, +-inf) values are errors that name the
+field. A stage config is built from (lowest to highest precedence) its defaults, an optional YAML
+file, and explicit overrides (CLI flags or KFP parameters). The YAML file must be a UTF-8 text file
+holding one mapping without duplicate keys (`load_yaml`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,85 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
 from dakd_core.errors import ConfigError
 
 C = TypeVar("C", bound="StrictConfig")
+# An (H, W) image size: both sides > 0 (a 0x0 resolution would reach the resize as a traceback).
+HW = tuple[PositiveInt, PositiveInt]
 
 
 class StrictConfig(BaseModel):
-    """Base of every config: no unknown keys, no silent type coercion, validated on assignment."""
+    """Base of every config: no unknown keys, no silent type coercion, validated on assignment.
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, frozen=False)
+    `allow_inf_nan=False`: YAML reads `.inf`/`.nan` as floats and a `gt=0` bound lets +inf through,
+    so without it `lr: .inf` would train until the first NaN loss. It covers every float of every
+    subclass, nested ones (tuples, dicts, sub-configs) included.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice.
+
+    PyYAML silently keeps the last value, so `lr: 0.01` followed further down by `lr: 1.0` would
+    train with 1.0 and nobody would notice which of the two lines counted.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` then overriding a merged key is allowed
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:
+                    continue  # unhashable key: SafeLoader reports it itself
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document in `path`; ConfigError naming the file (and key) when it is missing, a
+    directory, unreadable, not UTF-8 text (a binary file), not YAML, or repeats a mapping key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not a YAML text file: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8 "
+            "(a binary file?)"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"config file {path}: duplicate key {e.key!r} (lines {e.first} and {e.second}); "
+            "YAML would silently keep only the last value"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
 
 
 def _format_validation_error(cls: type, err: ValidationError, source: str) -> str:
@@ -38,12 +107,7 @@ def build_config(cls: type[C], yaml_path: str | Path | None = None, **overrides:
     source = "defaults"
     if yaml_path is not None:
         path = Path(yaml_path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        loaded = load_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from dakd_core.config import StrictConfig
+from dakd_core.config import HW, StrictConfig
 from dakd_core.errors import DakdError, DataError
 from dakd_core.evaluation.inference import (
     EXPORT_RECORD,
@@ -58,16 +58,35 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 class ExportConfig(StrictConfig):
     model: str = Field(description="dakd checkpoint URI of the student")
     out: str = Field(description="directory or store URI receiving the artifacts and export.json")
-    opset: int = Field(17, ge=17)
+    opset: int = Field(17, ge=17, description="ONNX opset, 17 up to what the exporter writes (max_onnx_opset)")
     val_manifest: str | None = Field(None, description="manifest for the FP16 vs FP32 parity check")
     parity_samples: int | None = Field(None, gt=0, description="use at most this many manifest rows")
     max_miou_delta: float = Field(0.1, ge=0, description="largest allowed |mIoU16 - mIoU32| in points")
-    resolution: tuple[int, int] = Field((512, 1024), description="(H, W) for latency and parity")
+    resolution: HW = Field((512, 1024), description="(H, W) for latency and parity")
     batch_size: int = Field(1, gt=0, description="batch of the latency measurement")
     warmup: int = Field(3, ge=0)
     iters: int = Field(20, gt=0)
     device: str = "auto"
     log_mlflow: bool = True
+
+    @field_validator("opset")
+    @classmethod
+    def _known_opset(cls, opset: int) -> int:
+        # Checked here, not left to torch.onnx: an opset it cannot write is a ValueError traceback
+        # from deep inside the exporter, after the model has been loaded.
+        if opset > max_onnx_opset():
+            raise ValueError(f"opset {opset} is newer than {max_onnx_opset()}, the newest the ONNX exporter "
+                             f"of torch {torch.__version__} writes")
+        return opset
+
+
+def max_onnx_opset() -> int:
+    """The newest opset the (TorchScript) exporter used by `export_onnx` can write."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as newest
+    except ImportError:  # a private module; 20 in the pinned torch (requirements/constraints.txt)
+        newest = 20
+    return int(newest)
 
 
 @dataclass
@@ -188,6 +207,10 @@ def parity_on_manifest(
         pixels += label.numel()
         acc_ref.update(p_ref.argmax(1), label)
         acc_cand.update(p_cand.argmax(1), label)
+    if int(acc_ref.cm.sum()) == 0:
+        # Both mIoUs would be NaN and NaN > max_miou_delta is False: the gate would pass unchecked.
+        raise DataError(f"parity manifest {manifest_uri}: every label pixel of its {len(rows)} rows is void "
+                        "(255), so FP16 and FP32 cannot be compared on it")
     miou_ref, miou_cand = miou_from_confusion(acc_ref.cm), miou_from_confusion(acc_cand.cm)
     return {
         "samples": len(rows),

@@ -223,6 +223,114 @@ def _png16(tmp) -> bytes:
     return buf.tobytes()
 
 
+def _jpeg(shape=(32, 64, 3)) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.full(shape, 7, np.uint8))
+    return buf.tobytes()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A complete PNG (signature, IHDR, one tiny IDAT, IEND) whose header declares width x height."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def _into_directory(path: Path) -> None:
+    """Where the file was, a directory of the same name (with a file inside)."""
+    path.unlink()
+    path.mkdir()
+    (path / "inside.png").write_bytes(b"")
+
+
+def _void_labels(rows, store):
+    """Every label replaced by an all-255 one (no pixel left to score on)."""
+    return [{**r, "label_uri": store.put_bytes(f"void/{r['sample_id']}.png", encode_png(np.full((H, W), 255, np.uint8)))}
+            for r in rows]
+
+
+def _nan_checkpoint(tmp) -> str:
+    """A valid checkpoint of the run's network whose bytes hold a NaN weight (written around
+    save_checkpoint, which refuses it: a file from an older dakd or another tool)."""
+    from dakd_core.models import create_model
+    from dakd_core.models.checkpoint import make_payload
+
+    payload = make_payload(create_model("deeplabv2_tiny", num_classes=19))
+    name = next(k for k, v in payload["model"].items() if v.is_floating_point())
+    payload["model"][name].view(-1)[0] = float("nan")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return open_store((tmp / "o").as_uri()).put_bytes("nan.pt", buffer.getvalue())
+
+
+def _score(damage: Callable[[Path], None]):
+    """Predictions (all road) for a 2-image Cityscapes val tree; `damage(pred_dir)` breaks one."""
+
+    def setup(w, tmp):
+        gt = tmp / "gt"
+        ids = F.write_cityscapes(gt, split="val", cities=("ulm",), per_city=2)
+        pred = tmp / "pred"
+        pred.mkdir()
+        for sid in ids:
+            F.write_gray(pred / f"{sid}.png", np.zeros((32, 64), np.uint8))
+        damage(pred, gt)
+        out = tmp / "score"
+        argv = ["score", "--pred", str(pred), "--gt", str(gt), "--gt-format", "cityscapes", "--out", str(out)]
+        return argv, [str(out / "metrics.json")]
+
+    return setup
+
+
+def _pred_with(value: int):
+    def damage(pred: Path, gt: Path) -> None:
+        ids = np.zeros((32, 64), np.uint8)
+        ids[5, 5:8] = value
+        F.write_gray(pred / "ulm_000000_000019.png", ids)
+
+    return damage
+
+
+def _export(**flags):
+    def setup(w, tmp):
+        out = (tmp / "x").as_uri()
+        argv = ["export", "--model", w["student"], "--out", out, "--no-mlflow", "--device", "cpu"]
+        for name, value in flags.items():
+            argv += ["--" + name.replace("_", "-"), str(value)]
+        return argv, [out + "/export.json", out + "/student_fp32.onnx"]
+
+    return setup
+
+
+def _evaluate(**flags):
+    def setup(w, tmp):
+        out = (tmp / "eval").as_uri()
+        argv = ["evaluate", "--model", w["student"], "--manifest", w["src"], "--out", out, "--device", "cpu",
+                "--no-mlflow"]
+        for name, value in flags.items():
+            argv += ["--" + name.replace("_", "-"), str(value)]
+        return argv, [f"{out}/metrics.json", f"{out}/report.md"]
+
+    return setup
+
+
+def _readonly_tracking_db(w, tmp) -> dict:
+    """MLFLOW_TRACKING_URI -> a migrated sqlite database opened read-only (SQLite's own
+    read-only mode: file permissions would not stop root; tests/test_reliability_inputs.py
+    covers the chmod 0444 file as an unprivileged process)."""
+    import shutil
+
+    db = tmp / "ro.db"
+    shutil.copyfile(Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]), db)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///file:{db}?mode=ro&uri=true"  # restored by mlflow_uri
+    return {}
+
+
 # ------------------------------------------------------------------------------------- the corpus
 
 CASES = [
@@ -254,6 +362,25 @@ CASES = [
          r"label missing for 1 of 2 .*ulm_000001_000020", _ingest(lambda r, i, l: l.unlink())),
     Case("ingest-unknown-format", "ingest", "--format kitti", r"field 'format'",
          _ingest(lambda r, i, l: None, extra=["--format", "kitti"])),
+    Case("ingest-jpeg-label", "ingest", "JPEG bytes under a *_labelIds.png name (lossy ids)",
+         r"ulm_000001_000020_gtFine_labelIds\.png: JPEG bytes under a \.png name",
+         _ingest(lambda r, i, l: l.write_bytes(_jpeg((32, 64))))),
+    Case("ingest-jpeg-image-as-png", "ingest", "JPEG bytes under a *_leftImg8bit.png name",
+         r"ulm_000001_000020_leftImg8bit\.png: JPEG bytes under a \.png name",
+         _ingest(lambda r, i, l: i.write_bytes(_jpeg()))),
+    Case("ingest-image-is-directory", "ingest", "a directory where an image file belongs",
+         r"are directories, not files: \S+ulm_000001_000020_leftImg8bit\.png",
+         _ingest(lambda r, i, l: _into_directory(i))),
+    Case("ingest-label-is-directory", "ingest", "a directory where a label file belongs",
+         r"label \S+ulm_000001_000020_gtFine_labelIds\.png is a directory",
+         _ingest(lambda r, i, l: _into_directory(l))),
+    Case("ingest-huge-png-header", "ingest", "PNG whose header declares 100000x100000 pixels",
+         r"ulm_000001_000020_leftImg8bit\.png: header declares 100000x100000 pixels",
+         _ingest(lambda r, i, l: i.write_bytes(_png_declaring(100000, 100000)))),
+    Case("ingest-all-void-labels", "ingest", "every label pixel is void (id 0 = unlabeled -> 255)",
+         r"every label pixel of cityscapes split 'train' from \S+/cs is void",
+         _ingest(lambda r, i, l: [F.write_gray(p, np.zeros((32, 64), np.uint8))
+                                  for p in (r / "gtFine/train/ulm").glob("*_labelIds.png")])),
     # --- training: manifests, objects, configs, checkpoints, losses
     Case("pretrain-empty-manifest", "pretrain", "manifest with the right schema and no rows",
          r"manifest file://\S+/m/manifest\.parquet is empty", _train("pretrain", _empty_manifest)),
@@ -289,6 +416,25 @@ CASES = [
          r"field 'momentum'", _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "momentum: fast\n")})),
     Case("pretrain-config-out-of-range", "pretrain", "--iterations 0", r"field 'iterations'",
          _train("pretrain", lambda w, tmp: {"iterations": 0})),
+    Case("pretrain-config-inf", "pretrain", "YAML config with lr: .inf",
+         r"field 'lr': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"lr": None, "_config": _yaml(tmp, "lr: .inf\n")})),
+    Case("pretrain-flag-inf", "pretrain", "--lr inf", r"field 'lr': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"lr": "inf"})),
+    Case("pretrain-config-nan-in-tuple", "pretrain", "YAML config with scale_range: [0.5, .nan]",
+         r"field 'scale_range\.1': Input should be a finite number",
+         _train("pretrain", lambda w, tmp: {"_config": _yaml(tmp, "scale_range: [0.5, .nan]\n")})),
+    Case("pretrain-config-duplicate-key", "pretrain", "YAML config with lr twice",
+         r"config file \S+config\.yaml: duplicate key 'lr' \(lines 1 and 3\)",
+         _train("pretrain", lambda w, tmp: {"lr": None, "_config": _yaml(tmp, "lr: 0.01\nmomentum: 0.9\nlr: 1.0\n")})),
+    Case("pretrain-config-binary", "pretrain", "--config of random bytes",
+         r"config file \S+/o/config\.yaml is not a YAML text file",
+         _train("pretrain", lambda w, tmp: {"_config": _object("config.yaml", _junk(64))(tmp)[len("file://"):]})),
+    Case("pretrain-config-directory", "pretrain", "--config naming a directory",
+         r"config file \S+ is a directory", _train("pretrain", lambda w, tmp: {"_config": str(tmp)})),
+    Case("pretrain-tracking-db-read-only", "pretrain", "MLflow sqlite database opened read-only",
+         r"MLflow tracking database \S+ro\.db\S* cannot be written \(attempt to write a readonly database\)",
+         _train("pretrain", _readonly_tracking_db)),
     Case("pretrain-nan-loss", "pretrain", "lr 1e30 drives the loss to NaN/inf",
          r"step \d+: loss term '\w+' is (nan|inf)", _train("pretrain", lambda w, tmp: {"lr": 1e30, "iterations": 6})),
     Case("adapt-init-other-network", "adapt", "--init checkpoint of deeplabv2_thin for a deeplabv2_tiny run",
@@ -302,6 +448,9 @@ CASES = [
     Case("adapt-init-malicious-pickle", "adapt", "--init pickle whose __reduce__ would run code",
          r"file://\S+/o/evil\.pt is not a readable dakd checkpoint",
          _train("adapt", lambda w, tmp: {"init": _malicious_checkpoint(tmp)})),
+    Case("adapt-init-nan-weights", "adapt", "--init checkpoint holding a NaN weight",
+         r"checkpoint file://\S+/o/nan\.pt holds non-finite values? in model\.\S+",
+         _train("adapt", lambda w, tmp: {"init": _nan_checkpoint(tmp)})),
     Case("distill-stale-cache", "distill", "teacher cache made by another teacher (sha256 mismatch)",
          r"teacher cache file://\S+/index\.parquet is stale",
          _train("distill", lambda w, tmp: {"teacher": make_checkpoint((tmp / "t2.pt").as_uri(), seed=9)})),
@@ -323,6 +472,24 @@ CASES = [
          r"student_fp32\.onnx", _onnx_case(b"this is not an onnx model", None)),
     Case("evaluate-onnx-sha256-mismatch", "evaluate", ".onnx whose bytes differ from export.json's sha256",
          r"sha256 mismatch for file://\S+/student_fp32\.onnx", _onnx_case(b"tampered bytes", "0" * 64)),
+    Case("evaluate-resolution-0x0", "evaluate", "--resolution 0x0",
+         r"field 'resolution\.0': Input should be greater than 0", _evaluate(resolution="0x0")),
+    Case("export-resolution-0x0", "export", "--resolution 0x0",
+         r"field 'resolution\.0': Input should be greater than 0", _export(resolution="0x0")),
+    Case("export-opset-999", "export", "--opset 999", r"field 'opset': Value error, opset 999 is newer than \d+",
+         _export(opset=999)),
+    Case("export-parity-all-void", "export", "--val-manifest whose every label pixel is void (255)",
+         r"parity manifest file://\S+/m/manifest\.parquet: every label pixel of its 2 rows is void",
+         lambda w, tmp: _export(val_manifest=_manifest(w, tmp, mutate=_void_labels), resolution="32x64")(w, tmp)),
+    # --- score
+    Case("score-prediction-id-19", "score", "prediction PNG with id 19 (one past the 19 classes)",
+         r"prediction \S+/pred/ulm_000000_000019\.png holds ids \[19\] outside the train ids",
+         _score(_pred_with(19))),
+    Case("score-prediction-id-200", "score", "prediction PNG with id 200",
+         r"prediction \S+/pred/ulm_000000_000019\.png holds ids \[200\]", _score(_pred_with(200))),
+    Case("score-ground-truth-unknown-id", "score", "ground-truth label id 40 outside the Cityscapes table",
+         r"ulm_000000_000019_gtFine_labelIds\.png", _score(lambda pred, gt: F.write_gray(
+             gt / "gtFine/val/ulm/ulm_000000_000019_gtFine_labelIds.png", _ids_with(40)))),
 ]
 
 

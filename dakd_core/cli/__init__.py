@@ -32,12 +32,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# sqlite errors of a tracking database the user cannot write (permissions, read-only mount).
+_UNWRITABLE_DB = ("attempt to write a readonly database", "unable to open database file")
+
+
+def _tracking_store_failure(e: BaseException) -> str | None:
+    """The message for an MLflow failure caused by an unwritable sqlite tracking database, else None.
+
+    MLflow raises its own MlflowException (wrapping sqlite's OperationalError) from inside the
+    stage's tracking block; that is the environment, not a bug, so it gets a named error and exit 2
+    like any DakdError instead of a traceback."""
+    if not type(e).__module__.startswith(("mlflow", "sqlalchemy")):  # only MLflow uses sqlalchemy here
+        return None
+    text = str(e)
+    reason = next((r for r in _UNWRITABLE_DB if r in text), None)
+    if reason is None:
+        return None
+    from dakd_core.tracking import tracking_uri
+
+    return (f"MLflow tracking database {tracking_uri()} cannot be written ({reason}): fix its permissions, "
+            "point MLFLOW_TRACKING_URI at a writable store, or pass --no-mlflow where the command has it")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except DakdError as e:
         print(f"dakd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        message = _tracking_store_failure(e)
+        if message is None:
+            raise  # a bug: keep the traceback
+        print(f"dakd {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

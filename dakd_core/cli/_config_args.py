@@ -33,7 +33,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StrictConfig
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(annotation) is tuple:
             args = typing.get_args(annotation)
-            parser.add_argument(flag, dest=name, nargs=len(args), type=args[0], default=None, help=help_text)
+            # Constrained elements (config.HW = tuple[PositiveInt, PositiveInt]) parse as their
+            # base type; the config then reports a bad value naming the field.
+            element = typing.get_args(args[0])[0] if typing.get_origin(args[0]) is typing.Annotated else args[0]
+            parser.add_argument(flag, dest=name, nargs=len(args), type=element, default=None, help=help_text)
         elif typing.get_origin(annotation) is Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text)
         else:

@@ -33,6 +33,7 @@ def run(args) -> int:
     from dakd_core.errors import ConfigError
     from dakd_core.evaluation.evaluate import EvalConfig
     from dakd_core.evaluation.evaluate import run as evaluate
+    from dakd_core.evaluation.report import pct
 
     hashes = None
     if args.sha256:
@@ -48,6 +49,7 @@ def run(args) -> int:
     )
     result = evaluate(cfg)
     for name, m in result.metrics["models"].items():
-        print(f"{name}: mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_accuracy']:.2f}")
+        print(f"{name}: mIoU {pct(m['miou'], 2)}  pixel acc {pct(m['pixel_accuracy'], 2)}"
+              + ("" if m["labelled_pixels"] else "  (no labelled pixel in the manifest: metrics undefined)"))
     print(f"metrics: {result.metrics_uri}\nreport:  {result.report_uri}")
     return 0

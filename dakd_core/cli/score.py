@@ -17,11 +17,12 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from dakd_core.config import build_config
     from dakd_core.evaluation.score import ScoreConfig
+    from dakd_core.evaluation.report import pct
     from dakd_core.evaluation.score import run as score
 
     cfg = build_config(ScoreConfig, pred=args.pred, gt=args.gt, gt_format=args.gt_format, split=args.split, out=args.out)
     result = score(cfg)
     m = result.metrics
-    print(f"mIoU {100 * m['miou']:.2f}  pixel acc {100 * m['pixel_accuracy']:.2f}  "
+    print(f"mIoU {pct(m['miou'], 2)}  pixel acc {pct(m['pixel_accuracy'], 2)}  "
           f"({m['num_samples']} images) -> {result.metrics_uri}")
     return 0

@@ -21,7 +21,9 @@ splits 'all' and 'train' mean every file.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -152,16 +154,43 @@ def _check_format(fmt: str) -> None:
         raise ConfigError(f"field 'format': unknown dataset format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
+def _unreadable_dir(err: OSError):
+    raise DataError(f"cannot read directory {err.filename}: {err.strerror or err}")
+
+
 def _image_files(layout: _Layout) -> tuple[list[Path], list[Path]]:
-    """Image files (relative to image_dir) exactly `depth` folders down, and those at other depths."""
-    found, misplaced = [], []
+    """Image files (relative to image_dir) exactly `depth` folders down, and those at other depths.
+
+    os.walk, not Path.rglob: rglob skips a directory it cannot read without a word, which would
+    ingest part of a split. A directory with an image's name is where an image file belongs: an
+    error, not something to step over."""
+    found, misplaced, not_files = [], [], []
     dirs = layout.scan_dirs(layout.image_dir) if layout.scan_dirs else [layout.image_dir]
     for top in dirs:
-        for path in top.rglob("*"):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                rel = path.relative_to(layout.image_dir)
-                (found if len(rel.parts) == layout.depth + 1 else misplaced).append(rel)
+        for dirpath, dirnames, filenames in os.walk(top, onerror=_unreadable_dir):
+            not_files += [Path(dirpath) / d for d in dirnames if Path(d).suffix.lower() in IMAGE_SUFFIXES]
+            for name in filenames:
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    rel = (Path(dirpath) / name).relative_to(layout.image_dir)
+                    (found if len(rel.parts) == layout.depth + 1 else misplaced).append(rel)
+    if not_files:
+        raise DataError(f"{len(not_files)} image path(s) under {layout.image_dir} are directories, "
+                        f"not files: {_listing(sorted(not_files))}")
     return sorted(found), sorted(misplaced)
+
+
+def _label_exists(path: Path) -> bool:
+    """True for a label file, False when nothing is there; DataError for a directory in its place
+    or a folder that cannot be searched (is_file() would raise PermissionError, or say False)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise DataError(f"cannot read label {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"label {path} is a directory, not a file")
+    return True
 
 
 def _listing(paths: list) -> str:
@@ -201,9 +230,10 @@ def discover(
 ) -> list[Sample]:
     """Samples of `split` under `root` in the format's layout, sorted by sample id.
 
-    Errors (DataError naming the path): missing root or image folder, no images, files breaking
-    the naming convention, duplicate ids, split-list entries without an image, and - with
-    require_labels - images whose label file is missing.
+    Errors (DataError naming the path): missing root or image folder, unreadable folders, no
+    images, files breaking the naming convention, directories named like an image or a label,
+    duplicate ids, split-list entries without an image, and - with require_labels - images whose
+    label file is missing.
     """
     _check_format(fmt)
     root = Path(root)
@@ -242,7 +272,7 @@ def discover(
     if dupes:
         raise DataError(f"duplicate sample ids under {layout.image_dir}: {_listing(dupes)}")
     samples = [
-        Sample(c.sample_id, c.image_path, c.label_path if c.label_path.is_file() else None, c.condition)
+        Sample(c.sample_id, c.image_path, c.label_path if _label_exists(c.label_path) else None, c.condition)
         for c in candidates
     ]
     if require_labels:

@@ -7,9 +7,11 @@
 
 Every sample is checked (decodable, complete, label present and of the image's size, ids in the
 format's table); any failure fails the run with a message naming the files and no manifest is
-written. Re-running skips samples whose source image hash matches the previous manifest's row
-and whose objects still exist. Samples are processed by a pool of threads (OpenCV and zlib release
-the GIL; measured faster than processes, see benchmarks/bench_ingest.py) or processes.
+written. A labelled split whose every label pixel is void (255) is refused: nothing could be
+trained or scored on it. Re-running skips samples whose source image hash matches the previous
+manifest's row and whose objects still exist. Samples are processed by a pool of threads (OpenCV
+and zlib release the GIL; measured faster than processes, see benchmarks/bench_ingest.py) or
+processes.
 """
 
 from __future__ import annotations
@@ -291,6 +293,15 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         raise DataError(_failure_message(cfg, failed, len(outcomes)))
     rows = [o.row for o in outcomes]
     summary = class_summary(rows)
+    if summary["labelled_samples"] and summary["ignored_pixels"] == summary["total_pixels"]:
+        # Training on it gives an all-ignored loss (0, nothing learnt) and scoring gives no mIoU at
+        # all; most likely the ids are of another format or unknown_ids=ignore swallowed them.
+        swallowed = " (ignore maps unknown ids to 255)" if cfg.unknown_ids == "ignore" else ""
+        raise DataError(
+            f"every label pixel of {cfg.format} split '{cfg.split}' from {cfg.root} is void (255) in all "
+            f"{summary['labelled_samples']} labels, no manifest written: check --format (ids of another "
+            f"dataset?) and field 'unknown_ids'{swallowed}"
+        )
     unknown_pixels = sum(o.unknown_pixels for o in outcomes)
     summary_uri = dataset.put_bytes(
         SUMMARY_NAME, json.dumps({**summary, "format": cfg.format, "domain": cfg.domain}, indent=2).encode()

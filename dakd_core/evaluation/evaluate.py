@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from dakd_core.config import StrictConfig
+from dakd_core.config import HW, StrictConfig
 from dakd_core.errors import ConfigError, DataError
 from dakd_core.evaluation import plots
 from dakd_core.evaluation.inference import load_predictor, no_progress, predict_logits, resolve_device, sha256_hex
@@ -37,9 +37,9 @@ class EvalConfig(StrictConfig):
     models: list[str] = Field(min_length=1, description="model URIs, optionally 'display name=URI'")
     manifest: str = Field(description="manifest.parquet URI of the evaluation split")
     out: str = Field(description="directory or store URI receiving metrics.json, report.md, plots/")
-    resolution: tuple[int, int] | None = Field(None, description="inference (H, W); None: native")
-    window: tuple[int, int] | None = Field(None, description="sliding-window tile (H, W); None: whole image")
-    stride: tuple[int, int] | None = Field(None, description="sliding-window step (H, W); default half a tile")
+    resolution: HW | None = Field(None, description="inference (H, W); None: native")
+    window: HW | None = Field(None, description="sliding-window tile (H, W); None: whole image")
+    stride: HW | None = Field(None, description="sliding-window step (H, W); default half a tile")
     device: str = "auto"
     amp: bool = True
     table_classes: int = Field(19, description="columns of the paper table: 19, or 16/13 for SYNTHIA sources")

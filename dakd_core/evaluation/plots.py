@@ -84,7 +84,9 @@ def reliability_diagram(reliability: dict[str, dict]) -> Figure:
         conf = np.array([np.nan if v is None else v for v in rel["confidence"]], dtype=float)
         acc = np.array([np.nan if v is None else v for v in rel["accuracy"]], dtype=float)
         keep = ~np.isnan(conf)
-        ax.plot(conf[keep], acc[keep], "o-", label=f"{model} (ECE {100 * rel['ece']:.1f}%)")
+        # ECE is None (and every bin empty) when the labels hold no valid pixel, e.g. all void.
+        ece = "n/a, no labelled pixels" if rel["ece"] is None else f"{100 * rel['ece']:.1f}%"
+        ax.plot(conf[keep], acc[keep], "o-", label=f"{model} (ECE {ece})")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

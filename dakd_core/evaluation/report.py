@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def pct(v: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage; "-" for None (undefined: e.g. no labelled pixel)."""
+    return "-" if v is None else f"{100 * v:.{digits}f}"
 
 
 def results_table(models: dict[str, dict], class_names: Sequence[str], miou_key: str = "miou") -> str:
@@ -17,8 +18,8 @@ def results_table(models: dict[str, dict], class_names: Sequence[str], miou_key:
     header = ["model", "mIoU", *class_names, "pixel acc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in models.items():
-        cells = [name, _pct(m[miou_key]), *(_pct(m["per_class_iou"][c]) for c in class_names)]
-        cells.append(_pct(m["pixel_accuracy"]))
+        cells = [name, pct(m[miou_key]), *(pct(m["per_class_iou"][c]) for c in class_names)]
+        cells.append(pct(m["pixel_accuracy"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -34,13 +35,13 @@ def summary_table(models: dict[str, dict]) -> str:
             + " | ".join(
                 [
                     name,
-                    _pct(m["miou"]),
-                    _pct(m.get("miou_16")),
-                    _pct(m.get("miou_13")),
-                    _pct(m["pixel_accuracy"]),
-                    _pct(m["mean_class_accuracy"]),
-                    _pct(m.get("ece")),
-                    _pct(m.get("mean_auprc")),
+                    pct(m["miou"]),
+                    pct(m.get("miou_16")),
+                    pct(m.get("miou_13")),
+                    pct(m["pixel_accuracy"]),
+                    pct(m["mean_class_accuracy"]),
+                    pct(m.get("ece")),
+                    pct(m.get("mean_auprc")),
                     "-" if speed is None else f"{speed:.2f}",
                 ]
             )
@@ -57,7 +58,7 @@ def condition_table(models: dict[str, dict]) -> str | None:
     lines = ["| model | " + " | ".join(conditions) + " |", "|" + "---|" * (len(conditions) + 1)]
     for name, m in models.items():
         per = m.get("per_condition", {})
-        lines.append(f"| {name} | " + " | ".join(_pct(per.get(c, {}).get("miou")) for c in conditions) + " |")
+        lines.append(f"| {name} | " + " | ".join(pct(per.get(c, {}).get("miou")) for c in conditions) + " |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 """`dakd score`: score prediction PNGs against a dataset tree's ground truth.
 
 Predictions are single-channel 8-bit PNGs of train ids, one `<sample_id>.png` per labelled sample
-of the split (sample ids as `dakd_core.data.formats.discover` defines them). Pixels predicted
-outside the 19 classes (e.g. 255) count as misses, as the official Cityscapes script counts
-ignored label ids. The metric code is `metrics.SegmentationMetrics`, the same as `dakd evaluate`.
+of the split (sample ids as `dakd_core.data.formats.discover` defines them); any id other than
+0..18 and 255 is refused (DataError naming the file), as are ground-truth ids outside the format's
+table. Pixels predicted 255 count as misses, as the official Cityscapes script counts ignored
+label ids. The metric code is `metrics.SegmentationMetrics`, the same as `dakd evaluate`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def class_subsets() -> dict[str, list[int]]:
     return {"16": list(SYNTHIA_16), "13": list(SYNTHIA_13)}
 
 
+def check_train_ids(ids, what: str) -> None:
+    """DataError naming `what` unless every pixel is a train id 0..18 or 255 (ignore).
+
+    Any other value is not a class: counted as a miss, a map written in the wrong id space (raw
+    Cityscapes ids, colour indices) would still give a plausible-looking, wrong mIoU."""
+    import numpy as np
+
+    from dakd_core.labels import IGNORE_INDEX, NUM_CLASSES
+
+    bad = np.unique(ids[(ids >= NUM_CLASSES) & (ids != IGNORE_INDEX)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise DataError(f"{what} holds ids [{shown}] outside the train ids 0..{NUM_CLASSES - 1} and "
+                        f"{IGNORE_INDEX} (ignore): not a train-id map")
+
+
 def run(cfg: ScoreConfig) -> ScoreResult:
     from dakd_core.data.formats import discover, read_label
     from dakd_core.data.imageio import decode_label
@@ -63,6 +80,7 @@ def run(cfg: ScoreConfig) -> ScoreResult:
         except StoreError:
             raise DataError(f"missing prediction {pred_store.url(key)} for sample {sample.sample_id}") from None
         pred = decode_label(data, pred_store.url(key))
+        check_train_ids(pred, f"prediction {pred_store.url(key)}")
         gt = read_label(sample.label_path, cfg.gt_format)
         if pred.shape != gt.shape:
             raise DataError(

@@ -4,7 +4,8 @@ Format (docs/ARCHITECTURE.md):
     {"format": "dakd-checkpoint/1", "model_name": str, "num_classes": int,
      "model": state_dict, "step": int, "config": dict, ...extra plain entries}
 Only tensors, numbers, strings, bools, None, lists/tuples and str-keyed dicts are allowed, so
-`torch.load(weights_only=True)` can read it back without executing pickled code.
+`torch.load(weights_only=True)` can read it back without executing pickled code; tensors must be
+finite (a NaN/inf checkpoint is refused, nothing is written).
 """
 
 from __future__ import annotations
@@ -39,7 +40,28 @@ def make_payload(model: nn.Module, step: int = 0, config: dict | None = None, **
     }
 
 
+def _nonfinite(tensor: torch.Tensor) -> int:
+    """How many NaN/inf values a tensor holds (0 for integer and bool tensors)."""
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return 0
+    finite = torch.isfinite(tensor)
+    return 0 if bool(finite.all()) else tensor.numel() - int(finite.sum())
+
+
 def _check_plain(value: Any, where: str) -> None:
+    """Refuse what `weights_only=True` could not load back, and non-finite tensors.
+
+    A NaN/inf weight saved as `last.pt` would make the NaN guard's "last good checkpoint" a bad
+    one, and a resume or a later stage would start from it; refusing it here keeps every stored
+    checkpoint finite whichever loop (or helper) writes it.
+    """
+    if isinstance(value, torch.Tensor):
+        bad = _nonfinite(value)
+        if bad:
+            raise TrainingError(
+                f"checkpoint entry {where} holds {bad} non-finite value(s) (NaN/inf) of {value.numel()}"
+            )
+        return
     if isinstance(value, _PLAIN_SCALARS):
         return
     if isinstance(value, (list, tuple)):
@@ -68,7 +90,12 @@ def save_checkpoint(target, payload: dict, key: str | None = None) -> str:
         raise TrainingError(f"checkpoint payload lacks {missing}")
     if payload["format"] != FORMAT:
         raise TrainingError(f"checkpoint payload format is {payload['format']!r}, expected {FORMAT!r}")
-    _check_plain(payload, "payload")
+    try:
+        _check_plain(payload, "payload")
+    except TrainingError as e:
+        where = target.url(key) if hasattr(target, "url") and key is not None else str(target)
+        raise TrainingError(f"refusing to save checkpoint {where} (step {payload.get('step')}), nothing "
+                            f"written: {e}") from None
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     if hasattr(target, "put_bytes"):
@@ -94,6 +121,13 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise DataError(f"checkpoint {uri} lacks {missing}")
+    # save_checkpoint never writes NaN/inf weights; a file that has them (an older dakd, another
+    # tool) would only surface as a NaN loss at step 1 with nothing pointing at the file.
+    for name, tensor in payload["model"].items() if isinstance(payload["model"], dict) else ():
+        bad = _nonfinite(tensor) if isinstance(tensor, torch.Tensor) else 0
+        if bad:
+            raise DataError(f"checkpoint {uri} holds non-finite values in model.{name} ({bad} NaN/inf of "
+                            f"{tensor.numel()}): refusing to start from it")
     return payload
 
 

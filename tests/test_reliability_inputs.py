@@ -1,0 +1,413 @@
+"""Reliability, second round (issue 16): the checks behind the bad-input corpus that are not one
+CLI call each - every float field of every config, checkpoint finiteness, image signatures and
+header sizes, unprivileged processes (unreadable directories, a read-only tracking database) and
+all-void label splits.
+
+The CLI cases themselves live in tests/test_reliability_bad_inputs.py (and docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fixtures_datasets as F
+
+from _distill_data import H, W, make_checkpoint, make_split
+from dakd_core.cli import main
+from dakd_core.config import StrictConfig, build_config, load_yaml
+from dakd_core.data.imageio import MAX_PIXELS, decode_image, decode_label, encode_png, jpeg_size
+from dakd_core.data.ingest import IngestConfig, run_ingest
+from dakd_core.data.manifest import read_manifest
+from dakd_core.errors import ConfigError, DataError, TrainingError
+from dakd_core.storage import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_MODULES = ("dakd_core.train.configs", "dakd_core.train.distill_config", "dakd_core.cache",
+                  "dakd_core.data.ingest", "dakd_core.data.synth", "dakd_core.evaluation.evaluate",
+                  "dakd_core.evaluation.score", "dakd_core.export", "dakd_core.registry",
+                  "dakd_core.orchestration.params")
+
+
+# ----------------------------------------------------------------------------- 1. configs
+
+
+def _all_configs() -> list[type[StrictConfig]]:
+    import importlib
+
+    for name in CONFIG_MODULES:
+        importlib.import_module(name)
+    found, todo = [], [StrictConfig]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def _float_slots(annotation) -> list[tuple[object, str]]:
+    """(tuple index or None, error loc suffix) for each float inside a field's annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is float:
+        return [(None, "")]
+    if origin in (typing.Union, types.UnionType):
+        return [slot for a in args if a is not type(None) for slot in _float_slots(a)]
+    if origin is tuple and float in args:
+        return [(i, f".{i}") for i, a in enumerate(args) if a is float]
+    return []
+
+
+def _float_fields():
+    for cls in _all_configs():
+        for name, info in cls.model_fields.items():
+            for index, suffix in _float_slots(info.annotation):
+                yield cls, name, index, suffix
+
+
+FLOAT_FIELDS = list(_float_fields())
+
+
+def test_the_float_field_list_covers_the_training_and_pipeline_configs():
+    names = {(cls.__name__, name) for cls, name, _, _ in FLOAT_FIELDS}
+    assert {("PretrainConfig", "lr"), ("AdaptConfig", "d_betas"), ("DistillConfig", "temperature"),
+            ("PipelineParams", "lr"), ("ExportConfig", "max_miou_delta"), ("AdaptConfig", "sfda_tau")} <= names
+    assert len(FLOAT_FIELDS) >= 90  # 93 slots today; guards the introspection against finding nothing
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_every_float_field_of_every_config_refuses_non_finite_values(bad):
+    accepted = []
+    for cls, name, index, suffix in FLOAT_FIELDS:
+        default = cls.model_fields[name].default
+        if index is None:
+            value = bad
+        else:  # the default tuple with one element replaced
+            value = list(default) if isinstance(default, tuple) else [0.5] * (index + 1)
+            value[index] = bad
+        try:
+            build_config(cls, **{name: value})
+        except ConfigError as e:
+            # Other required fields are missing too: the message must still name this one.
+            if f"field '{name}{suffix}': Input should be a finite number" not in str(e):
+                accepted.append(f"{cls.__name__}.{name}{suffix}: {str(e)[:300]}")
+        else:
+            accepted.append(f"{cls.__name__}.{name}{suffix} accepted {bad}")
+    assert not accepted, "\n".join(accepted)
+
+
+@pytest.mark.parametrize("text,field", [
+    ("params:\n  lr: .inf\n", "params.lr"),
+    ("params:\n  temperature: .nan\n", "params.temperature"),
+    ("params:\n  lambda_kl: -.inf\n", "params.lambda_kl"),
+])
+def test_pipeline_run_config_refuses_non_finite_params(tmp_path, text, field):
+    from dakd_core.orchestration.params import load_params, load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"field '{field}': Input should be a finite number"):
+        load_run_config(str(path))
+    inner = tmp_path / "params.yaml"
+    inner.write_text(text.replace("params:\n  ", ""))
+    with pytest.raises(ConfigError, match=rf"field '{field.split('.')[1]}': Input should be a finite number"):
+        load_params(str(inner))
+
+
+def test_assignment_is_checked_too():
+    from pydantic import ValidationError
+
+    from dakd_core.train.configs import PretrainConfig
+
+    cfg = build_config(PretrainConfig, source_manifest="file:///m", out="file:///o")
+    with pytest.raises(ValidationError, match="finite number"):
+        cfg.lr = float("inf")
+    assert cfg.lr == 2.5e-4
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lr: 0.1\nlr: 0.2\n", r"duplicate key 'lr' \(lines 1 and 2\)"),
+    ("{lr: 0.1, lr: 0.2}\n", r"duplicate key 'lr' \(lines 1 and 1\)"),
+    ("params:\n  lr: 0.1\n  seed: 1\n  lr: 0.3\nlocal: {}\n", r"duplicate key 'lr' \(lines 2 and 4\)"),
+    ("params: {}\nlocal: {}\nparams: {}\n", r"duplicate key 'params' \(lines 1 and 3\)"),
+])
+def test_duplicate_yaml_keys_name_the_key_and_the_file(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"config file {path}: {message}"):
+        load_yaml(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 0.1, seed: 1}\nrun:\n  <<: *b\n  lr: 0.5\n")
+    assert load_yaml(path)["run"] == {"lr": 0.5, "seed": 1}
+
+
+def test_config_file_that_is_binary_a_directory_or_missing(tmp_path):
+    from dakd_core.train.configs import PretrainConfig
+
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00\x01" * 8)
+    with pytest.raises(ConfigError, match=rf"config file {binary} is not a YAML text file: byte 4 \(0xff\)"):
+        build_config(PretrainConfig, binary)
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a directory"):
+        build_config(PretrainConfig, tmp_path)
+    with pytest.raises(ConfigError, match=rf"config file not found: {tmp_path / 'nope.yaml'}"):
+        build_config(PretrainConfig, tmp_path / "nope.yaml")
+
+
+def test_generated_flags_parse_constrained_size_tuples():
+    import argparse
+
+    from dakd_core.cli._config_args import add_config_arguments, config_from_args
+    from dakd_core.config import HW
+
+    class Sized(StrictConfig):
+        size: HW = (4, 8)
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Sized)
+    assert config_from_args(Sized, parser.parse_args(["--size", "3", "5"])).size == (3, 5)
+    with pytest.raises(ConfigError, match=r"field 'size\.1': Input should be greater than 0"):
+        config_from_args(Sized, parser.parse_args(["--size", "3", "0"]))
+
+
+# ----------------------------------------------------------------------------- 2. checkpoints
+
+
+def _tiny_payload(step=3):
+    from dakd_core.models import create_model
+    from dakd_core.models.checkpoint import make_payload
+
+    torch.manual_seed(0)
+    return make_payload(create_model("deeplabv2_tiny", num_classes=19), step=step)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_save_checkpoint_refuses_non_finite_weights_and_keeps_the_last_good_one(tmp_path, bad):
+    from dakd_core.models.checkpoint import load_checkpoint, save_checkpoint
+
+    store = open_store(tmp_path.as_uri())
+    good = save_checkpoint(store, _tiny_payload(step=1), "last.pt")
+    before = (tmp_path / "last.pt").read_bytes()
+    payload = _tiny_payload(step=2)
+    name = [k for k, v in payload["model"].items() if v.is_floating_point()][-1]
+    payload["model"][name].view(-1)[:2] = bad
+    with pytest.raises(TrainingError, match=rf"refusing to save checkpoint {good} \(step 2\), nothing written: "
+                                            rf"checkpoint entry payload\.model\.{name} holds 2 non-finite"):
+        save_checkpoint(store, payload, "last.pt")
+    assert (tmp_path / "last.pt").read_bytes() == before  # the last good checkpoint is kept
+    with pytest.raises(TrainingError, match=r"step_2\.pt \(step 2\)"):
+        save_checkpoint((tmp_path / "step_2.pt").as_uri(), payload)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left either
+    assert load_checkpoint(good)["step"] == 1
+
+
+def test_save_checkpoint_checks_every_tensor_entry_but_not_integer_ones(tmp_path):
+    from dakd_core.models.checkpoint import save_checkpoint
+
+    payload = _tiny_payload()
+    payload["discriminator"] = {"w": torch.tensor([1.0, float("inf")])}
+    with pytest.raises(TrainingError, match=r"payload\.discriminator\.w holds 1 non-finite"):
+        save_checkpoint((tmp_path / "d.pt").as_uri(), payload)
+    payload["discriminator"] = {"w": torch.ones(2)}
+    payload["rng"] = torch.randint(0, 255, (8,), dtype=torch.uint8)
+    payload["best_metric"] = float("nan")  # a plain float (no selection yet) is not a weight
+    save_checkpoint((tmp_path / "d.pt").as_uri(), payload)
+    assert (tmp_path / "d.pt").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- 4. images and labels
+
+
+def _png_header(width, height, colour_type=2) -> bytes:
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+def _jpeg_declaring(width, height) -> bytes:
+    """A real JPEG whose SOF0 size fields are rewritten."""
+    import cv2
+
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_signature_must_match_the_name():
+    import cv2
+
+    rgb = F.random_rgb(np.random.default_rng(3))
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    png = encode_png(rgb)
+    assert decode_image(jpeg, "a.jpg").shape == decode_image(png, "a.png").shape == (32, 64, 3)
+    assert decode_image(jpeg, "shard.bin#x/image").shape == (32, 64, 3)  # no extension: no name check
+    with pytest.raises(DataError, match=r"a\.png: JPEG bytes under a \.png name"):
+        decode_image(jpeg, "a.png")
+    with pytest.raises(DataError, match=r"s3://b/a\.JPEG: PNG bytes under a \.JPEG name"):
+        decode_image(png, "s3://b/a.JPEG")
+    with pytest.raises(DataError, match=r"x\.png: not a decodable image \(neither a PNG nor a JPEG"):
+        decode_image(cv2.imencode(".bmp", rgb)[1].tobytes(), "x.png")
+    ids = np.zeros((32, 64), np.uint8)
+    with pytest.raises(DataError, match=r"l\.jpg: JPEG label; labels must be lossless PNG"):
+        decode_label(cv2.imencode(".jpg", ids)[1].tobytes(), "l.jpg")
+    with pytest.raises(DataError, match=r"l\.png: JPEG bytes under a \.png name"):
+        decode_label(cv2.imencode(".jpg", ids)[1].tobytes(), "l.png")
+
+
+@pytest.mark.parametrize("data,pattern", [
+    (_png_header(100000, 100000), r"header declares 100000x100000 pixels \(10000 Mpx\)"),
+    (_png_header(100000, 100000, colour_type=3), r"header declares 100000x100000 pixels"),  # palette: Pillow
+    (_png_header(0, 5), r"header declares an empty 0x5 image"),
+    (_jpeg_declaring(65535, 65535), r"header declares 65535x65535 pixels"),
+])
+def test_oversized_or_empty_headers_are_refused_before_decoding(data, pattern):
+    for decode in (decode_image, decode_label):
+        if decode is decode_label and data[:2] == b"\xff\xd8":
+            continue  # a JPEG label is refused for being JPEG
+        with pytest.raises(DataError, match=pattern):
+            decode(data, "big" if data[:2] == b"\xff\xd8" else "big.png")
+
+
+def test_jpeg_size_reads_the_frame_header():
+    assert jpeg_size(_jpeg_declaring(640, 480)) == (640, 480)
+    assert jpeg_size(b"\xff\xd8\xff\xd9") is None
+    assert MAX_PIXELS >= 8192 * 8192  # large real photos (Mapillary ~ 5000x4000) stay accepted
+
+
+def test_a_directory_named_like_an_image_is_an_error_not_skipped(tmp_path):
+    from dakd_core.data.formats import discover
+
+    F.write_gta5(tmp_path, n=2)
+    (tmp_path / "images" / "00003.png").mkdir()
+    with pytest.raises(DataError, match=r"1 image path\(s\) under \S+images are directories, not files: \S+00003\.png"):
+        discover("gta5", tmp_path, "all")
+
+
+# ----------------------------------------------------------------------------- 8. unprivileged
+
+
+def _unprivileged(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`dakd argv` in a process that file permissions apply to: as root, without the capabilities
+    that bypass them (CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH), else as the current user."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions would not apply")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAKD_NO_PROGRESS": "1", **env}
+    return subprocess.run([*prefix, sys.executable, "-m", "dakd_core", *argv], env=env, capture_output=True,
+                          text=True, timeout=1800)  # minutes only on a starved machine; seconds usually
+
+
+@pytest.mark.parametrize("folder,message", [
+    ("gtFine/train/ulm", "cannot read label {path}/ulm_000000_000019_gtFine_labelIds.png: Permission denied"),
+    # Path.rglob skipped such a folder silently: half a split would have been ingested.
+    ("leftImg8bit/train/ulm", "cannot read directory {path}: Permission denied"),
+], ids=["label-directory", "image-directory"])
+def test_unreadable_dataset_directory_is_a_named_error_exit_2(tmp_path, file_store, folder, message):
+    F.write_cityscapes(tmp_path / "cs", split="train", cities=("bonn", "ulm"), per_city=1)
+    path = tmp_path / "cs" / folder
+    path.chmod(0)
+    try:
+        result = _unprivileged(["ingest", "--format", "cityscapes", "--root", str(tmp_path / "cs"), "--split",
+                                "train", "--domain", "source", "--store", file_store, "--name", "ds"], {})
+    finally:
+        path.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "dakd ingest: error: " + message.format(path=path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store" / "datasets").exists()
+
+
+def test_read_only_tracking_database_file_is_a_named_error_exit_2(tmp_path, mlflow_uri):
+    store = tmp_path.as_uri()
+    src = make_split(store, "src", "source", 2, seed=1)
+    db = Path(mlflow_uri[len("sqlite:///"):])
+    db.chmod(0o444)
+    out = tmp_path / "run"
+    argv = ["pretrain", "--model", "deeplabv2_tiny", "--source-manifest", src, "--out", out.as_uri(), "--crop",
+            str(H), str(W), "--source-resize", str(H), str(W), "--batch-size", "2", "--num-workers", "0",
+            "--iterations", "1", "--device", "cpu"]
+    try:
+        result = _unprivileged(argv, {"MLFLOW_TRACKING_URI": mlflow_uri})
+    finally:
+        db.chmod(0o644)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"dakd pretrain: error: MLflow tracking database {mlflow_uri} cannot be written "
+            "(attempt to write a readonly database)") in result.stderr
+    assert not (out / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------- 9. all-void labels
+
+
+def _ingest_cfg(root, store, **kw):
+    return build_config(IngestConfig, format="cityscapes", root=str(root), split="train", domain="source",
+                        store=store, name="ds", **kw)
+
+
+def _void_manifest(file_store) -> str:
+    """A labelled manifest whose every label pixel is 255 (as an older ingest could write)."""
+    uri = make_split(file_store, "void", "target", 2, seed=3)
+    store = open_store(file_store)
+    for row in read_manifest(uri):
+        store.put_bytes(row["label_uri"][len(file_store) + 1:], encode_png(np.full((H, W), 255, np.uint8)))
+    return uri
+
+
+def test_evaluate_on_all_void_labels_reports_undefined_metrics_without_crashing(tmp_path, file_store, capsys,
+                                                                                mlflow_uri):
+    manifest = _void_manifest(file_store)
+    model = make_checkpoint((tmp_path / "m.pt").as_uri(), seed=0)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", f"student={model}", "--manifest", manifest, "--out", str(out),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "student: mIoU -  pixel acc -  (no labelled pixel in the manifest: metrics undefined)" in printed
+    metrics = json.loads((out / "metrics.json").read_text())["models"]["student"]
+    assert metrics["labelled_pixels"] == 0 and metrics["miou"] is None and metrics["ece"] is None
+    assert metrics["reliability"]["count"] == [0] * 15
+    assert (out / "plots" / "reliability.png").stat().st_size > 0
+    assert "| student | - |" in (out / "report.md").read_text()
+
+
+def test_score_on_all_void_ground_truth_prints_undefined_metrics(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    ids = F.write_cityscapes(gt, split="val", cities=("ulm",), per_city=1)
+    for sid in ids:
+        F.write_gray(gt / f"gtFine/val/ulm/{sid}_gtFine_labelIds.png", np.zeros((32, 64), np.uint8))  # unlabeled
+        F.write_gray(tmp_path / "pred" / f"{sid}.png", np.zeros((32, 64), np.uint8))
+    assert main(["score", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--gt-format", "cityscapes",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "mIoU -  pixel acc -  (1 images)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["miou"] is None
+
+
+def test_ingest_refuses_an_all_void_split_but_not_a_partly_void_one(tmp_path, file_store):
+    F.write_cityscapes(tmp_path / "cs", split="train", cities=("ulm",), per_city=2)
+    labels = sorted((tmp_path / "cs/gtFine/train/ulm").glob("*_labelIds.png"))
+    F.write_gray(labels[0], np.zeros((32, 64), np.uint8))  # one all-void image is fine
+    assert run_ingest(_ingest_cfg(tmp_path / "cs", file_store)).num_samples == 2
+    F.write_gray(labels[1], np.full((32, 64), 50, np.uint8))  # unknown ids, mapped to 255 by 'ignore'
+    with pytest.raises(DataError, match=r"every label pixel .* is void \(255\) in all 2 labels, no manifest "
+                                        r"written: .*field 'unknown_ids' \(ignore maps unknown ids to 255\)"):
+        run_ingest(_ingest_cfg(tmp_path / "cs", file_store + "2", unknown_ids="ignore"))
+    assert not open_store(file_store + "2").exists("datasets/ds/train/manifest.parquet")
