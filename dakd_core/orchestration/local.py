@@ -102,6 +102,11 @@ def _local_env(tracking_uri: str) -> dict[str, str]:
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
         "DAKD_SYSTEM_METRICS": os.environ.get("DAKD_SYSTEM_METRICS", "0"),
         "DAKD_LOCAL_RUN": "1",  # read by pipelines/dakd_pipeline.py: no retries locally
+        # kfp.local runs independent tasks and the cache shards side by side: with OpenMP's default
+        # spin-waiting, N two-thread torch processes on two cores slowed a forward 4-6x (measured:
+        # 3 processes, swiftnet_thin batch 8, 0.32-0.58 s spinning vs 0.08-0.10 s passive; one
+        # process alone: 0.056 s active vs 0.044 s passive). Threads that wait sleep instead.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
 
 
