@@ -13,6 +13,10 @@ Layout under `{store}/teacher_cache/{NAME}/`:
     shards/shard_{k:05d}.parquet   that shard's index rows, written after its .bin (= shard complete)
     index.parquet                  all shard indices merged; published last, only when all exist
 
+Every index row carries its shard's sha256 (`shard_sha256`), checked when the reader fetches the
+shard: a flipped bit in a stored shard is a DataError naming it, not a silently wrong target.
+Shard keys are checked to stay under the cache's folder (no '..', absolute or scheme-qualified keys).
+
 Sharding lets a pipeline fan out (`shard i/n` processes the shards k with k % n == i) and makes the
 work resumable: a rerun skips every shard whose index exists and matches this run's fingerprint
 (teacher checkpoint sha256, manifest sha256s, dtype, size, shard size). Every index row carries the
@@ -45,7 +49,9 @@ from tqdm import tqdm
 from dakd_core.config import StrictConfig
 from dakd_core.errors import ConfigError, DataError, StoreError
 
-CACHE_FORMAT = "dakd-teacher-cache/1"
+# /2: shard checksums in the index (the format is part of every shard's fingerprint, so a resumed
+# /1 cache is recomputed rather than mixed).
+CACHE_FORMAT = "dakd-teacher-cache/2"
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -67,6 +73,7 @@ INDEX_SCHEMA = pa.schema(
         ("manifest_sha256", pa.string()),
         ("image_sha256", pa.string()),
         ("fingerprint", pa.string()),
+        ("shard_sha256", pa.string()),  # sha256 of the whole shard object the row points into
     ]
 )
 
@@ -361,6 +368,9 @@ def _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_s
             )
             for s in segs:
                 blob += s
+    digest = hashlib.sha256(blob).hexdigest()
+    for row in index_rows:
+        row["shard_sha256"] = digest
     # The shard's index is written after its data: an index that exists points at complete data.
     store.put_bytes(shard_key(k), bytes(blob))
     store.put_bytes(shard_index_key(k), _table_bytes(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)))
@@ -381,6 +391,26 @@ def _publish_index(store, num_shards_total: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Reader
+
+
+def _shard_checksums(rows, index_uri: str) -> dict[str, str]:
+    """{shard key: sha256} from the index rows; DataError naming the index when a key would leave
+    the cache's folder or one shard is given two checksums."""
+    from dakd_core.storage import check_key
+
+    sums: dict[str, str] = {}
+    for r in rows:
+        key = r["shard_key"]
+        try:
+            check_key(key)  # no '..', absolute or scheme-qualified keys: reads stay under the cache
+        except StoreError as e:
+            raise DataError(f"teacher cache index {index_uri}: sample {r['sample_id']!r} has shard_key "
+                            f"{key!r} outside the cache folder: {e}") from None
+        sha = r["shard_sha256"]
+        if not sha or sums.setdefault(key, sha) != sha:
+            raise DataError(f"teacher cache index {index_uri}: shard {key!r} has no single sha256 "
+                            f"(sample {r['sample_id']!r}: {sha!r}, other samples: {sums.get(key)!r})")
+    return sums
 
 
 def _remove_local_dir(path: str, owner_pid: int) -> None:
@@ -406,10 +436,12 @@ class TeacherCache:
             raise DataError(f"teacher cache index {index_uri} is not a valid Parquet file: {e}") from None
         missing = set(INDEX_SCHEMA.names) - set(table.schema.names)
         if missing:
-            raise DataError(f"teacher cache index {index_uri} lacks columns {sorted(missing)}")
+            raise DataError(f"teacher cache index {index_uri} lacks columns {sorted(missing)} "
+                            f"(not a {CACHE_FORMAT} cache: rebuild it with dakd cache-teacher)")
         self._rows = {r["sample_id"]: r for r in table.to_pylist()}
         if not self._rows:
             raise DataError(f"teacher cache index {index_uri} is empty")
+        self._shard_sha256 = _shard_checksums(self._rows.values(), index_uri)
         self.root = index_uri.rsplit("/", 1)[0]
         self.teacher_sha256s = {r["teacher_sha256"] for r in self._rows.values()}
         self._local_dir = local_dir
@@ -460,6 +492,12 @@ class TeacherCache:
             from dakd_core.storage import read_bytes
 
             data = read_bytes(f"{self.root}/{key}")
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != self._shard_sha256[key]:
+                raise DataError(
+                    f"teacher cache shard {self.root}/{key} is corrupt: sha256 {actual}, but index "
+                    f"{self.index_uri} recorded {self._shard_sha256[key]} (rebuild the cache)"
+                )
             # A /tmp cleaner (or a finished sibling reader) may have removed the folder: recreate it.
             path.parent.mkdir(parents=True, exist_ok=True)
             # Temp name + rename: concurrent DataLoader workers never read a half-written shard.

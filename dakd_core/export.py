@@ -186,10 +186,8 @@ def parity_on_manifest(
     reference, candidate, manifest_uri: str, resolution: tuple[int, int], max_rows: int | None = None
 ) -> dict:
     """Max |p_ref - p_cand| over all pixels and the mIoU of both predictors (fractions)."""
-    from dakd_core.data.imageio import decode_image, decode_label
-    from dakd_core.data.manifest import read_manifest
+    from dakd_core.data.manifest import read_manifest, read_row_image, read_row_label
     from dakd_core.labels import IGNORE_INDEX, NUM_CLASSES
-    from dakd_core.storage import read_bytes
 
     rows = [r for r in read_manifest(manifest_uri) if r.get("label_uri")][:max_rows]
     if not rows:
@@ -198,8 +196,8 @@ def parity_on_manifest(
     acc_cand = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     max_diff, agree, pixels = 0.0, 0, 0
     for row in tqdm(rows, desc="export parity", unit="img", disable=no_progress()):
-        image = decode_image(read_bytes(row["image_uri"]), row["image_uri"])
-        label = torch.from_numpy(decode_label(read_bytes(row["label_uri"]), row["label_uri"])).unsqueeze(0)
+        image = read_row_image(row, manifest_uri)
+        label = torch.from_numpy(read_row_label(row, manifest_uri)).unsqueeze(0)
         p_ref = predict_logits(reference, image, label.shape[-2:], resolution).softmax(1).cpu()
         p_cand = predict_logits(candidate, image, label.shape[-2:], resolution).softmax(1).cpu()
         max_diff = max(max_diff, float((p_ref - p_cand).abs().max()))

@@ -71,6 +71,10 @@ def _check_key(key: str, what: str = "key") -> str:
     return key
 
 
+# Public for callers that turn a URI into a key themselves (manifest URIs checked against a store).
+check_key = _check_key
+
+
 def _check_prefix(prefix: str) -> str:
     """A list prefix: empty, a key, or a key followed by one trailing '/'."""
     if prefix == "":

@@ -10,6 +10,7 @@ and test_doc_table_lists_every_case fails when the doc and CASES drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -26,11 +27,11 @@ import torch
 
 import fixtures_datasets as F
 from _distill_data import H, W, make_checkpoint, make_split
-from dakd_core.cache import CacheConfig, run_cache
+from dakd_core.cache import INDEX_SCHEMA, CacheConfig, run_cache
 from dakd_core.cli import main
 from dakd_core.data.imageio import encode_png
-from dakd_core.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
-from dakd_core.storage import open_store, uri_exists
+from dakd_core.data.manifest import MANIFEST_SCHEMA, read_manifest, to_table
+from dakd_core.storage import open_store, read_bytes, uri_exists
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -112,10 +113,19 @@ def _train(stage: str, prepare: Callable[[dict, Path], dict] = lambda w, tmp: {}
 
 
 def _manifest(w, tmp, rows_from="src", mutate=lambda rows, store: rows) -> str:
-    """A copy of a valid manifest, its rows changed by `mutate`."""
+    """A copy of a valid manifest with its objects (a manifest may only name objects of its own
+    store), its rows changed by `mutate`. Written as plain Parquet, not through write_manifest
+    (which refuses some of these rows): a manifest a reader gets need not come from dakd."""
     store = open_store((tmp / "m").as_uri())
-    rows = mutate([dict(r) for r in read_manifest(w[rows_from])], store)
-    return write_manifest(store, "manifest.parquet", rows)
+    rows = []
+    for row in map(dict, read_manifest(w[rows_from])):
+        for kind in ("image", "label"):
+            if row[f"{kind}_uri"]:
+                row[f"{kind}_uri"] = store.put_bytes(f"{kind}/{row['sample_id']}.png", read_bytes(row[f"{kind}_uri"]))
+        rows.append(row)
+    sink = io.BytesIO()
+    pq.write_table(to_table(mutate(rows, store)), sink)
+    return store.put_bytes("manifest.parquet", sink.getvalue())
 
 
 def _empty_manifest(w, tmp) -> dict:
@@ -249,10 +259,51 @@ def _into_directory(path: Path) -> None:
     (path / "inside.png").write_bytes(b"")
 
 
+def _row(**changes):
+    """Mutation of the first manifest row's fields."""
+    return lambda rows, store: [{**rows[0], **{k: v(store) if callable(v) else v for k, v in changes.items()}},
+                                *rows[1:]]
+
+
+def _swapped_object(rows, store):
+    """The first image, recorded with its stored object's sha256, then replaced by another valid
+    PNG of the same size (what a later overwrite of the store would do)."""
+    key = rows[0]["image_uri"][len(store.uri) + 1:]
+    original = store.get_bytes(key)
+    store.put_bytes(key, encode_png(np.full((H, W, 3), 99, np.uint8)))
+    return [{**rows[0], "image_object_sha256": hashlib.sha256(original).hexdigest()}, *rows[1:]]
+
+
 def _void_labels(rows, store):
     """Every label replaced by an all-255 one (no pixel left to score on)."""
     return [{**r, "label_uri": store.put_bytes(f"void/{r['sample_id']}.png", encode_png(np.full((H, W), 255, np.uint8)))}
             for r in rows]
+
+
+def _copied_cache(w, tmp, damage) -> str:
+    """The world's teacher cache copied under tmp (index + shards), then damaged by
+    `damage(store, index_rows) -> index_rows`; returns the copy's index URI."""
+    source = open_store(w["index"].rsplit("/", 1)[0])
+    copy = open_store((tmp / "cache").as_uri())
+    for key in source.list():
+        copy.put_bytes(key, source.get_bytes(key))
+    rows = pq.read_table(io.BytesIO(copy.get_bytes("index.parquet"))).to_pylist()
+    table = pa.Table.from_pylist(damage(copy, rows), schema=INDEX_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return copy.put_bytes("index.parquet", sink.getvalue())
+
+
+def _flip_bit(store, rows):
+    key = rows[0]["shard_key"]
+    data = bytearray(store.get_bytes(key))
+    data[len(data) // 2] ^= 0x10
+    store.put_bytes(key, bytes(data))
+    return rows
+
+
+def _escaping_shard_key(store, rows):
+    return [{**rows[0], "shard_key": "../../../../etc/passwd"}, *rows[1:]]
 
 
 def _nan_checkpoint(tmp) -> str:
@@ -435,6 +486,23 @@ CASES = [
     Case("pretrain-tracking-db-read-only", "pretrain", "MLflow sqlite database opened read-only",
          r"MLflow tracking database \S+ro\.db\S* cannot be written \(attempt to write a readonly database\)",
          _train("pretrain", _readonly_tracking_db)),
+    Case("pretrain-manifest-uri-dotdot", "pretrain", "manifest image_uri escaping its store with ../",
+         r"manifest file://\S+/m/manifest\.parquet: row 0 \('src_000'\) image_uri .* does not resolve inside",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(w, tmp, mutate=_row(
+             image_uri=lambda s: s.url("image") + "/../../../../../etc/passwd"))})),
+    Case("pretrain-manifest-uri-absolute", "pretrain", "manifest image_uri that is an absolute path",
+         r"manifest file://\S+/m/manifest\.parquet: row 0 \('src_000'\) image_uri '/etc/passwd' is outside",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(w, tmp, mutate=_row(image_uri="/etc/passwd"))})),
+    Case("pretrain-manifest-uri-other-scheme", "pretrain", "manifest label_uri on another scheme (s3://)",
+         r"manifest file://\S+/m/manifest\.parquet: row 0 \('src_000'\) label_uri 's3://\S+' is outside",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(
+             w, tmp, mutate=_row(label_uri="s3://elsewhere/labels/src_000.png"))})),
+    Case("pretrain-manifest-wrong-height", "pretrain", "manifest height 16 for a 64x32 image",
+         r"image file://\S+/m/image/src_000\.png is 64x32 but manifest \S+ records 64x16",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(w, tmp, mutate=_row(height=16))})),
+    Case("pretrain-object-sha256-mismatch", "pretrain", "stored image replaced after ingest (sha256 differs)",
+         r"image file://\S+/m/image/src_000\.png has sha256 <?\w+>?, but manifest \S+ recorded",
+         _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(w, tmp, mutate=_swapped_object)})),
     Case("pretrain-nan-loss", "pretrain", "lr 1e30 drives the loss to NaN/inf",
          r"step \d+: loss term '\w+' is (nan|inf)", _train("pretrain", lambda w, tmp: {"lr": 1e30, "iterations": 6})),
     Case("adapt-init-other-network", "adapt", "--init checkpoint of deeplabv2_thin for a deeplabv2_tiny run",
@@ -457,6 +525,12 @@ CASES = [
     Case("distill-cache-not-parquet", "distill", "--teacher-cache that is not Parquet",
          r"teacher cache index file://\S+/o/index\.parquet is not a valid Parquet file",
          _train("distill", lambda w, tmp: {"teacher_cache": _object("index.parquet", b"junk")(tmp)})),
+    Case("distill-cache-flipped-bit", "distill", "one bit of a stored cache shard flipped",
+         r"teacher cache shard file://\S+/cache/shards/shard_00000\.bin is corrupt: sha256",
+         _train("distill", lambda w, tmp: {"teacher_cache": _copied_cache(w, tmp, _flip_bit)})),
+    Case("distill-cache-shard-key-escapes", "distill", "cache index whose shard_key is ../../../../etc/passwd",
+         r"teacher cache index file://\S+/cache/index\.parquet: sample '\w+' has shard_key '\.\./\S+' outside",
+         _train("distill", lambda w, tmp: {"teacher_cache": _copied_cache(w, tmp, _escaping_shard_key)})),
     # --- cache-teacher
     Case("cache-teacher-not-a-checkpoint", "cache-teacher", "--teacher of random bytes",
          r"file://\S+/o/t\.pt is not a readable dakd checkpoint",

@@ -1,13 +1,15 @@
 """Reliability, second round (issue 16): the checks behind the bad-input corpus that are not one
-CLI call each - every float field of every config, checkpoint finiteness, image signatures and
-header sizes, unprivileged processes (unreadable directories, a read-only tracking database) and
-all-void label splits.
+CLI call each - every float field of every config, checkpoint finiteness, re-ingest against the
+stored objects, manifest and cache integrity, unprivileged processes (unreadable directories, a
+read-only tracking database) and all-void label splits.
 
 The CLI cases themselves live in tests/test_reliability_bad_inputs.py (and docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,19 +21,21 @@ import typing
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 import fixtures_datasets as F
-
 from _distill_data import H, W, make_checkpoint, make_split
 from dakd_core.cli import main
 from dakd_core.config import StrictConfig, build_config, load_yaml
 from dakd_core.data.imageio import MAX_PIXELS, decode_image, decode_label, encode_png, jpeg_size
-from dakd_core.data.ingest import IngestConfig, run_ingest
-from dakd_core.data.manifest import read_manifest
+from dakd_core.data.ingest import IngestConfig, image_key, label_key, run_ingest
+from dakd_core.data.manifest import (MANIFEST_SCHEMA, OBJECT_HASH_COLUMNS, read_manifest, read_row_image,
+                                     read_row_label, to_table)
 from dakd_core.errors import ConfigError, DataError, TrainingError
-from dakd_core.storage import open_store
+from dakd_core.storage import open_store, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_MODULES = ("dakd_core.train.configs", "dakd_core.train.distill_config", "dakd_core.cache",
@@ -301,6 +305,180 @@ def test_a_directory_named_like_an_image_is_an_error_not_skipped(tmp_path):
         discover("gta5", tmp_path, "all")
 
 
+# ----------------------------------------------------------------------------- 5. re-ingest
+
+
+def _ingest_cfg(root, store, **kw):
+    return build_config(IngestConfig, format="cityscapes", root=str(root), split="train", domain="source",
+                        store=store, name="ds", **kw)
+
+
+@pytest.mark.parametrize("which", ["image", "label"])
+def test_reingest_rewrites_a_stored_object_that_no_longer_matches_the_manifest(tmp_path, file_store, which):
+    F.write_cityscapes(tmp_path / "src", split="train", cities=("ulm",), per_city=3)
+    cfg = _ingest_cfg(tmp_path / "src", file_store, workers=2)
+    first = run_ingest(cfg)
+    rows = {r["sample_id"]: r for r in read_manifest(first.manifest_uri)}
+    sid = "ulm_000001_000020"
+    dataset = open_store(file_store).child("datasets/ds/train")
+    key = image_key(sid) if which == "image" else label_key(sid)
+    original = dataset.get_bytes(key)
+    assert hashlib.sha256(original).hexdigest() == rows[sid][f"{which}_object_sha256"]
+
+    again = run_ingest(cfg)  # nothing changed: every sample skipped, objects verified
+    assert (again.num_written, again.num_skipped, again.num_repaired) == (0, 3, 0)
+
+    # Another valid PNG of the same size replaces the stored object: the source did not change,
+    # so only the object check can notice it.
+    replacement = np.full((32, 64, 3) if which == "image" else (32, 64), 3, np.uint8)
+    dataset.put_bytes(key, encode_png(replacement))
+    with pytest.raises(DataError, match=rf"{which} \S+{key} has sha256 \w+, but manifest \S+ recorded"):
+        (read_row_image if which == "image" else read_row_label)(rows[sid], first.manifest_uri)
+    third = run_ingest(cfg)
+    assert (third.num_written, third.num_skipped, third.num_repaired) == (1, 2, 1)
+    assert dataset.get_bytes(key) == original
+    assert read_manifest(third.manifest_uri) == list(rows.values())
+
+
+def test_manifest_without_object_hashes_is_read_and_redone_on_reingest(tmp_path, file_store):
+    F.write_cityscapes(tmp_path / "src", split="train", cities=("ulm",), per_city=2)
+    cfg = _ingest_cfg(tmp_path / "src", file_store)
+    uri = run_ingest(cfg).manifest_uri
+    rows = read_manifest(uri)
+    v1 = to_table(rows).drop_columns(list(OBJECT_HASH_COLUMNS))  # as written before object hashes
+    sink = io.BytesIO()
+    pq.write_table(v1, sink)
+    open_store(file_store).put_bytes("datasets/ds/train/manifest.parquet", sink.getvalue())
+    old = read_manifest(uri)
+    assert all(r["image_object_sha256"] is None and r["label_object_sha256"] is None for r in old)
+    assert read_row_image(old[0], uri).shape == (32, 64, 3)  # no hash recorded: nothing to compare
+    again = run_ingest(cfg)
+    assert (again.num_written, again.num_skipped, again.num_repaired) == (2, 0, 0)
+    assert read_manifest(uri) == rows
+    assert pq.read_table(io.BytesIO(read_bytes(uri))).schema.equals(MANIFEST_SCHEMA, check_metadata=False)
+
+
+# ----------------------------------------------------------------------------- 6. manifests
+
+
+def _write_raw_manifest(store, rows) -> str:
+    sink = io.BytesIO()
+    pq.write_table(to_table(rows), sink)
+    return store.put_bytes("datasets/x/train/manifest.parquet", sink.getvalue())
+
+
+@pytest.mark.parametrize("uri,why", [
+    ("{root}/datasets/x/images/../../../../etc/passwd", "does not resolve inside"),
+    ("{root}/datasets/x/images//a.png", "does not resolve inside"),
+    ("{root}/./a.png", "does not resolve inside"),
+    ("/etc/passwd", "is outside the manifest's store"),
+    ("file:///etc/passwd", "is outside the manifest's store"),
+    ("s3://bucket/datasets/x/images/a.png", "is outside the manifest's store"),
+    ("{root}-sibling/a.png", "is outside the manifest's store"),
+])
+def test_manifest_uris_must_resolve_inside_the_manifest_store(file_store, uri, why):
+    store = open_store(file_store)
+    ok = make_split(file_store, "x", "source", 1, seed=0)
+    row = {**read_manifest(ok)[0], "image_uri": uri.format(root=file_store)}
+    bad = _write_raw_manifest(store, [row])
+    with pytest.raises(DataError, match=rf"manifest {bad}: row 0 \('x_000'\) image_uri .* {why}"):
+        read_manifest(bad)
+    from dakd_core.data.manifest import write_manifest
+
+    with pytest.raises(DataError, match=why):
+        write_manifest(store, "datasets/y/train/manifest.parquet", [row])
+
+
+def test_manifest_outside_the_standard_layout_may_only_name_objects_beside_it(file_store):
+    store = open_store(file_store)
+    row = read_manifest(make_split(file_store, "x", "source", 1, seed=0))[0]
+    sink = io.BytesIO()
+    pq.write_table(to_table([row]), sink)
+    loose = store.put_bytes("loose/manifest.parquet", sink.getvalue())  # objects are in datasets/x/...
+    with pytest.raises(DataError, match=rf"is outside the manifest's store {file_store}/loose"):
+        read_manifest(loose)
+
+
+def test_row_size_is_checked_against_the_decoded_pixels(file_store):
+    uri = make_split(file_store, "x", "source", 1, seed=0)
+    row = read_manifest(uri)[0]
+    assert read_row_image(row, uri).shape == (H, W, 3) and read_row_label(row, uri).shape == (H, W)
+    with pytest.raises(DataError, match=rf"image \S+x_000\.png is {W}x{H} but manifest {uri} records {W + 1}x{H}"):
+        read_row_image({**row, "width": W + 1}, uri)
+    with pytest.raises(DataError, match=rf"label \S+x_000\.png is {W}x{H} but image \S+ is {W}x{H - 1}"):
+        read_row_label({**row, "height": H - 1}, uri)
+
+
+# ----------------------------------------------------------------------------- 7. cache checksums
+
+
+@pytest.fixture(scope="module")
+def cache_world(tmp_path_factory):
+    from dakd_core.cache import CacheConfig, run_cache
+
+    store = tmp_path_factory.mktemp("cachestore").as_uri()
+    src = make_split(store, "src", "source", 3, seed=1)
+    teacher = make_checkpoint(f"{store}/teacher.pt", seed=0)
+    index = run_cache(CacheConfig(teacher=teacher, manifests=[src], store=store, name="c", size=(H, W),
+                                  shard_size=2, device="cpu")).index_uri
+    return {"store": store, "index": index}
+
+
+def test_index_rows_carry_the_sha256_of_their_shard(cache_world):
+    rows = pq.read_table(io.BytesIO(read_bytes(cache_world["index"]))).to_pylist()
+    root = cache_world["index"].rsplit("/", 1)[0]
+    assert sorted({r["shard_key"] for r in rows}) == ["shards/shard_00000.bin", "shards/shard_00001.bin"]
+    for r in rows:
+        assert r["shard_sha256"] == hashlib.sha256(read_bytes(f"{root}/{r['shard_key']}")).hexdigest()
+
+
+def _cache_copy(cache_world, tmp_path, edit_rows=None, edit_store=None) -> str:
+    source = open_store(cache_world["index"].rsplit("/", 1)[0])
+    copy = open_store(tmp_path.as_uri())
+    for key in source.list():
+        copy.put_bytes(key, source.get_bytes(key))
+    if edit_store:
+        edit_store(copy)
+    table = pq.read_table(io.BytesIO(copy.get_bytes("index.parquet")))
+    if edit_rows:
+        table = edit_rows(table)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return copy.put_bytes("index.parquet", sink.getvalue())
+
+
+def test_a_flipped_bit_in_a_shard_is_a_data_error_naming_it(cache_world, tmp_path):
+    from dakd_core.cache import TeacherCache
+
+    def flip(store):
+        data = bytearray(store.get_bytes("shards/shard_00001.bin"))
+        data[7] ^= 1
+        store.put_bytes("shards/shard_00001.bin", bytes(data))
+
+    cache = TeacherCache(_cache_copy(cache_world, tmp_path, edit_store=flip))
+    assert cache.get("src_000")["main"].shape[0] == 19  # shard 0 is intact and still served
+    with pytest.raises(DataError, match=rf"teacher cache shard {tmp_path.as_uri()}/shards/shard_00001\.bin is "
+                                        r"corrupt: sha256 \w+, but index \S+ recorded \w+"):
+        cache.get("src_002")
+
+
+def test_cache_index_shard_keys_and_checksums_are_validated(cache_world, tmp_path):
+    from dakd_core.cache import TeacherCache
+
+    def column(name, values):
+        return lambda t: t.set_column(t.schema.get_field_index(name), name, pa.array(values(t), pa.string()))
+
+    outside = column("shard_key", lambda t: ["s3://other/shard.bin"] + t.column("shard_key").to_pylist()[1:])
+    with pytest.raises(DataError, match=r"sample 'src_000' has shard_key 's3://other/shard\.bin' outside"):
+        TeacherCache(_cache_copy(cache_world, tmp_path / "a", edit_rows=outside))
+    split = column("shard_sha256", lambda t: ["0" * 64] + t.column("shard_sha256").to_pylist()[1:])
+    with pytest.raises(DataError, match=r"shard 'shards/shard_00000\.bin' has no single sha256"):
+        TeacherCache(_cache_copy(cache_world, tmp_path / "b", edit_rows=split))
+    old = _cache_copy(cache_world, tmp_path / "c", edit_rows=lambda t: t.drop_columns(["shard_sha256"]))
+    with pytest.raises(DataError, match=r"lacks columns \['shard_sha256'\] \(not a dakd-teacher-cache/2 cache"):
+        TeacherCache(old)
+
+
 # ----------------------------------------------------------------------------- 8. unprivileged
 
 
@@ -357,11 +535,6 @@ def test_read_only_tracking_database_file_is_a_named_error_exit_2(tmp_path, mlfl
 
 
 # ----------------------------------------------------------------------------- 9. all-void labels
-
-
-def _ingest_cfg(root, store, **kw):
-    return build_config(IngestConfig, format="cityscapes", root=str(root), split="train", domain="source",
-                        store=store, name="ds", **kw)
 
 
 def _void_manifest(file_store) -> str:

@@ -33,6 +33,8 @@ def run(args) -> int:
     result = run_ingest(cfg)
     print(format_summary(result.class_summary))
     print(f"{result.num_samples} samples ({result.num_written} written, {result.num_skipped} unchanged)"
+          + (f"; {result.num_repaired} whose stored objects no longer matched the manifest rewritten"
+             if result.num_repaired else "")
           + (f"; {result.unknown_pixels} pixels of unknown ids mapped to 255" if result.unknown_pixels else ""))
     print(f"class summary: {result.summary_uri}")
     print(result.manifest_uri)

@@ -11,11 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dakd_core.data.imageio import decode_image, decode_label
-from dakd_core.data.manifest import read_manifest
+from dakd_core.data.manifest import read_manifest, read_row_image, read_row_label
 from dakd_core.data.transforms import RandomScaleCropFlip, normalize, photometric_jitter, resize_pair
 from dakd_core.errors import DataError
-from dakd_core.storage import read_bytes
 
 
 class ManifestDataset(Dataset):
@@ -69,15 +67,9 @@ class ManifestDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The decoded, resized (not augmented, not normalised) uint8 image and label."""
         row = self.rows[index]
-        image = decode_image(read_bytes(row["image_uri"]), row["image_uri"])
-        label = None
-        if self.with_labels:
-            label = decode_label(read_bytes(row["label_uri"]), row["label_uri"])
-            if label.shape != image.shape[:2]:
-                raise DataError(
-                    f"label {row['label_uri']} is {label.shape[1]}x{label.shape[0]} but image "
-                    f"{row['image_uri']} is {image.shape[1]}x{image.shape[0]}"
-                )
+        # Checked against the manifest's object sha256 and height/width (so label == image size).
+        image = read_row_image(row, self.manifest_uri)
+        label = read_row_label(row, self.manifest_uri) if self.with_labels else None
         return resize_pair(image, label, self.resize)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:

@@ -9,9 +9,10 @@ Every sample is checked (decodable, complete, label present and of the image's s
 format's table); any failure fails the run with a message naming the files and no manifest is
 written. A labelled split whose every label pixel is void (255) is refused: nothing could be
 trained or scored on it. Re-running skips samples whose source image hash matches the previous
-manifest's row and whose objects still exist. Samples are processed by a pool of threads (OpenCV
-and zlib release the GIL; measured faster than processes, see benchmarks/bench_ingest.py) or
-processes.
+manifest's row and whose stored objects still have the sha256 that row recorded (a replaced or
+damaged stored object is rewritten; rows of manifests without object hashes are redone). Samples
+are processed by a pool of threads (OpenCV and zlib release the GIL; measured faster than
+processes, see benchmarks/bench_ingest.py) or processes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dakd_core.config import StrictConfig
 from dakd_core.data.formats import Sample, discover, read_label_ids
 from dakd_core.data.imageio import decode_image, encode_png, is_png_rgb8
 from dakd_core.data.manifest import manifest_key, read_manifest, write_manifest
-from dakd_core.errors import DataError
+from dakd_core.errors import DataError, StoreError
 from dakd_core.labels import CLASS_NAMES, FORMATS, NUM_CLASSES, UnknownLabelIdsError, remap
 
 SUMMARY_NAME = "class_summary.json"
@@ -64,6 +65,7 @@ class IngestResult:
     class_summary: dict[str, Any]
     num_written: int = 0
     num_skipped: int = 0
+    num_repaired: int = 0  # written because a stored object no longer matched the previous manifest
     unknown_pixels: int = 0  # ids outside the table mapped to 255 (unknown_ids="ignore") this run
     summary_uri: str = ""
 
@@ -86,6 +88,7 @@ class _Outcome:
     sample_id: str
     row: dict[str, Any] | None = None
     skipped: bool = False
+    repaired: bool = False
     error: str | None = None
     unknown_ids: list[int] = field(default_factory=list)
     unknown_pixels: int = 0
@@ -115,6 +118,24 @@ def _read_source(path: Path) -> bytes:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
 
 
+def _stored_objects_match(store, prev: dict[str, Any]) -> bool:
+    """True when the stored image (and label) still hash to what the previous manifest recorded.
+
+    The source hash alone says the *input* is unchanged; the stored object may since have been
+    overwritten or damaged, and skipping it would republish a manifest over bad bytes."""
+    wanted = [(image_key(prev["sample_id"]), prev["image_object_sha256"])]
+    if prev["label_uri"] is not None:
+        wanted.append((label_key(prev["sample_id"]), prev["label_object_sha256"]))
+    for key, expected in wanted:
+        try:
+            data = store.get_bytes(key)
+        except StoreError:
+            return False
+        if hashlib.sha256(data).hexdigest() != expected:
+            return False
+    return True
+
+
 def _ingest_one(task: _Task) -> _Outcome:
     """Check, convert and store one sample; user errors come back in the outcome, not raised,
     so that one run reports every bad file at once."""
@@ -124,9 +145,13 @@ def _ingest_one(task: _Task) -> _Outcome:
         prev = task.previous
         if (prev is not None and prev["sha256"] == task.source_sha256
                 and (prev["label_uri"] is not None) == task.with_labels):
-            out.row = {**prev, "split": task.split, "domain": task.domain, "condition": s.condition}
-            out.skipped = True
-            return out
+            # A manifest from before object hashes has nothing to compare: the sample is redone.
+            hashed = prev["image_object_sha256"] and (prev["label_uri"] is None or prev["label_object_sha256"])
+            if hashed and _stored_objects_match(_store(task.dataset_uri), prev):
+                out.row = {**prev, "split": task.split, "domain": task.domain, "condition": s.condition}
+                out.skipped = True
+                return out
+            out.repaired = bool(hashed)
         data = _read_source(s.image_path)
         digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, str(s.image_path))
@@ -148,12 +173,15 @@ def _ingest_one(task: _Task) -> _Outcome:
             label_png = encode_png(remapped.train_ids)
         store = _store(task.dataset_uri)
         # A source that is already an 8-bit RGB PNG is stored byte for byte (no re-encode).
-        image_uri = store.put_bytes(image_key(s.sample_id), data if is_png_rgb8(data) else encode_png(image))
+        image_png = data if is_png_rgb8(data) else encode_png(image)
+        image_uri = store.put_bytes(image_key(s.sample_id), image_png)
         label_uri = store.put_bytes(label_key(s.sample_id), label_png) if label_png is not None else None
         out.row = {
             "sample_id": s.sample_id, "split": task.split, "domain": task.domain,
             "condition": s.condition, "image_uri": image_uri, "label_uri": label_uri,
             "height": height, "width": width, "sha256": digest, "class_pixels": class_pixels,
+            "image_object_sha256": hashlib.sha256(image_png).hexdigest(),
+            "label_object_sha256": hashlib.sha256(label_png).hexdigest() if label_png is not None else None,
         }
     except UnknownLabelIdsError as e:
         out.error, out.unknown_ids = str(e), e.ids
@@ -310,4 +338,4 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     assert written_uri == manifest_uri, (written_uri, manifest_uri)
     skipped = sum(o.skipped for o in outcomes)
     return IngestResult(manifest_uri, len(rows), summary, len(rows) - skipped, skipped,
-                        unknown_pixels, summary_uri)
+                        sum(o.repaired for o in outcomes), unknown_pixels, summary_uri)

@@ -77,8 +77,7 @@ def _slug(name: str) -> str:
 
 
 def run(cfg: EvalConfig) -> EvalResult:
-    from dakd_core.data.imageio import decode_image, decode_label
-    from dakd_core.data.manifest import read_manifest
+    from dakd_core.data.manifest import read_manifest, read_row_image, read_row_label
     from dakd_core.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
     from dakd_core.storage import open_store, read_bytes
 
@@ -101,8 +100,8 @@ def run(cfg: EvalConfig) -> EvalResult:
     grid: dict[str, list] = {name: [] for name in models}
 
     for row in tqdm(rows, desc="evaluate", unit="img", disable=no_progress()):
-        image = decode_image(read_bytes(row["image_uri"]), row["image_uri"])
-        label_np = decode_label(read_bytes(row["label_uri"]), row["label_uri"])
+        image = read_row_image(row, cfg.manifest)
+        label_np = read_row_label(row, cfg.manifest)
         label = torch.from_numpy(label_np).unsqueeze(0).to(device)
         h, w = cfg.resolution or image.shape[:2]
         megapixels += h * w / 1e6
