@@ -337,8 +337,9 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
         live_teacher = FeatureTap(live_teacher, cfg.feature_level)
         if adapter is not None:
             adapter.to(device)
-            # A new layer, like the heads (10x lr under SGD); the schedule is rebuilt to cover its group.
-            mult = 10.0 if cfg.optimizer == "sgd" else 1.0
+            # A new layer: the heads' lr multiplier (build_optimizer decides it); the schedule is
+            # rebuilt to cover its group.
+            mult = next(g["lr_mult"] for g in optimizer.param_groups if g.get("name") == "head")
             optimizer.add_param_group({"params": list(adapter.parameters()), "lr": cfg.lr * mult,
                                        "lr_mult": mult, "name": "adapter"})
             scheduler = engine.lr_schedule(optimizer, cfg.iterations, cfg.schedule, cfg.poly_power,

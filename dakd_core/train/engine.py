@@ -555,7 +555,7 @@ def _execution_fields() -> frozenset:
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """The segmenter's optimiser from the recipe fields: SGD with AdamSegNet's heads at 10x lr, or
+    """The segmenter's optimiser from the recipe fields: SGD with AdaptSegNet's heads at 10x lr, or
     AdamW with one lr for every parameter (its per-parameter step sizes make the 10x unnecessary)."""
     if cfg.optimizer == "adamw":
         groups = [dict(g, lr=cfg.lr, lr_mult=1.0) for g in model.param_groups(cfg.lr)]
