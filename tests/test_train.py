@@ -222,3 +222,53 @@ def test_default_device_honours_env(monkeypatch):
     monkeypatch.setenv("DAKD_DEVICE", "nonsense")
     with pytest.raises(ConfigError, match="DAKD_DEVICE"):
         engine.default_device()
+
+
+def test_bn_running_stats_frozen_keeps_averages_but_normalises_with_the_batch():
+    bn = torch.nn.BatchNorm2d(1, momentum=0.1)
+    x = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)  # batch mean 2, biased var 1, unbiased var 2
+    with engine.bn_running_stats_frozen(bn):
+        y = bn(x)
+        assert bn.momentum == 0.0
+    assert bn.momentum == 0.1
+    assert bn.running_mean.item() == 0.0 and bn.running_var.item() == 1.0
+    torch.testing.assert_close(y.flatten(), torch.tensor([-1.0, 1.0]), atol=1e-4, rtol=0)  # (x - 2) / 1
+    bn(x)  # unfrozen: running = 0.9 * running + 0.1 * batch (unbiased variance)
+    assert bn.running_mean.item() == pytest.approx(0.2) and bn.running_var.item() == pytest.approx(0.9 + 0.2)
+    with pytest.raises(RuntimeError), engine.bn_running_stats_frozen(bn):
+        raise RuntimeError("boom")
+    assert bn.momentum == 0.1  # restored after an exception too
+    bn.eval()
+    with engine.bn_running_stats_frozen(bn):
+        assert bn.momentum == 0.1  # eval-mode layers are left alone
+
+
+@pytest.mark.parametrize("bn_statistics,source_passes_move_stats", [("target", False), ("both", True)])
+def test_adapt_bn_statistics_decides_which_passes_move_the_running_averages(
+        data, pretrained, tmp_path, bn_statistics, source_passes_move_stats):
+    """Every training-mode forward of the first BatchNorm layer, in order: did its running mean
+    move? Adaptation alternates a source pass and a target pass per iteration."""
+    moved, before, first = [], {}, []
+
+    def pre(module, args):
+        if isinstance(module, torch.nn.BatchNorm2d) and module.training:
+            if not first:
+                first.append(module)
+            if module is first[0]:
+                before[module] = module.running_mean.clone()
+
+    def post(module, args, output):
+        if module in before:
+            moved.append(not torch.equal(before.pop(module), module.running_mean))
+
+    cfg = build_config(AdaptConfig, None, **tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
+                                    init=pretrained.last_checkpoint_uri, out=(tmp_path / "a").as_uri(),
+                                    iterations=3, bn_statistics=bn_statistics))
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(pre),
+             torch.nn.modules.module.register_module_forward_hook(post)]
+    try:
+        adapt.run(cfg)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert moved == [source_passes_move_stats, True] * 3

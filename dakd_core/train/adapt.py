@@ -158,6 +158,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     net = engine.wrap_ddp(model, dist)
     adversary.wrap()
     net.train()
+    source_frozen = cfg.bn_statistics == "target"
 
     with keeper.tracking():
         for step in keeper.steps(start):
@@ -170,7 +171,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             # 1. segmenter step, discriminators fixed: source segmentation, then target adversarial.
             adversary.freeze()
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
-                with engine.autocast(device, amp):
+                with engine.autocast(device, amp), engine.bn_running_stats_frozen(net, source_frozen):
                     out_s = net(src["image"])
                 seg = engine.source_seg_terms(out_s, src["label"])
                 scaler.scale(seg["seg_main"] + cfg.aux_weight * seg["seg_aux"]).backward()

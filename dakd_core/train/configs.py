@@ -111,6 +111,11 @@ class AdaptConfig(TrainConfig):
     init: str = Field(..., min_length=1)  # checkpoint URI (usually the pretrain stage's best.pt)
     target_manifest: str = Field(..., min_length=1)  # unlabelled target training images
     target_resize: Size | None = (512, 1024)
+    bn_statistics: Literal["target", "both"] = Field(
+        "target", description="whose batches update the BatchNorm running statistics that evaluation and "
+        "export use: 'target' (source batches are normalised with their own statistics but leave the "
+        "running averages alone, so the adapted model normalises target images with target statistics) "
+        "or 'both' (every forward pass; the same as 'target' for networks with frozen BatchNorm)")
     lambda_adv_main: float = Field(1e-3, ge=0)
     lambda_adv_aux: float = Field(2e-4, ge=0)
     d_lr: float = Field(1e-4, gt=0)

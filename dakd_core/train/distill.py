@@ -390,7 +390,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             # 1. segmenter step, discriminators fixed: source seg (+ source distillation) ...
             adversary.freeze()
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
-                with engine.autocast(device, amp):
+                with engine.autocast(device, amp), engine.bn_running_stats_frozen(net, cfg.bn_statistics == "target"):
                     out_s, feat_s = net(src["image"])
                 terms = source_terms(out_s, src["label"], cfg)
                 loss_s = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"]

@@ -133,6 +133,29 @@ def no_sync(module: nn.Module):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def bn_running_stats_frozen(module: nn.Module, frozen: bool = True):
+    """BatchNorm layers in training mode keep normalising with the batch's own statistics, but
+    their running averages (what evaluation and export use) do not move (momentum 0).
+
+    Adaptation alternates source and target forward passes through one network: with trainable
+    BatchNorm each domain is normalised with its own batch statistics during training, while the
+    running averages mix both, so the evaluated model normalises target images with statistics
+    half made of source images. Freezing them for the source passes keeps target statistics only
+    (AdaBN, Li et al. 2016); docs/learning.md has the measured effect.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.training and m.track_running_stats] if frozen else []
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
