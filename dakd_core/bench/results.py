@@ -50,6 +50,11 @@ class ResultsPreset:
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
     realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
     shift: float = 0.45  # target appearance shift (dakd synth --shift)
+    # pretrain budget of the student network's rows (source-only, photometric, oracle); None: it_pretrain
+    it_pretrain_student: int | None = None
+    # SFDA's budget as a fraction of it_adapt: its step (generator + fixed model + patch D) costs ~4x
+    # AdaptSegNet's on CPU
+    sfda_budget: float = 1.0
     target_layout: str = "source"  # target scene geometry (dakd synth --target-layout)
 
 
@@ -66,9 +71,12 @@ PRESETS = {
     # mIoU near 50 %); AdamW + cosine at lr 1e-2 (their recipe); a 16-wide discriminator (at
     # AdaptSegNet's 64 the D costs more than the student's step on CPU). lambda_adv 10x
     # AdaptSegNet's: chosen on the tune split (docs/results.md, "Choosing the settings").
+    # The student network gets 1600 pretrain iterations: at 800 it sits at 57 % on source val (not
+    # converged on its own domain, which inflates every adaptation gain), at 1600 at 65 %
+    # (benchmarks/bare_loop.py, docs/learning.md).
     "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 250,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
-                             lambda_adv_aux=2e-3),
+                             lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.5),
 }
 
 
@@ -117,6 +125,9 @@ ROWS = (
 )
 # Rows also evaluated per weather condition when the preset renders a weather target.
 WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d")
+# Rows also evaluated on held-out source images (a network that has not learned its own domain
+# makes every adaptation gain look larger than it is).
+SOURCE_VAL_ROWS = ("teacher_source_only", "student_source_only")
 ROW_KEYS = tuple(r.key for r in ROWS)
 
 
@@ -173,6 +184,10 @@ def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
                                 name="tgt_labelled"),
         "val": dict(format="cityscapes", root=str(out / "raw_tgt"), split="val", domain="target", name="tgt"),
     }
+    # held-out labelled source images: how well the source-only networks learned their own domain
+    generate(out / "raw_src_val", "source", p.n_val, size=size, seed=0, split="val", progress=False)
+    jobs["source_val"] = dict(format="gta5", root=str(out / "raw_src_val"), split="all", domain="source",
+                              name="src_val")
     if p.n_weather:  # the same camera world under fog / night / rain / snow (ACDC layout), labelled
         generate(out / "raw_weather", "target", p.n_weather, size=size, seed=0, split="val", weather=True,
                  progress=False, **look)
@@ -199,16 +214,17 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
     adapt_common = dict(common, target_manifest=manifests["target"], target_resize=hw, d_ndf=p.d_ndf,
                         lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux)
     ckpt: dict[str, str] = {}
-    for role, net in (("teacher", p.teacher), ("student", p.student)):
+    it_student = p.it_pretrain_student or p.it_pretrain
+    for role, net, its in (("teacher", p.teacher, p.it_pretrain), ("student", p.student, it_student)):
         ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
-            **common, model=net, iterations=p.it_pretrain, out=f"{runs}/pretrain_{role}"))
+            **common, model=net, iterations=its, out=f"{runs}/pretrain_{role}"))
     keys = {row.key for row in rows}
     if "student_photometric" in keys:
         ckpt["student_photometric"] = _train(pretrain, PretrainConfig(
-            **common, model=p.student, iterations=p.it_pretrain, photometric=True, out=f"{runs}/pretrain_photometric"))
+            **common, model=p.student, iterations=it_student, photometric=True, out=f"{runs}/pretrain_photometric"))
     if "target_oracle" in keys:
         ckpt["target_oracle"] = _train(pretrain, PretrainConfig(
-            **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=p.it_pretrain,
+            **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=it_student,
             out=f"{runs}/pretrain_oracle"))
     for role, net in (("teacher", p.teacher), ("student", p.student)):
         ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
@@ -229,6 +245,7 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
                       out=f"{runs}/adapt_{row.key}", **row.overrides)
         if row.overrides["method"] == "sfda":
             fields["source_manifest"] = None  # source-free: only the source-only checkpoint crosses over
+            fields["iterations"] = max(1, round(p.it_adapt * p.sfda_budget))
         ckpt[row.key] = _train(adapt, AdaptConfig(**fields))
     for row in rows:
         if row.group in ("baseline", "method", "realtime"):
@@ -268,6 +285,9 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
     models = evaluate(list(ckpt), manifests["val"], "eval")
     rows = {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
                 "num_parameters": m["num_parameters"]} for k, m in models.items()}
+    if "source_val" in manifests:
+        for k, m in evaluate([k for k in SOURCE_VAL_ROWS if k in ckpt], manifests["source_val"], "source_val").items():
+            rows[k]["source_val_miou"] = m["miou"]
     if "weather" in manifests:
         for k, m in evaluate([k for k in WEATHER_ROWS if k in ckpt], manifests["weather"], "weather").items():
             rows[k]["weather"] = {c: v["miou"] for c, v in m["per_condition"].items()}

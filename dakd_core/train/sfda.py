@@ -160,7 +160,8 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 fixed_feats = fixed.forward_features(fake)
                 fixed_out = fixed.forward_head(fixed_feats)
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
-                with engine.autocast(device, amp):
+                # fakes stand in for source images: they must not move the target BatchNorm statistics
+                with engine.autocast(device, amp), engine.bn_running_stats_frozen(net, cfg.bn_statistics == "target"):
                     feats, out = net(fake)
                 terms["mae"] = mae_loss(out.main, fixed_out.main)
                 terms["dad_ss"] = dad_ss(fixed_feats[level], feats[level])
