@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 
 import pytest
-import timm
 import torch
+
+import dakd_core.compat  # noqa: F401  (before timm: torchvision ops on CPU)
+import timm
 
 from dakd_core.config import build_config
 from dakd_core.errors import ConfigError
@@ -93,3 +95,28 @@ def test_hub_tag_is_downloaded_once_then_read_from_the_store(s3_store, monkeypat
     load_backbone_weights(backbone, "resnet18", uri, **VARIANTS["deeplabv2_tiny"][1])
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_pretrain_task_keeps_a_hub_tag_in_the_store_and_trains_from_it(tmp_path, monkeypatch):
+    """The pipeline's pretrain task turns `timm:TAG` into the store copy; the checkpoint's config
+    names that URI and the network started from its tensors."""
+    from _train_data import make_split
+    from dakd_core.models.checkpoint import load_checkpoint
+    from dakd_core.orchestration import pins
+    from dakd_core.orchestration.tasks.pretrain import pretrain_task
+
+    state = _timm_state(seed=5)
+    monkeypatch.setattr(W, "download_hub_state_dict", lambda tag: state)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    store = (tmp_path / "store").as_uri()
+    (tmp_path / "store").mkdir()
+    source = make_split(store, "src", 2, "source", seed=0)
+    out = pretrain_task(store_uri=store, run_name="w1", experiment="dakd-test", role="student",
+                        backbone_weights="timm:resnet18.a1_in1k", network="deeplabv2_tiny", source_manifest=source,
+                        source_resize=[32, 64], crop=[32, 64], batch_size=1, iterations=1, lr=1e-9, eval_every=1,
+                        num_workers=0, seed=0)
+    checkpoint = load_checkpoint(pins.resolve(out["checkpoint"]))
+    assert checkpoint["config"]["backbone_weights"] == f"{store}/weights/timm/resnet18.a1_in1k.pth"
+    # one step at lr 1e-9 leaves the loaded weights (not a random init) in place
+    trained = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
+    torch.testing.assert_close(trained["conv1.0.weight"], state["conv1.0.weight"])
