@@ -103,6 +103,9 @@ def test_pvc_root_is_the_claims_mount_path(tmp_path, monkeypatch):
     result = _ingest("gta5", "pvc://datasets-rwx/raw/gta5", "all", "pvc://datasets-rwx/store")
     assert result.manifest_uri == f"file://{tmp_path}/mnt/datasets-rwx/store/datasets/ds/all/manifest.parquet"
     assert [r["sample_id"] for r in read_manifest(result.manifest_uri)] == sorted(expected)
+    with pytest.raises(DataError, match=f"dataset root {tmp_path}/mnt/other/gta5 does not exist .*"
+                                        f"pvc://other/gta5: is the claim mounted at {tmp_path}/mnt/other/gta5"):
+        discover("gta5", "pvc://other/gta5", "all")
     assert storage.parse_pvc_uri("pvc://my.claim-1") == ("my.claim-1", "")
     for bad in ("pvc://", "pvc://Upper/x", "pvc://c/../etc", "pvc://c/a/./b", "pvc://-c/x"):
         with pytest.raises(ConfigError, match=f"field 'root': '{bad}' is not pvc://CLAIM/path"):

@@ -252,9 +252,11 @@ def discover(
     label file is missing.
     """
     _check_format(fmt)
-    root = source_path(root)
+    given, root = str(root), source_path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist or is not a directory")
+        # A pvc:// root that is missing most likely means the task did not mount the claim.
+        hint = f" ({given}: is the claim mounted at {root}?)" if given.startswith("pvc://") else ""
+        raise DataError(f"dataset root {root} does not exist or is not a directory{hint}")
     layout = _LAYOUTS[fmt](root, split)
     if not layout.image_dir.is_dir():
         raise DataError(
