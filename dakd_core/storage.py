@@ -440,8 +440,31 @@ class S3Store(ObjectStore):
 # --------------------------------------------------------------------------------------- entry
 
 
+# Where a pipeline task mounts the persistent volume claim CLAIM (kfp-kubernetes `mount_pvc`):
+# `pvc://CLAIM/some/dir` is the directory {PVC_MOUNT_ROOT}/CLAIM/some/dir of the task's filesystem.
+PVC_MOUNT_ROOT = "/mnt/pvc"
+_PVC_RE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)(?P<path>/.*)?$")
+
+
+def parse_pvc_uri(uri: str, field: str = "uri") -> tuple[str, str]:
+    """(claim, path inside the volume) of ``pvc://CLAIM[/path]``; ConfigError naming ``field``."""
+    m = _PVC_RE.match(uri)
+    path = (m["path"] or "").strip("/") if m else ""
+    if not m or any(seg in (".", "..") for seg in path.split("/")):
+        raise ConfigError(f"field '{field}': {uri!r} is not pvc://CLAIM/path (CLAIM a Kubernetes "
+                          "resource name: lower-case letters, digits, '-', '.'; no '..' in the path)")
+    return m["claim"], path
+
+
+def pvc_path(uri: str, field: str = "uri") -> str:
+    """The mount path of ``pvc://CLAIM/path`` in a pipeline task: {PVC_MOUNT_ROOT}/CLAIM/path."""
+    claim, path = parse_pvc_uri(uri, field)
+    return "/".join(p for p in (PVC_MOUNT_ROOT, claim, path) if p)
+
+
 def open_store(uri: str | os.PathLike) -> ObjectStore:
-    """Open ``file:///abs/dir``, a plain path, or ``s3://bucket/prefix``."""
+    """Open ``file:///abs/dir``, a plain path, ``s3://bucket/prefix`` or ``pvc://CLAIM/path`` (the
+    claim's mount path, see ``pvc_path``)."""
     if isinstance(uri, os.PathLike):
         uri = os.fspath(uri)
     if not isinstance(uri, str) or not uri.strip():
@@ -456,8 +479,10 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
         if not rest.startswith("/"):
             raise StoreError(f"invalid file URI {uri!r}: expected file:///absolute/path")
         return FileStore(rest)
+    if uri.startswith("pvc://"):
+        return FileStore(pvc_path(uri))
     if _SCHEME_RE.match(uri):
-        raise StoreError(f"unsupported store URI {uri!r}: use file:// or s3://")
+        raise StoreError(f"unsupported store URI {uri!r}: use file://, s3:// or pvc://")
     return FileStore(uri)
 
 

@@ -72,14 +72,14 @@ def test_ingest_pins_manifests_and_target_train_is_unlabelled(env):
 
 
 def test_ingest_rejects_bad_parameters(env):
-    from dakd_core.orchestration.tasks.ingest import ingest_task, local_root
+    from dakd_core.orchestration.tasks.ingest import ingest_task
 
     with pytest.raises(ConfigError, match="domain"):
         ingest_task(**env["common"], fmt="gta5", root_uri="/x", domain="both", splits=["train"])
     with pytest.raises(ConfigError, match="splits"):
         ingest_task(**env["common"], fmt="gta5", root_uri="/x", domain="source", splits=["test"])
-    with pytest.raises(ConfigError, match="s3://b/raw"):
-        local_root("s3://b/raw")
+    with pytest.raises(ConfigError, match="field 'target_uri': gs://b/raw"):
+        ingest_task(**env["common"], fmt="gta5", root_uri="gs://b/raw", domain="target", splits=["train"])
 
 
 def test_pretrain_and_adapt(env):

@@ -18,7 +18,9 @@ K8S = ROOT / "k8s"
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 # Kustomizations rendered offline (k8s/kfp pulls a remote base and is checked for its pin only).
-LOCAL_KUSTOMIZATIONS = ["k8s", "k8s/base", "k8s/mlflow", "k8s/object-store"]
+LOCAL_KUSTOMIZATIONS = ["k8s", "k8s/base", "k8s/mlflow", "k8s/object-store", "k8s/runner"]
+# Where pipeline pods run (KFP standalone): the runner's RBAC and the pipeline's secrets go there.
+PIPELINE_NAMESPACE = "kubeflow"
 
 
 def _render(path: str) -> list[dict]:
@@ -46,7 +48,9 @@ def test_kustomization_renders_and_validates(path):
     _validate(docs)
     for doc in docs:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"].get("namespace") == "dakd", doc["metadata"]["name"]
+            runner = doc["metadata"]["name"] == "dakd-runner"
+            expected = PIPELINE_NAMESPACE if runner else "dakd"
+            assert doc["metadata"].get("namespace") == expected, doc["metadata"]["name"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dakd"
 
 
@@ -72,6 +76,25 @@ def test_full_render_has_the_services_the_pipeline_needs():
     assert container["image"] == "ghcr.io/dakd/dakd:0.1.0-cpu"  # the images: transformer applied
     # no Secret objects are deployed by kustomize: they come from the templates + env
     assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_runner_rbac_is_where_the_pipeline_pods_run_and_covers_the_pipeline_secrets():
+    from dakd_core.orchestration.kfp_client import DEFAULT_SERVICE_ACCOUNT
+
+    docs = {d["kind"]: d for d in _render("k8s/runner")}
+    assert set(docs) == {"ServiceAccount", "Role", "RoleBinding"}
+    # `dakd submit` runs pods as this account, in the namespace the secrets README fills
+    assert docs["ServiceAccount"]["metadata"]["name"] == DEFAULT_SERVICE_ACCOUNT
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {PIPELINE_NAMESPACE}
+    assert f"kubectl -n {PIPELINE_NAMESPACE} apply" in (K8S / "secrets" / "README.md").read_text()
+    assert docs["RoleBinding"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": DEFAULT_SERVICE_ACCOUNT, "namespace": PIPELINE_NAMESPACE}]
+    assert docs["RoleBinding"]["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
+    # every secret the compiled pipeline mounts as env can be read by the account
+    wanted = set(re.findall(r"secretName: ([a-z0-9-]+)", (ROOT / "pipelines" / "dakd_pipeline.yaml").read_text()))
+    readable = {name for rule in docs["Role"]["rules"] if "secrets" in rule["resources"]
+                for name in rule.get("resourceNames", [])}
+    assert wanted and wanted <= readable
 
 
 def test_broken_resource_is_rejected_by_the_validator():

@@ -1,5 +1,5 @@
-"""The pipeline: committed YAML up to date, DAG and Kubernetes settings, `dakd submit` against a
-fake KFP API server, and one tiny end-to-end `dakd run` through kfp.local."""
+"""The pipeline: committed YAML up to date, DAG and Kubernetes settings, and one tiny end-to-end
+`dakd run` through kfp.local (`dakd submit`: tests/test_submit.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -117,106 +115,6 @@ def test_no_credentials_or_local_paths_in_the_yaml():
     assert "AWS_SECRET_ACCESS_KEY" in text  # only as a secret key name mapped to env
     for bad in ("/work/", "sqlite:", "testing-secret", "password:"):
         assert bad not in text
-
-
-# ------------------------------------------------------------------------------------ submit
-
-
-class _FakeKfp(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def _reply(self, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):  # noqa: N802
-        self.requests.append(("GET", self.path, None, dict(self.headers)))
-        self._reply({})  # no experiment of that name yet
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-        self.requests.append(("POST", self.path, body, dict(self.headers)))
-        if self.path.endswith("/experiments"):
-            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
-        else:
-            self._reply({"run_id": "run-42", "display_name": body.get("display_name"), "state": "PENDING"})
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def fake_kfp():
-    _FakeKfp.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKfp)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _FakeKfp.requests
-    server.shutdown()
-
-
-def test_submit_sends_compiled_spec_and_parameters_without_credentials(fake_kfp, tmp_path, monkeypatch, capsys):
-    from dakd_core.cli import main
-
-    host, requests = fake_kfp
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "another-secret")
-    monkeypatch.delenv("KFP_TOKEN", raising=False)
-    params = tmp_path / "params.yaml"
-    params.write_text("paradigm: c\npretrain_iterations: 500\nlambda_target: 0.5\n")
-    assert main(["submit", "--host", host, "--params", str(params), "--experiment", "exp-a", "--run-name", "r1"]) == 0
-    assert "submitted run run-42" in capsys.readouterr().out
-    runs = [r for r in requests if r[0] == "POST" and r[1].endswith("/runs")]
-    assert len(runs) == 1
-    body = runs[0][2]
-    assert body["display_name"] == "r1" and body["experiment_id"] == "exp-1"
-    spec = body["pipeline_spec"]
-    spec = spec.get("pipeline_spec", spec)  # kfp nests IR + platform spec when a platform spec exists
-    assert spec["pipelineInfo"]["name"] == "dakd"
-    assert "dshm" in json.dumps(body)  # the Kubernetes platform spec travels with the run
-    assert body["runtime_config"]["parameters"] == {"paradigm": "c", "pretrain_iterations": 500, "lambda_target": 0.5}
-    everything = json.dumps([r[2] for r in requests]) + json.dumps([r[3] for r in requests])
-    assert "very-secret-value" not in everything and "another-secret" not in everything
-    experiments = [r for r in requests if r[0] == "POST" and r[1].endswith("/experiments")]
-    assert experiments and experiments[0][2]["display_name"] == "exp-a"
-
-
-def test_submit_rejects_unknown_parameter_before_contacting_the_server(fake_kfp, tmp_path, capsys):
-    from dakd_core.cli import main
-
-    host, requests = fake_kfp
-    params = tmp_path / "params.yaml"
-    params.write_text("paradigm: c\nlamda_kl: 0.4\n")
-    assert main(["submit", "--host", host, "--params", str(params)]) == 2
-    assert "lamda_kl" in capsys.readouterr().err
-    assert requests == []
-
-
-@pytest.mark.parametrize("bad", ["../other-team", "a/../../x", "a b", ".hidden"])
-def test_run_name_that_would_leave_runs_folder_is_refused(bad, fake_kfp, tmp_path, capsys):
-    from dakd_core.cli import main
-    from dakd_core.errors import ConfigError
-    from dakd_core.orchestration.tasks.common import run_prefix
-
-    with pytest.raises(ConfigError, match="run_name"):
-        run_prefix("s3://dakd/store", bad)
-    host, requests = fake_kfp
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"run_name": bad}))
-    assert main(["submit", "--host", host, "--params", str(params)]) == 2
-    assert "run_name" in capsys.readouterr().err and requests == []
-    assert run_prefix("s3://dakd/store/", "gta5-to-acdc_v2.1") == "s3://dakd/store/runs/gta5-to-acdc_v2.1"
-
-
-def test_submit_names_an_unreachable_server(capsys):
-    from dakd_core.cli import main
-
-    assert main(["submit", "--host", "http://127.0.0.1:9"]) == 2
-    assert "submitting to http://127.0.0.1:9 failed" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------- local run

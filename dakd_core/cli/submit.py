@@ -1,22 +1,33 @@
-"""dakd submit: compile the pipeline and start a run on a Kubeflow Pipelines server."""
+"""dakd submit: upload the pipeline and this code's version to Kubeflow Pipelines and start a run."""
 
 from __future__ import annotations
 
 NAME = "submit"
-HELP = "compile and submit a pipeline run to a KFP API server (token, if needed, from $KFP_TOKEN)"
+HELP = ("upload pipeline `dakd` and a version named <package version>-<git commit>-<spec hash>, then run it "
+        "(token, if needed, from $KFP_TOKEN)")
 
 
 def add_arguments(p) -> None:
+    from dakd_core.orchestration.kfp_client import DEFAULT_SERVICE_ACCOUNT
+
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-    p.add_argument("--params", metavar="FILE.yaml", help="pipeline parameters to set (others keep their defaults)")
-    p.add_argument("--experiment", default="dakd", help="KFP experiment (default: dakd)")
-    p.add_argument("--run-name", help="KFP run name")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="the file `dakd run --config` reads: its `params` are the run's arguments (others keep "
+                        "their defaults); `local` is ignored")
+    p.add_argument("--experiment", default="dakd", help="KFP experiment, created if missing (default: dakd)")
+    p.add_argument("--run-name", help="KFP run name (default: dakd-<timestamp>)")
     p.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+    p.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT,
+                   help=f"Kubernetes service account of the run's pods (default: {DEFAULT_SERVICE_ACCOUNT}, "
+                        "created by k8s/runner)")
+    p.add_argument("--package", metavar="FILE.yaml", help="an already compiled pipeline (default: compile now)")
 
 
 def run(args) -> int:
     from dakd_core.orchestration.kfp_client import submit, submit_params
 
-    result = submit(args.host, submit_params(args.params), args.experiment, args.run_name, args.namespace)
+    result = submit(args.host, submit_params(args.config), args.experiment, args.run_name, args.namespace,
+                    args.service_account, args.package)
+    print(f"pipeline {result['pipeline_id']} version {result['version']} ({result['version_id']})")
     print(f"submitted run {result['run_id']}: {result['url']}")
     return 0

@@ -14,6 +14,10 @@ convention is an error naming it, because a wrongly laid-out root must not inges
                 gt/{cond}/{split}/{seq}/*_gt_labelIds.png            cond in fog/night/rain/snow
     mapillary   {split}/images/*.jpg + {split}/v1.2/labels/*.png    (train/val = training/validation)
 
+A root is a directory, `pvc://CLAIM/path` (the claim's mount) or an object-store prefix
+`s3://bucket/prefix` (dakd_core/data/source.py): the same layouts are discovered on each, and a
+Sample's paths are then `StorePath`s whose `read_bytes()` reads the object.
+
 GTA5 and SYNTHIA ship no split files: a split list (one file name or stem per line) is taken from
 `split_list`, else `{root}/{fmt}_list/{split}.txt`, else `{root}/{split}.txt`; without one, the
 splits 'all' and 'train' mean every file.
@@ -25,13 +29,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from dakd_core.data.imageio import decode_label
-from dakd_core.errors import ConfigError, DataError
+from dakd_core.data.source import AnyPath, StorePath, source_file, source_path
+from dakd_core.errors import ConfigError, DataError, StoreError
 from dakd_core.labels import FORMATS, to_train_ids
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -43,34 +48,34 @@ _MAX_LISTED = 10
 @dataclass(frozen=True)
 class Sample:
     sample_id: str
-    image_path: Path
-    label_path: Path | None  # None when the label file does not exist
+    image_path: AnyPath
+    label_path: AnyPath | None  # None when the label file does not exist
     condition: str | None = None  # ACDC weather condition
 
 
 class _Candidate(NamedTuple):
     sample_id: str
-    image_path: Path
-    label_path: Path  # where the label must be
+    image_path: AnyPath
+    label_path: AnyPath  # where the label must be
     condition: str | None
 
 
 class _Layout(NamedTuple):
-    image_dir: Path  # must exist
+    image_dir: AnyPath  # must exist
     pattern: str  # naming convention, for messages
     # relative image path -> (sample_id, label path, condition) or None if it breaks the convention
-    match: Callable[[Path], tuple[str, Path, str | None] | None]
+    match: Callable[[PurePosixPath], tuple[str, AnyPath, str | None] | None]
     depth: int  # directory levels between image_dir and the image files
     uses_split_list: bool = False
     # Folders under image_dir holding this split (default: all of image_dir); ACDC keeps every
     # split and the *_ref images side by side under each condition.
-    scan_dirs: Callable[[Path], list[Path]] | None = None
+    scan_dirs: Callable[[AnyPath], list[AnyPath]] | None = None
 
 
-def _cityscapes(root: Path, split: str) -> _Layout:
+def _cityscapes(root: AnyPath, split: str) -> _Layout:
     rx = re.compile(r"^(?P<id>(?P<city>[^/]+)_\d{6}_\d{6})_leftImg8bit\.png$")
 
-    def match(rel: Path):
+    def match(rel: PurePosixPath):
         m = rx.match(rel.name)
         if not m or m["city"] != rel.parent.name:
             return None
@@ -79,18 +84,18 @@ def _cityscapes(root: Path, split: str) -> _Layout:
     return _Layout(root / "leftImg8bit" / split, "{city}/{city}_{seq:6}_{frame:6}_leftImg8bit.png", match, 1)
 
 
-def _numbered(root: Path, image_sub: str, label_sub: str) -> _Layout:
+def _numbered(root: AnyPath, image_sub: str, label_sub: str) -> _Layout:
     """GTA5 and SYNTHIA: numbered PNGs with the label of the same name in a sibling folder."""
     rx = re.compile(r"^(?P<id>\d+)\.png$")
 
-    def match(rel: Path):
+    def match(rel: PurePosixPath):
         m = rx.match(rel.name)
         return (m["id"], root / label_sub / rel.name, None) if m else None
 
     return _Layout(root / image_sub, "<number>.png", match, 0, uses_split_list=True)
 
 
-def _bdd100k(root: Path, split: str) -> _Layout:
+def _bdd100k(root: AnyPath, split: str) -> _Layout:
     new_images = root / "images" / "10k" / split
     old_images = root / "seg" / "images" / split
     rx = re.compile(r"^(?P<id>[^/]+)\.jpe?g$")
@@ -99,17 +104,17 @@ def _bdd100k(root: Path, split: str) -> _Layout:
     else:
         label_dir, label_suffix, image_dir = root / "seg" / "labels" / split, "_train_id.png", old_images
 
-    def match(rel: Path):
+    def match(rel: PurePosixPath):
         m = rx.match(rel.name)
         return (m["id"], label_dir / f"{m['id']}{label_suffix}", None) if m else None
 
     return _Layout(image_dir, "<name>.jpg", match, 0)
 
 
-def _acdc(root: Path, split: str) -> _Layout:
+def _acdc(root: AnyPath, split: str) -> _Layout:
     rx = re.compile(r"^(?P<id>.+)_rgb_anon\.png$")
 
-    def match(rel: Path):
+    def match(rel: PurePosixPath):
         # rel = {cond}/{split}/{seq}/{stem}_rgb_anon.png
         parts = rel.parts
         m = rx.match(rel.name)
@@ -118,25 +123,25 @@ def _acdc(root: Path, split: str) -> _Layout:
         label = root / "gt" / parts[0] / split / parts[2] / f"{m['id']}_gt_labelIds.png"
         return m["id"], label, parts[0]
 
-    def scan_dirs(image_dir: Path) -> list[Path]:
+    def scan_dirs(image_dir: AnyPath) -> list[AnyPath]:
         return sorted(d for d in image_dir.glob(f"*/{split}") if d.is_dir())
 
     return _Layout(root / "rgb_anon", "{fog|night|rain|snow}/{split}/{seq}/<name>_rgb_anon.png", match, 3,
                    scan_dirs=scan_dirs)
 
 
-def _mapillary(root: Path, split: str) -> _Layout:
+def _mapillary(root: AnyPath, split: str) -> _Layout:
     folder = split if (root / split).is_dir() else _MAPILLARY_SPLITS.get(split, split)
     rx = re.compile(r"^(?P<id>[^/]+)\.jpe?g$")
 
-    def match(rel: Path):
+    def match(rel: PurePosixPath):
         m = rx.match(rel.name)
         return (m["id"], root / folder / "v1.2" / "labels" / f"{m['id']}.png", None) if m else None
 
     return _Layout(root / folder / "images", "<key>.jpg", match, 0)
 
 
-_LAYOUTS: dict[str, Callable[[Path, str], _Layout]] = {
+_LAYOUTS: dict[str, Callable[[AnyPath, str], _Layout]] = {
     "cityscapes": _cityscapes,
     "gta5": lambda root, split: _numbered(root, "images", "labels"),
     "synthia": lambda root, split: _numbered(root, "RGB", "GT/LABELS"),
@@ -158,7 +163,14 @@ def _unreadable_dir(err: OSError):
     raise DataError(f"cannot read directory {err.filename}: {err.strerror or err}")
 
 
-def _image_files(layout: _Layout) -> tuple[list[Path], list[Path]]:
+def _walk(top: AnyPath):
+    """(directory, subdirectory names, file names) under `top`, on a filesystem or a store."""
+    if isinstance(top, StorePath):
+        return top.walk()
+    return ((Path(d), dirs, files) for d, dirs, files in os.walk(top, onerror=_unreadable_dir))
+
+
+def _image_files(layout: _Layout) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
     """Image files (relative to image_dir) exactly `depth` folders down, and those at other depths.
 
     os.walk, not Path.rglob: rglob skips a directory it cannot read without a word, which would
@@ -167,11 +179,11 @@ def _image_files(layout: _Layout) -> tuple[list[Path], list[Path]]:
     found, misplaced, not_files = [], [], []
     dirs = layout.scan_dirs(layout.image_dir) if layout.scan_dirs else [layout.image_dir]
     for top in dirs:
-        for dirpath, dirnames, filenames in os.walk(top, onerror=_unreadable_dir):
-            not_files += [Path(dirpath) / d for d in dirnames if Path(d).suffix.lower() in IMAGE_SUFFIXES]
+        for dirpath, dirnames, filenames in _walk(top):
+            not_files += [dirpath / d for d in dirnames if Path(d).suffix.lower() in IMAGE_SUFFIXES]
             for name in filenames:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    rel = (Path(dirpath) / name).relative_to(layout.image_dir)
+                    rel = (dirpath / name).relative_to(layout.image_dir)
                     (found if len(rel.parts) == layout.depth + 1 else misplaced).append(rel)
     if not_files:
         raise DataError(f"{len(not_files)} image path(s) under {layout.image_dir} are directories, "
@@ -179,9 +191,13 @@ def _image_files(layout: _Layout) -> tuple[list[Path], list[Path]]:
     return sorted(found), sorted(misplaced)
 
 
-def _label_exists(path: Path) -> bool:
+def _label_exists(path: AnyPath) -> bool:
     """True for a label file, False when nothing is there; DataError for a directory in its place
     or a folder that cannot be searched (is_file() would raise PermissionError, or say False)."""
+    if isinstance(path, StorePath):
+        if path.is_dir():
+            raise DataError(f"label {path} is a prefix of other objects, not a file")
+        return path.is_file()
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -198,10 +214,10 @@ def _listing(paths: list) -> str:
     return shown + (f" ... ({len(paths)} in all)" if len(paths) > _MAX_LISTED else "")
 
 
-def _read_split_list(root: Path, fmt: str, split: str, split_list: str | Path | None) -> set[str] | None:
+def _read_split_list(root: AnyPath, fmt: str, split: str, split_list: str | Path | None) -> set[str] | None:
     """Stems named by the split list, or None when every file belongs to the split."""
     if split_list is not None:
-        path = Path(split_list)
+        path = source_file(split_list, "split_list")
         if not path.is_file():
             raise DataError(f"split list {path} does not exist (field 'split_list')")
     else:
@@ -236,9 +252,11 @@ def discover(
     label file is missing.
     """
     _check_format(fmt)
-    root = Path(root)
+    given, root = str(root), source_path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist or is not a directory")
+        # A pvc:// root that is missing most likely means the task did not mount the claim.
+        hint = f" ({given}: is the claim mounted at {root}?)" if given.startswith("pvc://") else ""
+        raise DataError(f"dataset root {root} does not exist or is not a directory{hint}")
     layout = _LAYOUTS[fmt](root, split)
     if not layout.image_dir.is_dir():
         raise DataError(
@@ -288,11 +306,13 @@ def discover(
 def read_label_ids(path: str | Path, fmt: str) -> np.ndarray:
     """The raw dataset ids of a label file (uint8, or uint16 for SYNTHIA)."""
     _check_format(fmt)
-    path = Path(path)
+    path = source_file(path, "label")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read label {path}: {e.strerror}") from None
+    except StoreError as e:
+        raise DataError(f"cannot read label {path}: {e}") from None
     return decode_label(data, str(path), bits=LABEL_BITS[fmt])
 
 

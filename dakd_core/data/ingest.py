@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from dakd_core.config import StrictConfig
 from dakd_core.data.formats import Sample, discover, read_label_ids
+from dakd_core.data.source import StorePath
 from dakd_core.data.imageio import decode_image, encode_png, is_png_rgb8
 from dakd_core.data.manifest import manifest_key, read_manifest, write_manifest
 from dakd_core.errors import DataError, StoreError
@@ -46,7 +47,8 @@ FormatName = Literal[FORMATS]  # type: ignore[valid-type]
 
 class IngestConfig(StrictConfig):
     format: FormatName = Field(description="dataset layout: " + ", ".join(FORMATS))
-    root: str = Field(min_length=1, description="dataset root directory")
+    root: str = Field(min_length=1, description="dataset root: a directory, pvc://CLAIM/path (the claim's "
+                                                "mount in a pipeline task) or s3://bucket/prefix")
     split: str = Field(pattern=_SAFE_NAME, description="split to ingest (e.g. train, val, all)")
     domain: Literal["source", "target"]
     store: str = Field(min_length=1, description="object store URI (file://... or s3://...)")
@@ -54,7 +56,7 @@ class IngestConfig(StrictConfig):
     workers: int = Field(default=1, ge=1, le=256)
     labels: bool = Field(default=True, description="False: ingest images only (unlabelled)")
     unknown_ids: Literal["error", "ignore"] = "error"
-    split_list: str | None = Field(default=None, description="GTA5/SYNTHIA split list file")
+    split_list: str | None = Field(default=None, description="GTA5/SYNTHIA split list file (a path or s3:// URI)")
     pool: Literal["thread", "process"] = "thread"
 
 
@@ -111,11 +113,13 @@ def _store(uri: str):
     return open_store(uri)
 
 
-def _read_source(path: Path) -> bytes:
+def _read_source(path: Path | StorePath) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    except StoreError as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def _stored_objects_match(store, prev: dict[str, Any]) -> bool:
@@ -190,10 +194,10 @@ def _ingest_one(task: _Task) -> _Outcome:
     return out
 
 
-def _source_sha256(path: Path) -> str | None:
+def _source_sha256(path: Path | StorePath) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+    except (OSError, StoreError):
         return None  # reported by the main pass
 
 

@@ -1,6 +1,6 @@
 """What every segmentation network shares: the output type, the base class and the timm backbone.
 
-A network is a timm backbone (`features_only=True`, never downloading weights) plus heads. The
+A network is a timm backbone (`features_only=True`, random init or `backbone_weights`) plus heads. The
 forward pass is split in two so feature distillation can read the intermediate maps without a
 second forward and without changing `forward` (which ONNX export traces):
 
@@ -88,10 +88,11 @@ def create_backbone(
     weights: str | Path | None = None,
     **timm_kwargs,
 ) -> nn.Module:
-    """A timm feature extractor returning the maps at `out_indices` (never downloads weights).
+    """A timm feature extractor returning the maps at `out_indices` (random init unless `weights`).
 
-    `weights` is an optional local file holding the backbone's state dict (a timm classification
-    checkpoint of the same architecture is accepted: its classifier keys are dropped).
+    `weights` optionally names the backbone's state dict: a file, a store URI or `timm:TAG` (see
+    dakd_core/models/weights.py); a timm classification checkpoint of the same architecture is
+    accepted: its classifier keys are dropped.
     """
     backbone = timm.create_model(
         arch,
@@ -107,14 +108,11 @@ def create_backbone(
 
 
 def load_backbone_weights(backbone: nn.Module, arch: str, path: str | Path, **timm_kwargs) -> None:
-    """Strictly load a local state dict into `backbone`; any mismatch is a ConfigError naming `path`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"backbone_weights: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt / non-tensor pickles
-        raise ConfigError(f"backbone_weights: {path} is not a loadable state dict: {e}") from None
+    """Strictly load a state dict (a path, a store URI or `timm:TAG`, see weights.py) into
+    `backbone`; any mismatch is a ConfigError naming `path`."""
+    from dakd_core.models.weights import read_state_dict
+
+    state = read_state_dict(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

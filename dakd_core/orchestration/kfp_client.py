@@ -34,14 +34,26 @@ def compile_pipeline(output: str | os.PathLike) -> Path:
     return output
 
 
-def submit_params(params_file: str | None) -> dict:
-    """The run's arguments: only the keys the file sets (the IR holds the defaults), validated."""
-    if params_file is None:
-        return {}
-    from dakd_core.config import build_config
+# The Kubernetes service account pipeline pods run as: k8s/runner/rbac.yaml creates it (with its
+# role) in the namespace the pods run in; tests/test_k8s.py checks the two names agree.
+DEFAULT_SERVICE_ACCOUNT = "dakd-runner"
+PIPELINE_NAME = "dakd"
 
-    full = build_config(PipelineParams, params_file)  # unknown keys / bad values: ConfigError
-    return {k: getattr(full, k) for k in _load_yaml(params_file)}
+
+def submit_params(config_file: str | None) -> dict:
+    """The run's arguments from the file `dakd run --config` reads: the keys its `params` section
+    sets (the uploaded version holds the defaults), validated; `local` is for `dakd run` only."""
+    if config_file is None:
+        return {}
+    from dakd_core.orchestration.params import PipelineParams, load_run_config
+
+    data = _load_yaml(config_file)
+    stray = sorted(set(data) & set(PipelineParams.model_fields))
+    if stray:
+        raise ConfigError(f"{config_file}: pipeline parameters go under `params:` (the file `dakd run --config` "
+                          f"reads), found at the top level: {', '.join(stray)}")
+    full = load_run_config(config_file).params  # unknown keys / bad values: ConfigError
+    return {k: getattr(full, k) for k in data.get("params") or {}}
 
 
 def _load_yaml(path: str) -> dict:
@@ -50,25 +62,77 @@ def _load_yaml(path: str) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"params file {path}: {e}") from None
+        raise ConfigError(f"config file {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"params file {path} must hold a mapping of pipeline parameters")
+        raise ConfigError(f"config file {path} must hold a mapping (`params:` and `local:`)")
     return data
 
 
+def git_commit() -> str:
+    """The checkout's 12-character HEAD commit, `-dirty` with uncommitted tracked changes;
+    "nogit" outside a git checkout (an installed package)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "nogit"
+
+
+def version_name(package: str | os.PathLike) -> str:
+    """`<package version>-<git commit>-<sha256[:8] of the compiled YAML>`: the commit says which
+    code, the hash tells apart specs compiled from it with other images (DAKD_IMAGE)."""
+    import hashlib
+
+    from dakd_core import __version__
+
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:8]
+    return f"{__version__}-{git_commit()}-{digest}"
+
+
+def _find_version(client, pipeline_id: str, name: str) -> str | None:
+    import json
+
+    query = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    found = client.list_pipeline_versions(pipeline_id, page_size=2, filter=query).pipeline_versions or []
+    return found[0].pipeline_version_id if found else None
+
+
 def submit(host: str, params: dict, experiment: str, run_name: str | None = None,
-           namespace: str | None = None) -> dict:
-    """Compile, then create a run. A bearer token, if the server needs one, comes from KFP_TOKEN."""
+           namespace: str | None = None, service_account: str = DEFAULT_SERVICE_ACCOUNT,
+           package: str | None = None) -> dict:
+    """Upload pipeline `dakd` (once) and this code's version (once per `version_name`), then start
+    a run of that version in `experiment` as `service_account`. `package`: an already compiled
+    YAML (default: compile now). A bearer token, if the server needs one, comes from KFP_TOKEN."""
+    import time
+
     import kfp
 
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "dakd_pipeline.yaml")
+        if package is None:
+            package = str(compile_pipeline(Path(tmp) / "dakd_pipeline.yaml"))
+        elif not Path(package).is_file():
+            raise ConfigError(f"--package: {package} does not exist")
+        version = version_name(package)
         try:
             client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
-            result = client.create_run_from_pipeline_package(
-                str(package), arguments=params, run_name=run_name, experiment_name=experiment,
-                namespace=namespace,
-            )
+            pipeline_id = client.get_pipeline_id(PIPELINE_NAME) or client.upload_pipeline(
+                package, PIPELINE_NAME, description="dakd: domain-adaptive knowledge distillation",
+                namespace=namespace).pipeline_id
+            version_id = _find_version(client, pipeline_id, version) or client.upload_pipeline_version(
+                package, version, pipeline_id=pipeline_id).pipeline_version_id
+            experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+            result = client.run_pipeline(
+                experiment_id, run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}", params=params,
+                pipeline_id=pipeline_id, version_id=version_id, service_account=service_account)
         except Exception as e:  # connection refused, 4xx/5xx: name the server, not the token
             raise DakdError(f"submitting to {host} failed: {type(e).__name__}: {str(e)[:500]}") from None
-    return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+    return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}",
+            "pipeline_id": pipeline_id, "version_id": version_id, "version": version}

@@ -1,8 +1,8 @@
 """Pipeline parameters: one strict model, the single source of the defaults.
 
 `pipelines/dakd_pipeline.py` takes its parameter defaults from `PipelineParams`, `dakd run` reads
-`RunConfig` (pipeline parameters plus local settings) from YAML, and `dakd submit --params` checks
-its file against `PipelineParams`, so a typo in a parameter name is an error naming the field
+`RunConfig` (pipeline parameters plus local settings) from YAML, and `dakd submit --config` reads
+the same file and checks its `params` against `PipelineParams`, so a typo in a parameter name is an error naming the field
 before anything runs.
 """
 

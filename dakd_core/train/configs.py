@@ -33,7 +33,11 @@ class TrainConfig(StrictConfig):
     # network
     model: str = Field("deeplabv2_resnet101", min_length=1)
     num_classes: int = Field(19, gt=0)
-    backbone_weights: str | None = None  # local state dict of the backbone (ImageNet)
+    backbone_weights: str | None = Field(
+        None, min_length=1,
+        description="pretrained (ImageNet) backbone: a state dict of the model's timm architecture as a path or "
+                    "store URI (file://, s3://, pvc://), or timm:TAG (e.g. timm:resnet101.tv_in1k) downloaded "
+                    "from the Hugging Face hub; checked key by key against the backbone")
     # data
     source_manifest: str = Field(..., min_length=1)  # labelled source domain (training)
     select_manifest: str | None = None  # labelled target *tuning* split for best-checkpoint selection

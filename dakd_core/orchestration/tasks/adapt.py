@@ -19,8 +19,9 @@ def adapt_fields(*, init: str, target_manifest: str, target_resize: list, method
 @tracked("adapt", lambda kw: run_identity(kw["role"], method=kw["method"]))
 def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, init: str,
                target_manifest: str, target_resize: list, method: str, lambda_adv_main: float,
-               lambda_adv_aux: float, discriminator_width: int = 64, **train) -> dict:
+               lambda_adv_aux: float, discriminator_width: int = 64, gpus_per_task: int = 1, **train) -> dict:
     from dakd_core.config import build_config
+    from dakd_core.orchestration.launch import run_stage
     from dakd_core.train import adapt
     from dakd_core.train.configs import AdaptConfig
 
@@ -32,4 +33,4 @@ def adapt_task(*, store_uri: str, run_name: str, experiment: str, role: str, ini
                        method=method, lambda_adv_main=lambda_adv_main, lambda_adv_aux=lambda_adv_aux,
                        discriminator_width=discriminator_width),
     )
-    return train_outputs(adapt.run(cfg), cfg.model)
+    return train_outputs(run_stage("adapt", cfg, gpus_per_task, adapt.run), cfg.model)

@@ -37,8 +37,10 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
                  temperature: float, seg_loss: str = "ce", focal_gamma: float = 2.0,
                  lambda_border_kl: float = 0.0, lambda_l2_feature: float = 0.0, lambda_cwd: float = 0.0,
                  cwd_tau: float = 4.0, lambda_lad: float = 0.0, feature_level: str = "last",
-                 teacher_online: bool = False, discriminator_width: int = 64, **train) -> dict:
+                 teacher_online: bool = False, discriminator_width: int = 64, gpus_per_task: int = 1,
+                 **train) -> dict:
     from dakd_core.config import build_config
+    from dakd_core.orchestration.launch import run_stage
     from dakd_core.train import distill
     from dakd_core.train.distill_config import DistillConfig
 
@@ -58,4 +60,5 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
         lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd, cwd_tau=cwd_tau, lambda_lad=lambda_lad,
         feature_level=feature_level, teacher_online=teacher_online,
     )
-    return {**train_outputs(distill.run(cfg), cfg.model), "paradigm": run_paradigm}
+    return {**train_outputs(run_stage("distill", cfg, gpus_per_task, distill.run), cfg.model),
+            "paradigm": run_paradigm}

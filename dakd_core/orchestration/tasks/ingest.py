@@ -18,13 +18,12 @@ def dataset_name(fmt: str, domain: str, root_uri: str) -> str:
     return f"{fmt}-{domain}-{hashlib.sha256(root_uri.encode()).hexdigest()[:8]}"
 
 
-def local_root(root_uri: str) -> str:
-    """Dataset roots are directories (a mounted volume on a cluster): `file://` or a plain path."""
-    if root_uri.startswith("file://"):
-        return root_uri[len("file://"):]
-    if "://" in root_uri:
-        raise ConfigError(f"source_uri/target_uri: {root_uri} must be a directory (a path or file://), "
-                          "mounted into the ingest task on a cluster")
+def check_root(root_uri: str, domain: str) -> str:
+    """A dataset root is a directory, `pvc://CLAIM/path` or `s3://bucket/prefix`
+    (dakd_core/data/source.py); another scheme is a ConfigError naming the pipeline parameter."""
+    from dakd_core.data.source import source_path
+
+    source_path(root_uri, f"{domain}_uri")
     return root_uri
 
 
@@ -42,7 +41,7 @@ def ingest_task(*, store_uri: str, run_name: str, experiment: str, fmt: str, roo
         if split not in ("train", "val"):
             raise ConfigError(f"splits: '{split}' (expected train and/or val)")
         labels = domain == "source" or split == "val"
-        cfg = build_config(IngestConfig, format=fmt, root=local_root(root_uri), split=split, domain=domain,
+        cfg = build_config(IngestConfig, format=fmt, root=check_root(root_uri, domain), split=split, domain=domain,
                            store=store_uri, name=name, labels=labels, workers=workers)
         res = run_ingest(cfg)
         out[f"{split}_manifest"] = pin(res.manifest_uri)

@@ -27,11 +27,18 @@ def train_outputs(result, network: str) -> dict:
 
 
 @tracked("pretrain", lambda kw: run_identity(kw["role"], method="source-only"))
-def pretrain_task(*, store_uri: str, run_name: str, experiment: str, role: str, **train) -> dict:
+def pretrain_task(*, store_uri: str, run_name: str, experiment: str, role: str, backbone_weights: str = "",
+                  gpus_per_task: int = 1, **train) -> dict:
+    """`backbone_weights` "" trains from random init; a `timm:TAG` is fetched into the store once
+    (dakd_core/models/weights.py) and the config records the store URI it read. `gpus_per_task` > 1
+    runs the stage under torchrun (dakd_core/orchestration/launch.py)."""
     from dakd_core.config import build_config
+    from dakd_core.models.weights import weights_in_store
+    from dakd_core.orchestration.launch import run_stage
     from dakd_core.train import pretrain
     from dakd_core.train.configs import PretrainConfig
 
     out = f"{run_prefix(store_uri, run_name)}/pretrain_{role}"
-    cfg = build_config(PretrainConfig, **training_common(out=out, **train))
-    return train_outputs(pretrain.run(cfg), cfg.model)
+    weights = {"backbone_weights": weights_in_store(backbone_weights, store_uri)} if backbone_weights else {}
+    cfg = build_config(PretrainConfig, **training_common(out=out, **train), **weights)
+    return train_outputs(run_stage("pretrain", cfg, gpus_per_task, pretrain.run), cfg.model)
