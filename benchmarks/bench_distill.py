@@ -63,16 +63,22 @@ def checkpoint(uri: str, model: str) -> str:
     return save_checkpoint(uri, make_payload(create_model(model, num_classes=19)))
 
 
-def step_gaps(fn, cfg, clock=time.perf_counter) -> list[float]:
+def step_gaps(fn, cfg, clock=time.perf_counter, probe=None) -> list[float]:
     """Seconds of `clock` between consecutive training steps of one run (data loading included;
-    start-up, MLflow and the gate excluded), stamped at the shared engine's end_step."""
+    start-up, MLflow and the gate excluded), stamped at the shared engine's end_step. `probe`, a
+    context manager, is held from the first step's end to the last's (the timed steps only)."""
     from dakd_core.train import engine
 
     stamps: list[float] = []
     real = engine.RunKeeper.end_step
+    held = contextlib.ExitStack()
 
     def stamped(self, step, losses):
         stamps.append(clock())
+        if probe is not None and len(stamps) == 1:
+            held.enter_context(probe)
+        if step == cfg.iterations:
+            held.close()
         return real(self, step, losses)
 
     engine.RunKeeper.end_step = stamped
@@ -80,13 +86,14 @@ def step_gaps(fn, cfg, clock=time.perf_counter) -> list[float]:
         fn(cfg)
     finally:
         engine.RunKeeper.end_step = real
+        held.close()
     return list(np.diff(stamps))
 
 
 def measure(argv=None, probe=None) -> dict:
     """Run the benchmark and return its report (the JSON that main prints). `probe(kind)`, if
-    given, is a context manager entered around each timed run (kind: alone, cached, live), e.g.
-    a GPU utilisation sampler."""
+    given, makes a context manager held over the timed steps of each run (kind: alone, cached,
+    live), e.g. a GPU utilisation sampler."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-model", default="deeplabv2_resnet101")
     ap.add_argument("--student-model", default="deeplabv2_resnet18")
@@ -96,6 +103,8 @@ def measure(argv=None, probe=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three runs")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="DataLoader workers (0 on CPU: the CPU clock counts this process only)")
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -129,7 +138,7 @@ def measure(argv=None, probe=None) -> dict:
 
     common = dict(model=args.student_model, source_manifest=src, target_manifest=tgt, init=student,
                   source_resize=size, target_resize=size, crop=size, scale_range=(1.0, 1.0), flip=False,
-                  batch_size=args.batch_size, num_workers=0, device=args.device, checkpoint_every=10_000,
+                  batch_size=args.batch_size, num_workers=args.workers, device=args.device, checkpoint_every=10_000,
                   log_every=10_000)
 
     n = args.iterations + 1
@@ -139,10 +148,9 @@ def measure(argv=None, probe=None) -> dict:
                              teacher=teacher, teacher_cache=None if online else index["uint8"],
                              teacher_online=online, gate_max_images=1)
 
-    cuda = report["device"].startswith("cuda")
-    clock = time.perf_counter if cuda else cpu_seconds
-    report["clock"] = "wall" if cuda else "cpu"
-    probe = probe or (lambda kind: contextlib.nullcontext())
+    wall = report["device"].startswith("cuda") or args.workers > 0  # loader workers' CPU is not ours
+    clock = time.perf_counter if wall else cpu_seconds
+    report["clock"] = "wall" if wall else "cpu"
     # Rounds interleave the three kinds so that load from other processes hits all of them alike.
     gaps: dict[str, list[float]] = {"alone": [], "cached": [], "live": []}
     for r in range(args.rounds):
@@ -150,8 +158,7 @@ def measure(argv=None, probe=None) -> dict:
                 "cached": (distill.run, distill_cfg(False, f"time{r}")),
                 "live": (distill.run, distill_cfg(True, f"time{r}"))}
         for kind, (fn, cfg) in runs.items():
-            with probe(kind):
-                gaps[kind] += step_gaps(fn, cfg, clock)
+            gaps[kind] += step_gaps(fn, cfg, clock, probe(kind) if probe else None)
     alone, cached, live = (float(np.median(gaps[k])) for k in ("alone", "cached", "live"))
     report.update(step_seconds_alone=alone, step_seconds_cached=cached, step_seconds_live=live,
                   cached_over_alone=cached / alone, live_over_cached=live / cached)

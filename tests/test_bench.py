@@ -158,7 +158,7 @@ def test_perf_table_goals_on_given_numbers():
     assert rows["cityscapes, process pool, 1->2 workers: speed-up / raw loop's"].value == pytest.approx(11 / 9 / 1.6)
     assert status["cityscapes, process pool, 1->2 workers: speed-up / raw loop's"] == "NOT met"
     stream = rows["training stream, 1->2 workers: speed-up"]
-    assert stream.value == pytest.approx(1.5) and stream.detail == "20.0 -> 30.0 img/s; ideal x2 on 2 shared cores"
+    assert stream.value == pytest.approx(1.5) and stream.detail == "20.0 -> 30.0 img/s; ideal x2 on 2 cores"
     assert status["m: dakd pretrain step / bare PyTorch loop (throughput)"] == "met"
     assert status["n: dakd pretrain step / bare PyTorch loop (throughput)"] == "NOT met"  # 1.3 > 1.2: beats its limit
     assert status["step from the cache / student alone (T -> S)"] == "NOT met"  # 1.2 > 1.15

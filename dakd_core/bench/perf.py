@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ def load_benchmark(name: str):
         raise ConfigError(f"benchmark script {path} not found (run dakd bench perf from a source checkout)")
     spec = importlib.util.spec_from_file_location(f"dakd_benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -100,20 +103,32 @@ def perf_rows(ingest: dict, loader: dict, train: dict, distill: dict, export: di
                 up = rates[many][pool] / rates[one]["thread"]
                 rows.append(PerfRow("ingest", f"{fmt}, {pool} pool, {one}->{many} workers: speed-up / raw loop's",
                                     up / raw_up, "x", ">= 0.8", f"x{up:.2f} vs x{raw_up:.2f} (wall)"))
+    rows += loader_rows(loader) + train_rows(train) + distill_rows(distill) + export_rows(export)
+    return rows
+
+
+def loader_rows(loader: dict) -> list[PerfRow]:
     rates = loader["rates"]
     one, many = min(rates), max(rates)
-    if many > one:
-        rows.append(PerfRow("loader", f"training stream, {one}->{many} workers: speed-up", rates[many] / rates[one],
-                            "x", "", f"{rates[one]:.1f} -> {rates[many]:.1f} img/s; ideal x{min(many, loader['cores']) / one:.0f}"
-                            f" on {loader['cores']} shared cores"))
-    for r in train["rows"]:
-        rows.append(PerfRow("train", f"{r['model']}: dakd pretrain step / bare PyTorch loop (throughput)",
-                            r["dakd_over_bare"], "x", "0.9 to 1.2",
-                            f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}"))
+    if many == one:
+        return []
+    return [PerfRow("loader", f"training stream, {one}->{many} workers: speed-up", rates[many] / rates[one], "x", "",
+                    f"{rates[one]:.1f} -> {rates[many]:.1f} img/s; ideal x{min(many, loader['cores']) / one:.0f}"
+                    f" on {loader['cores']} cores")]
+
+
+def train_rows(train: dict) -> list[PerfRow]:
+    step = "AMP step / bare AMP loop" if train["device"].startswith("cuda") else "step / bare PyTorch loop"
+    return [PerfRow("train", f"{r['model']}: dakd pretrain {step} (throughput)", r["dakd_over_bare"], "x", "0.9 to 1.2",
+                    f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}")
+            for r in train["rows"]]
+
+
+def distill_rows(distill: dict) -> list[PerfRow]:
     pair = f"{distill['teacher']} -> {distill['student']}"
     clock = f"{distill.get('clock', 'wall')} s"
     goal_pair = (distill["teacher"], distill["student"]) == GOAL_PAIR
-    rows += [
+    return [
         PerfRow("distill", f"step from the cache / student alone ({pair})", distill["cached_over_alone"], "x",
                 "0.85 to 1.15", f"{distill['step_seconds_cached']:.3f} vs {distill['step_seconds_alone']:.3f} {clock}"),
         PerfRow("distill", f"step with the live teacher / from the cache ({pair})", distill["live_over_cached"], "x",
@@ -125,10 +140,14 @@ def perf_rows(ingest: dict, loader: dict, train: dict, distill: dict, export: di
         PerfRow("cache", "fp16 cache bytes / fp32 main+aux maps", distill["cache_fp16_bytes_per_image_vs_fp32_maps"],
                 "x", "", "the fp16 option trades size for precision"),
     ]
+
+
+def export_rows(export: dict) -> list[PerfRow]:
+    rows = []
     tp = export["throughput_img_s"]
     for name, ratio in export["ratios"].items():
         num, _, den = name.partition(" / ")
-        fp16 = "fp16" in num and "fp32" in den
+        fp16 = ("fp16" in num or "amp" in num) and "fp32" in den
         goal = ">= 1.5" if fp16 and export["device"].startswith("cuda") else ""
         detail = f"{tp[num]:.2f} vs {tp[den]:.2f} img/s"
         if fp16 and not goal:
@@ -142,7 +161,10 @@ def perf_rows(ingest: dict, loader: dict, train: dict, distill: dict, export: di
 def markdown_table(rows: list[PerfRow]) -> str:
     lines = ["| stage | measure | value | goal | status | detail |", "|---|---|---:|---|---|---|"]
     for r in rows:
-        value = f"{r.value:.2f}x" if r.unit == "x" else f"{r.value:.3f} {r.unit}"
+        if math.isnan(r.value):
+            value = "n/a"  # not measured here: the detail says why
+        else:
+            value = f"{r.value:.2f}x" if r.unit == "x" else f"{r.value:.3f} {r.unit}"
         lines.append(f"| {r.stage} | {r.measure} | {value} | {r.goal or '–'} | {r.status} | {r.detail} |")
     return "\n".join(lines)
 
