@@ -2,7 +2,7 @@
 
 The raw limit is a bare loop over the same files doing only the unavoidable work, as ingest does
 it: read, decode image and label, LUT remap, encode the label as PNG, keep an 8-bit RGB PNG image
-byte for byte (re-encode any other), write both with fsync (no checks, no hashing, no store
+byte for byte (re-encode any other), write both atomically with fsync (no checks, no hashing, no store
 layout, no manifest). Ingest is `run_ingest` into a file:// store. Both run with one worker and with all
 workers (a thread pool for the raw loop; ingest with its thread pool and its process pool).
 
@@ -64,11 +64,14 @@ def write_tree(root: Path, fmt: str, n: int, w: int, h: int) -> None:
 
 
 def _write_durably(path: Path, data: bytes) -> int:
-    # The store's contract (fsync before the object counts as written): the limit pays it too.
-    with open(path, "wb") as f:
+    # The store's contract (a temporary file, fsync, then the rename that publishes it): the
+    # limit pays it too.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
     return len(data)
 
 

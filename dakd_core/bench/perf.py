@@ -200,8 +200,8 @@ def run_perf(quick: bool, out: Path, json_path: Path | None, command: str) -> li
     text = f"""# Performance: every stage's ratio, measured side by side in one run
 
 Latest run: `{command}` on {machine_description(device)}, {(time.perf_counter() - started) / 60:.1f} minutes
-({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
-The machine is shared with other jobs: wall-clock rates of one process vary 20-30 % run to run and
+({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},
+load average {os.getloadavg()[0]:.1f} at the end. The machine is shared with other jobs: wall-clock rates of one process vary 20-30 % run to run and
 more under load, so every goal is a ratio of two things measured in the same run, and the
 single-process "work" ratios (ingest with one worker, distill steps on CPU) are taken in CPU
 seconds, which the queue of a shared machine does not inflate. A goal "a to b" is a limit check:
