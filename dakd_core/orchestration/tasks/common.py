@@ -63,8 +63,9 @@ def freeze_for_exit() -> None:
     """In a KFP task process (the executor sets _KFP_RUNTIME=true, on a cluster and in kfp.local),
     move every object alive now to the collector's permanent generation. The process ends right
     after the stage: the garbage collections of interpreter shutdown would otherwise walk the
-    hundreds of thousands of objects torch and MLflow created (measured: 1.7 s of CPU per task
-    exiting, 0.2 s frozen; benchmarks/bench_task_overhead.py). Nothing is skipped: atexit handlers
+    hundreds of thousands of objects torch and MLflow created (a process that imported both and
+    logged one MLflow run spent 1.7 s of CPU shutting down, 0.2 s frozen; benchmarks/
+    bench_task_overhead.py times a task process both ways). Nothing is skipped: atexit handlers
     and the exit status stay as they were. Elsewhere (tests, the CLI calling a task in process) the
     objects would stay uncollectable, so nothing is frozen there."""
     if os.environ.get("_KFP_RUNTIME") == "true":
