@@ -9,12 +9,17 @@
 
     .venv/bin/python benchmarks/bench_distill.py --size 128 256 --iterations 6
 Step time = median gap between consecutive steps over interleaved rounds of the three runs
-(start-up, MLflow and the gate excluded).
+(start-up, MLflow and the gate excluded). On CPU the gap is measured in CPU seconds of the process
+(one thread, in-process data loading: the work of a step; the wall clock of a shared machine adds
+its queue, which made "cached / alone" read 0.64x in one run and 0.82x in the next), on CUDA in
+wall seconds. All three runs see the same data work: no random scale or flip on either domain
+(distill leaves target crops unaugmented by default, adapt would augment them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +32,7 @@ import torch
 os.environ.setdefault("DAKD_NO_PROGRESS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DAKD_SYSTEM_METRICS", "0")  # its sampling thread would add to the CPU clock
 
 
 def make_data(store_uri: str, name: str, n: int, size, labelled: bool) -> str:
@@ -57,16 +63,22 @@ def checkpoint(uri: str, model: str) -> str:
     return save_checkpoint(uri, make_payload(create_model(model, num_classes=19)))
 
 
-def step_gaps(fn, cfg) -> list[float]:
-    """Seconds between consecutive training steps of one run (data loading included; start-up,
-    MLflow and the gate excluded), stamped at the shared engine's end_step."""
+def step_gaps(fn, cfg, clock=time.perf_counter, probe=None) -> list[float]:
+    """Seconds of `clock` between consecutive training steps of one run (data loading included;
+    start-up, MLflow and the gate excluded), stamped at the shared engine's end_step. `probe`, a
+    context manager, is held from the first step's end to the last's (the timed steps only)."""
     from dakd_core.train import engine
 
     stamps: list[float] = []
     real = engine.RunKeeper.end_step
+    held = contextlib.ExitStack()
 
     def stamped(self, step, losses):
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
+        if probe is not None and len(stamps) == 1:
+            held.enter_context(probe)
+        if step == cfg.iterations:
+            held.close()
         return real(self, step, losses)
 
     engine.RunKeeper.end_step = stamped
@@ -74,11 +86,14 @@ def step_gaps(fn, cfg) -> list[float]:
         fn(cfg)
     finally:
         engine.RunKeeper.end_step = real
+        held.close()
     return list(np.diff(stamps))
 
 
-def measure(argv=None) -> dict:
-    """Run the benchmark and return its report (the JSON that main prints)."""
+def measure(argv=None, probe=None) -> dict:
+    """Run the benchmark and return its report (the JSON that main prints). `probe(kind)`, if
+    given, makes a context manager held over the timed steps of each run (kind: alone, cached,
+    live), e.g. a GPU utilisation sampler."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-model", default="deeplabv2_resnet101")
     ap.add_argument("--student-model", default="deeplabv2_resnet18")
@@ -88,9 +103,12 @@ def measure(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three runs")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="DataLoader workers (0 on CPU: the CPU clock counts this process only)")
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    from dakd_core.bench.clock import cpu_seconds
     from dakd_core.cache import CacheConfig, TeacherCache, run_cache
     from dakd_core.train import adapt, distill
     from dakd_core.train.configs import AdaptConfig
@@ -119,8 +137,9 @@ def measure(argv=None) -> dict:
         report[f"cache_{dtype}_seconds_per_image"] = (time.perf_counter() - t0) / (2 * args.images)
 
     common = dict(model=args.student_model, source_manifest=src, target_manifest=tgt, init=student,
-                  source_resize=size, target_resize=size, crop=size, batch_size=args.batch_size,
-                  num_workers=0, device=args.device, checkpoint_every=10_000, log_every=10_000)
+                  source_resize=size, target_resize=size, crop=size, scale_range=(1.0, 1.0), flip=False,
+                  batch_size=args.batch_size, num_workers=args.workers, device=args.device, checkpoint_every=10_000,
+                  log_every=10_000)
 
     n = args.iterations + 1
 
@@ -129,12 +148,17 @@ def measure(argv=None) -> dict:
                              teacher=teacher, teacher_cache=None if online else index["uint8"],
                              teacher_online=online, gate_max_images=1)
 
+    wall = report["device"].startswith("cuda") or args.workers > 0  # loader workers' CPU is not ours
+    clock = time.perf_counter if wall else cpu_seconds
+    report["clock"] = "wall" if wall else "cpu"
     # Rounds interleave the three kinds so that load from other processes hits all of them alike.
     gaps: dict[str, list[float]] = {"alone": [], "cached": [], "live": []}
     for r in range(args.rounds):
-        gaps["alone"] += step_gaps(adapt.run, AdaptConfig(**common, iterations=n, out=f"{store}/runs/adapt_{r}"))
-        gaps["cached"] += step_gaps(distill.run, distill_cfg(False, f"time{r}"))
-        gaps["live"] += step_gaps(distill.run, distill_cfg(True, f"time{r}"))
+        runs = {"alone": (adapt.run, AdaptConfig(**common, iterations=n, out=f"{store}/runs/adapt_{r}")),
+                "cached": (distill.run, distill_cfg(False, f"time{r}")),
+                "live": (distill.run, distill_cfg(True, f"time{r}"))}
+        for kind, (fn, cfg) in runs.items():
+            gaps[kind] += step_gaps(fn, cfg, clock, probe(kind) if probe else None)
     alone, cached, live = (float(np.median(gaps[k])) for k in ("alone", "cached", "live"))
     report.update(step_seconds_alone=alone, step_seconds_cached=cached, step_seconds_live=live,
                   cached_over_alone=cached / alone, live_over_cached=live / cached)

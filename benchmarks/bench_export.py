@@ -103,6 +103,9 @@ def main(argv=None) -> dict:
         "evaluation_mpx_s": eval_mpx_s,
     }
     if device.type == "cuda":
+        result["ratios"]["student_eager_amp / student_eager_fp32"] = (  # torch AMP, what training runs
+            runs["student_eager_amp"]["throughput_img_s"] / runs["student_eager_fp32"]["throughput_img_s"]
+        )
         result["ratios"]["student_eager_amp / teacher_eager_amp"] = (
             runs["student_eager_amp"]["throughput_img_s"] / runs["teacher_eager_amp"]["throughput_img_s"]
         )

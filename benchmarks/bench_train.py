@@ -1,7 +1,8 @@
 """Training throughput: a `dakd pretrain` step vs a bare PyTorch loop doing the same work.
 
-Both sides train the same network from the same seed on the same images (batch, crop), with SGD
-(momentum, heads at 10x lr), CE on the main and aux heads and the poly schedule. The bare loop
+Both sides train the same network from the same seed on the same images (batch, crop), with the
+stage's optimiser and schedule (the network's recipe), CE on the main and aux heads and, on CUDA,
+float16 autocast with a GradScaler (dakd's AMP). The bare loop
 keeps its batches in memory and does nothing else; dakd reads PNGs from the store through the
 DataLoader, augments, runs the NaN guard, logs to MLflow and writes its final checkpoint. Rates
 vary 20-30% run to run on shared machines, so both are measured in one run, alternating
@@ -22,48 +23,35 @@ from pathlib import Path
 os.environ.setdefault("DAKD_NO_PROGRESS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dakd_core.bench.data import write_split  # noqa: E402
 from dakd_core.config import build_config  # noqa: E402
-from dakd_core.data.imageio import encode_png  # noqa: E402
-from dakd_core.data.manifest import write_manifest  # noqa: E402
 from dakd_core.losses import segmentation_loss  # noqa: E402
 from dakd_core.models import create_model  # noqa: E402
-from dakd_core.storage import open_store  # noqa: E402
 from dakd_core.train import engine, pretrain  # noqa: E402
 from dakd_core.train.configs import PretrainConfig  # noqa: E402
 
 
-def write_split(store_uri: str, n: int, size: tuple[int, int]) -> str:
-    store, rng, rows = open_store(store_uri), np.random.default_rng(0), []
-    h, w = size
-    for i in range(n):
-        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        label = rng.integers(0, 19, (h, w), dtype=np.uint8)
-        rows.append({
-            "sample_id": f"b{i}", "split": "train", "domain": "source", "condition": None,
-            "image_uri": store.put_bytes(f"img/{i}.png", encode_png(image)),
-            "label_uri": store.put_bytes(f"lbl/{i}.png", encode_png(label)),
-            "height": h, "width": w, "sha256": "0" * 64, "class_pixels": [0] * 19,
-        })
-    return write_manifest(store, "manifest.parquet", rows)
-
-
 def bare_rate(cfg: PretrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], device) -> float:
+    """Steps/s of the plain loop: the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=cfg.num_classes).to(device).train()
-    opt = torch.optim.SGD(model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = engine.poly_schedule(opt, cfg.iterations, cfg.poly_power)
+    opt = engine.build_optimizer(cfg, model)
+    sched = engine.lr_schedule(opt, cfg.iterations, cfg.schedule, cfg.poly_power, cfg.warmup_iterations)
+    amp = engine.amp_enabled(cfg, device)  # dakd's steps run under AMP on CUDA: so does the limit
+    scaler = engine.make_scaler(device, amp)
     start = time.perf_counter()
     for step in range(cfg.iterations):
         image, label = batches[step % len(batches)]
-        image, label = image.to(device), label.to(device)
-        out = model(image)
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        with engine.autocast(device, amp):
+            out = model(image)
         loss = segmentation_loss(out.main, label) + cfg.aux_weight * segmentation_loss(out.aux, label)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -3,6 +3,7 @@ every bad input failing with a message naming the file and no manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ import fixtures_datasets as F
 from dakd_core.cli import main
 from dakd_core.config import build_config
 from dakd_core.data.imageio import decode_image, decode_label
-from dakd_core.data.ingest import IngestConfig, run_ingest
+from dakd_core.data.ingest import IngestConfig, _chunksize, run_ingest
 from dakd_core.data.manifest import MANIFEST_SCHEMA, read_manifest
 from dakd_core.errors import ConfigError, DataError
 from dakd_core.labels import lut
@@ -71,7 +72,17 @@ def test_ingest_each_format_to_file_store(tmp_path, file_store, fmt):
 def test_png_sources_are_stored_byte_for_byte(tmp_path, file_store):
     F.write_gta5(tmp_path, n=1)
     rows = read_manifest(run_ingest(_cfg("gta5", tmp_path, "all", file_store)).manifest_uri)
-    assert read_bytes(rows[0]["image_uri"]) == (tmp_path / "images/00001.png").read_bytes()
+    stored = read_bytes(rows[0]["image_uri"])
+    assert stored == (tmp_path / "images/00001.png").read_bytes()
+    # one hash serves both: the source's and the stored object's (they are the same bytes)
+    assert rows[0]["image_object_sha256"] == rows[0]["sha256"] == hashlib.sha256(stored).hexdigest()
+
+
+@pytest.mark.parametrize(("items", "workers", "chunk"), [(6, 2, 1), (7, 1, 1), (100, 2, 12), (1000, 4, 16), (0, 3, 1)])
+def test_process_pool_chunks_leave_every_worker_several_tasks(items, workers, chunk):
+    """A fixed chunk of 4 split 6 samples 4/2 over 2 workers (at best 1.5x); chunks of
+    items // (4 x workers), within 1..16, give each worker >= 4 tasks to balance on."""
+    assert _chunksize(items, workers) == chunk
 
 
 def test_s3_store_idempotent_reingest_and_change(tmp_path, s3_store):

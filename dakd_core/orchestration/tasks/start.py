@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dakd_core.orchestration.context import run_name_for
 from dakd_core.orchestration.parent_run import close_parent_run, open_parent_run
+from dakd_core.orchestration.tasks.common import freeze_for_exit
 
 
 def start_task(*, run_name: str, kfp_run_id: str, experiment: str, cache_shards: int,
@@ -11,7 +12,10 @@ def start_task(*, run_name: str, kfp_run_id: str, experiment: str, cache_shards:
     """Resolve the run name, open the parent run (`params`: every pipeline parameter, logged on
     it), plan the teacher-cache shard slices."""
     name = run_name_for(run_name, kfp_run_id)
-    parent = open_parent_run(experiment, kfp_run_id, name, _as_declared(params) if params else None)
+    try:
+        parent = open_parent_run(experiment, kfp_run_id, name, _as_declared(params) if params else None)
+    finally:
+        freeze_for_exit()
     return {"run_name": name, "parent_run_id": parent, "shards": list(range(cache_shards))}
 
 
@@ -35,4 +39,7 @@ def _as_declared(params: dict) -> dict:
 
 
 def finish_task(*, kfp_run_id: str, experiment: str, state: str) -> str:
-    return close_parent_run(experiment, kfp_run_id, state) or ""
+    try:
+        return close_parent_run(experiment, kfp_run_id, state) or ""
+    finally:
+        freeze_for_exit()
