@@ -15,6 +15,15 @@ Atomicity
   a reader sees the old object or the whole new one, never a prefix. An S3 PUT (single or
   multipart) is atomic per object. ``get_file`` downloads the same way into the local directory.
 
+Conditional writes (compare-and-set, what writer leases are built on)
+  ``read_versioned(key)`` returns the bytes and a version token; ``put_if(key, data, version)``
+  writes only if the object is still at ``version`` (``None``: only if absent) and returns the
+  new token, or ``None`` when another writer got there first. S3 does it server-side
+  (``If-Match``/``If-None-Match: *`` on PUT, ETags as tokens); ``file://`` compares the sha256 of
+  the content under an exclusive ``flock`` on ``.<name>.dakd-lock`` beside the object (hidden
+  from ``list``), then writes atomically as above. Keys ending in ``.dakd-lease`` (writer leases)
+  are hidden from ``list`` too.
+
 S3 client
   boto3 with no endpoint or credentials passed in code: boto3 (>= 1.28) reads ``AWS_ENDPOINT_URL``
   / ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``
@@ -31,6 +40,9 @@ S3 client
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -43,6 +55,10 @@ from typing import Any
 from dakd_core.errors import ConfigError, StoreError
 
 _TMP_SUFFIX = ".dakd-tmp"
+_LOCK_SUFFIX = ".dakd-lock"
+# Writer-lease records (dakd_core/lease.py) are bookkeeping about a location, not its content:
+# list() leaves them out on both backends, so copies and comparisons of outputs ignore them.
+LEASE_SUFFIX = ".dakd-lease"
 # S3's maximum page size; a module constant so tests can force several pages with few objects.
 _LIST_PAGE_SIZE = 1000
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -126,6 +142,21 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing object is not an error (as on S3)."""
+
+    def write_lock(self, key: str):
+        """A context holding the lock that `put_if` of `key` takes: on file:// an exclusive flock,
+        so checks and writes made inside it cannot interleave with a conditional write of `key`.
+        S3 has no such lock: a no-op there."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, version token) of ``key``, or None if there is no object."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """Write ``data`` at ``key`` only if the object is still at ``version`` (None: only if
+        there is no object); the new version token, or None if the condition failed."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -234,8 +265,8 @@ class FileStore(ObjectStore):
         for dirpath, _dirs, files in os.walk(start):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
-                if name.endswith(_TMP_SUFFIX):
-                    continue  # an in-flight atomic write, not an object yet
+                if name.endswith((_TMP_SUFFIX, _LOCK_SUFFIX, LEASE_SUFFIX)):
+                    continue  # an in-flight atomic write, a conditional write's lock, a lease: not objects
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if key.startswith(prefix):
                     keys.append(key)
@@ -249,6 +280,43 @@ class FileStore(ObjectStore):
             pass  # deleting a missing object is a no-op, as on S3
         except OSError as e:
             raise StoreError(f"cannot delete {self.url(key)}: {e.strerror or e}") from None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except StoreError:
+            if not self._path(key).exists():
+                return None
+            raise
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_lock(self, key: str):
+        return self._locked(self._path(key), self.url(key))
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        with self.write_lock(key):
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != version:
+                return None
+            self.put_bytes(key, data)
+        return hashlib.sha256(bytes(data)).hexdigest()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path, uri: str):
+        """An exclusive flock on a sidecar file: serialises conditional writes of one object
+        across threads and processes (each open() is its own lock holder)."""
+        lock_path = path.with_name(f".{path.name}{_LOCK_SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise StoreError(f"cannot lock {uri} for a conditional write: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------------------- s3://
@@ -425,7 +493,8 @@ class S3Store(ObjectStore):
             pages = paginator.paginate(Bucket=self.bucket, Prefix=root + prefix,
                                        PaginationConfig={"PageSize": _LIST_PAGE_SIZE})
             for page in pages:
-                keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ()))
+                keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ())
+                            if not obj["Key"].endswith(LEASE_SUFFIX))
         except _boto_errors() as e:
             raise _s3_error(e, self.uri + ("/" + prefix if prefix else ""), "list") from None
         return sorted(keys)
@@ -435,6 +504,28 @@ class S3Store(ObjectStore):
             _s3_client().delete_object(Bucket=self.bucket, Key=self._key(key))
         except _boto_errors() as e:
             raise _s3_error(e, self.url(key), "delete") from None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = _s3_client().get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except _boto_errors() as e:
+            if _is_not_found(e):
+                return None
+            raise _s3_error(e, self.url(key), "read") from None
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            response = _s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data), **condition)
+        except _boto_errors() as e:
+            # 412: the condition failed; 409: a concurrent conditional write won; 404: If-Match on
+            # an object deleted meanwhile. All mean "someone else got there first".
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or _is_not_found(e):
+                return None
+            raise _s3_error(e, self.url(key), "write") from None
+        return response["ETag"]
 
 
 # --------------------------------------------------------------------------------------- entry

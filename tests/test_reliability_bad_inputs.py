@@ -382,6 +382,23 @@ def _readonly_tracking_db(w, tmp) -> dict:
     return {}
 
 
+def _leased(location: str, scope: str = "writer") -> None:
+    """The writer lease of `location` held by a live run on another node (expires in an hour)."""
+    import json
+    import time
+
+    from dakd_core.lease import lease_key
+
+    record = {"owner": "node-7:4242:5eed", "host": "node-7", "pid": 4242, "what": "a run", "released": False,
+              "acquired_at": time.time(), "expires_at": time.time() + 3600}
+    open_store(location).put_bytes(lease_key(scope), json.dumps(record).encode())
+
+
+def _leased_train_out(w, tmp) -> dict:
+    _leased((tmp / "run").as_uri())
+    return {}
+
+
 # ------------------------------------------------------------------------------------- the corpus
 
 CASES = [
@@ -425,6 +442,10 @@ CASES = [
     Case("ingest-label-is-directory", "ingest", "a directory where a label file belongs",
          r"label \S+ulm_000001_000020_gtFine_labelIds\.png is a directory",
          _ingest(lambda r, i, l: _into_directory(l))),
+    Case("ingest-dataset-being-written", "ingest", "another live run holds the dataset split's writer lease",
+         r"dataset split ds/train of \S+ is being written by another run: writer lease \S+/datasets/ds/train/"
+         r"\.writer\.dakd-lease is held by node-7:4242:5eed",
+         lambda w, tmp: (_leased((tmp / "out").as_uri() + "/datasets/ds/train"), _ingest(lambda r, i, l: None)(w, tmp))[1]),
     Case("ingest-huge-png-header", "ingest", "PNG whose header declares 100000x100000 pixels",
          r"ulm_000001_000020_leftImg8bit\.png: header declares 100000x100000 pixels",
          _ingest(lambda r, i, l: i.write_bytes(_png_declaring(100000, 100000)))),
@@ -486,6 +507,9 @@ CASES = [
     Case("pretrain-tracking-db-read-only", "pretrain", "MLflow sqlite database opened read-only",
          r"MLflow tracking database \S+ro\.db\S* cannot be written \(attempt to write a readonly database\)",
          _train("pretrain", _readonly_tracking_db)),
+    Case("pretrain-out-being-written", "pretrain", "another live run holds --out's writer lease",
+         r"training output \S+/run is being written by another run: writer lease \S+/run/\.writer\.dakd-lease "
+         r"is held by node-7:4242:5eed \(it expires in \d+ s", _train("pretrain", _leased_train_out)),
     Case("pretrain-manifest-uri-dotdot", "pretrain", "manifest image_uri escaping its store with ../",
          r"manifest file://\S+/m/manifest\.parquet: row 0 \('src_000'\) image_uri .* does not resolve inside",
          _train("pretrain", lambda w, tmp: {"source_manifest": _manifest(w, tmp, mutate=_row(
@@ -535,6 +559,11 @@ CASES = [
     Case("cache-teacher-not-a-checkpoint", "cache-teacher", "--teacher of random bytes",
          r"file://\S+/o/t\.pt is not a readable dakd checkpoint",
          _cache(lambda w, tmp: (_object("t.pt", _junk(128))(tmp), [w["src"]]))),
+    Case("cache-teacher-slice-being-written", "cache-teacher", "another live run computes the same cache slice",
+         r"teacher cache \S+/teacher_cache/x \(slice-0-of-1\) is being written by another run: writer lease "
+         r"\S+/\.slice-0-of-1\.dakd-lease is held by node-7:4242:5eed",
+         lambda w, tmp: (_leased((tmp / "cache").as_uri() + "/teacher_cache/x", "slice-0-of-1"),
+                         _cache(lambda w, tmp: (w["teacher"], [w["src"]]))(w, tmp))[1]),
     Case("cache-teacher-duplicate-ids", "cache-teacher", "the same manifest twice (duplicate sample ids)",
          r"sample_id 'src_000' appears in both", _cache(lambda w, tmp: (w["teacher"], [w["src"], w["src"]]))),
     # --- export / evaluate
