@@ -29,7 +29,12 @@ S3 client
   / ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``
   etc. itself. Retries use botocore's ``standard`` mode with ``DAKD_S3_MAX_ATTEMPTS`` attempts in total
   (first try included; default 8); timeouts come from ``DAKD_S3_CONNECT_TIMEOUT`` / ``DAKD_S3_READ_TIMEOUT`` seconds
-  (defaults 10 / 60). One client is cached per process and per S3-relevant environment (so a test
+  (defaults 5 / 20: the read timeout is the longest silence within one answer, not a transfer's length).
+  Deadline: every S3 request (one API call with its retries; a multipart transfer's parts and a
+  listing's pages are requests of their own) ends within ``DAKD_S3_DEADLINE_S`` seconds (default
+  60): a retry is started only if it, with its longest backoff, connect and read timeouts, still
+  fits, otherwise the call fails with a StoreError naming the URI, the endpoint, the attempts and
+  the last error (a silent endpoint used to hold a stage for 8 x 60 s with no output). One client is cached per process and per S3-relevant environment (so a test
   that points ``AWS_ENDPOINT_URL`` elsewhere gets a new client; a forked worker builds its own).
   Every retried attempt is counted in ``retry_count()``: botocore numbers the attempts of one call
   in the request context (``retries.attempt``, the source of ``ResponseMetadata.RetryAttempts``),
@@ -48,6 +53,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -331,7 +337,7 @@ _retries = 0
 _CLIENT_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
     "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-    "DAKD_S3_MAX_ATTEMPTS", "DAKD_S3_CONNECT_TIMEOUT", "DAKD_S3_READ_TIMEOUT",
+    "DAKD_S3_MAX_ATTEMPTS", "DAKD_S3_CONNECT_TIMEOUT", "DAKD_S3_READ_TIMEOUT", "DAKD_S3_DEADLINE_S",
 )
 
 
@@ -367,6 +373,51 @@ def _env_number(name: str, default: float, cast: type, minimum: float) -> Any:
     return value
 
 
+class _DeadlineExceeded(Exception):
+    """A retry would not fit in DAKD_S3_DEADLINE_S (raised from botocore's needs-retry event)."""
+
+    def __init__(self, attempts: int, elapsed: float, deadline: float, endpoint: str, last: str):
+        super().__init__(f"no answer within the {deadline:g} s deadline (DAKD_S3_DEADLINE_S) from {endpoint}: "
+                         f"{attempts} attempt(s) in {elapsed:.1f} s, the last: {last}")
+
+
+class _Deadline:
+    """botocore event handlers bounding each S3 call by the deadline (see the module docstring).
+
+    `start` (before-call) stamps the call's request context; `check` (needs-retry, registered
+    before botocore's retry handler) raises _DeadlineExceeded when botocore would retry but the
+    next attempt could not finish in time. Retryability is judged by botocore's own standard
+    conditions, so a 404 or 403 is never turned into a deadline error."""
+
+    # botocore's standard backoff: rand(0, 1) * min(base * 2 ** (attempt - 1), 20 s), base <= 1 s.
+    MAX_BACKOFF_S = 20.0
+
+    def __init__(self, deadline: float, connect: float, read: float, max_attempts: int, endpoint: str):
+        from botocore.retries.standard import RetryEventAdapter, StandardRetryConditions
+
+        self.deadline, self.attempt_s, self.endpoint = deadline, connect + read, endpoint
+        self._adapter, self._conditions = RetryEventAdapter(), StandardRetryConditions(max_attempts=max_attempts)
+
+    def start(self, context: dict | None = None, **_: Any) -> None:
+        if context is not None:
+            context["dakd_started"] = time.monotonic()
+
+    def check(self, **kwargs: Any) -> None:
+        started = kwargs["request_dict"]["context"].get("dakd_started")
+        retry = self._adapter.create_retry_context(**kwargs)
+        if started is None or not self._conditions.is_retryable(retry):
+            return None  # botocore decides (no retry, or no stamp to judge by)
+        elapsed = time.monotonic() - started
+        backoff = min(2.0 ** (retry.attempt_number - 1), self.MAX_BACKOFF_S)
+        if elapsed + backoff + self.attempt_s > self.deadline:
+            if retry.caught_exception is not None:
+                last = f"{type(retry.caught_exception).__name__}: {retry.caught_exception}"
+            else:
+                last = f"HTTP {retry.http_response.status_code}" if retry.http_response is not None else "?"
+            raise _DeadlineExceeded(retry.attempt_number, elapsed, self.deadline, self.endpoint, last)
+        return None
+
+
 def _s3_client():
     """The process's S3 client for the current environment (thread-safe, built once)."""
     cache_key = (os.getpid(),) + tuple(os.environ.get(k) for k in _CLIENT_ENV)
@@ -379,17 +430,27 @@ def _s3_client():
             import boto3
             from botocore.config import Config
 
+            attempts = _env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)
+            connect = _env_number("DAKD_S3_CONNECT_TIMEOUT", 5, float, 0.001)
+            read = _env_number("DAKD_S3_READ_TIMEOUT", 20, float, 0.001)
+            deadline = _env_number("DAKD_S3_DEADLINE_S", 60, float, 0.001)
+            if connect + read > deadline:
+                raise ConfigError(
+                    f"DAKD_S3_CONNECT_TIMEOUT + DAKD_S3_READ_TIMEOUT ({connect:g} + {read:g} s) exceed "
+                    f"DAKD_S3_DEADLINE_S ({deadline:g} s): not even one attempt would fit")
             config = Config(
                 # total_max_attempts counts the first try (botocore's "max_attempts" key would
                 # count retries only), matching the meaning of AWS_MAX_ATTEMPTS.
-                retries={"mode": "standard",
-                         "total_max_attempts": _env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)},
-                connect_timeout=_env_number("DAKD_S3_CONNECT_TIMEOUT", 10, float, 0.001),
-                read_timeout=_env_number("DAKD_S3_READ_TIMEOUT", 60, float, 0.001),
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                connect_timeout=connect,
+                read_timeout=read,
             )
             # A fresh Session: boto3's default session is not thread-safe to create clients from.
             client = boto3.session.Session().client("s3", config=config)
             client.meta.events.register("response-received.s3.*", _count_retry)
+            bound = _Deadline(deadline, connect, read, attempts, client.meta.endpoint_url)
+            client.meta.events.register("before-call.s3.*", bound.start)
+            client.meta.events.register_first("needs-retry.s3.*", bound.check)
             _clients[cache_key] = client
     return client
 
@@ -414,6 +475,8 @@ def _s3_error(e: Exception, uri: str, action: str) -> StoreError:
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StoreError(f"access denied to {uri} ({code}); check the AWS_* credentials")
         return StoreError(f"cannot {action} {uri}: {code} {e.response.get('Error', {}).get('Message', '')}".rstrip())
+    if isinstance(e, _DeadlineExceeded):
+        return StoreError(f"cannot {action} {uri}: {e}")
     if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
         return StoreError(f"cannot {action} {uri}: no AWS credentials in the environment")
     return StoreError(f"cannot {action} {uri}: {type(e).__name__}: {e}")
@@ -423,7 +486,7 @@ def _boto_errors() -> tuple[type[Exception], ...]:
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    return (ClientError, BotoCoreError, Boto3Error)
+    return (ClientError, BotoCoreError, Boto3Error, _DeadlineExceeded)
 
 
 class S3Store(ObjectStore):
