@@ -592,6 +592,14 @@ CASES = [
     Case("export-parity-all-void", "export", "--val-manifest whose every label pixel is void (255)",
          r"parity manifest file://\S+/m/manifest\.parquet: every label pixel of its 2 rows is void",
          lambda w, tmp: _export(val_manifest=_manifest(w, tmp, mutate=_void_labels), resolution="32x64")(w, tmp)),
+    # --- submit (refused before any KFP server is contacted: port 9 would refuse the connection)
+    Case("submit-params-duplicate-key", "submit", "--params YAML setting lr twice",
+         r"config file \S+/config\.yaml: duplicate key 'lr' \(lines 1 and 3\)",
+         lambda w, tmp: (["submit", "--host", "http://127.0.0.1:9", "--params",
+                          _yaml(tmp, "lr: 0.01\nseed: 1\nlr: 1.0\n")], [])),
+    Case("submit-params-lr-absurd", "submit", "--params YAML with lr 100",
+         r"field 'lr': Input should be less than or equal to 10",
+         lambda w, tmp: (["submit", "--host", "http://127.0.0.1:9", "--params", _yaml(tmp, "lr: 100.0\n")], [])),
     # --- score
     Case("score-prediction-id-19", "score", "prediction PNG with id 19 (one past the 19 classes)",
          r"prediction \S+/pred/ulm_000000_000019\.png holds ids \[19\] outside the train ids",

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from dakd_core.errors import ConfigError, DakdError
+from dakd_core.errors import DakdError
 from dakd_core.orchestration.params import PipelineParams
 
 # Environment that selects images at compile time (components/_base.py).
@@ -35,25 +35,15 @@ def compile_pipeline(output: str | os.PathLike) -> Path:
 
 
 def submit_params(params_file: str | None) -> dict:
-    """The run's arguments: only the keys the file sets (the IR holds the defaults), validated."""
+    """The run's arguments: only the keys the file sets (the IR holds the defaults), validated.
+    The file is read by config.load_yaml, the one YAML reader (duplicate keys, binary files and
+    directories are ConfigErrors naming the file), through build_config."""
     if params_file is None:
         return {}
-    from dakd_core.config import build_config
+    from dakd_core.config import build_config, load_yaml
 
-    full = build_config(PipelineParams, params_file)  # unknown keys / bad values: ConfigError
-    return {k: getattr(full, k) for k in _load_yaml(params_file)}
-
-
-def _load_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"params file {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"params file {path} must hold a mapping of pipeline parameters")
-    return data
+    full = build_config(PipelineParams, params_file)  # unknown keys / bad values / not a mapping: ConfigError
+    return {k: getattr(full, k) for k in load_yaml(params_file) or {}}
 
 
 def submit(host: str, params: dict, experiment: str, run_name: str | None = None,
