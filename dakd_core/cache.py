@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from dakd_core.config import StrictConfig
 from dakd_core.errors import ConfigError, DataError, StoreError
+from dakd_core.lease import WriterLease
 
 # /2: shard checksums in the index (the format is part of every shard's fingerprint, so a resumed
 # /1 cache is recomputed rather than mixed).
@@ -292,9 +293,18 @@ def _image_batches(rows: list[dict], manifest_uri_of: dict[str, int], cfg: Cache
 def run_cache(cfg: CacheConfig) -> CacheResult:
     """Compute (this slice of) the teacher cache; publish index.parquet when every shard exists."""
     from dakd_core.storage import open_store
-    from dakd_core.train.engine import default_device, progress_disabled
 
     store = open_store(cfg.store).child(f"teacher_cache/{cfg.name}")
+    # Parallel shard tasks write disjoint slices, so the lease is per slice: two runs computing
+    # the same slice (or two finalize steps) at once are refused.
+    scope = "index" if cfg.finalize_only else f"slice-{cfg.shard_index}-of-{cfg.num_shards}"
+    with WriterLease(store, f"teacher cache {store.uri} ({scope})", scope=scope) as lease:
+        return _cache_slice(cfg, store, lease)
+
+
+def _cache_slice(cfg: CacheConfig, store, lease: WriterLease) -> CacheResult:
+    from dakd_core.train.engine import default_device, progress_disabled
+
     teacher_sha = sha256_uri(cfg.teacher)
     rows, manifest_shas = _collect_samples(cfg.manifests)
     fingerprint = _fingerprint(teacher_sha, manifest_shas, cfg)
@@ -318,13 +328,14 @@ def run_cache(cfg: CacheConfig) -> CacheResult:
             bar = tqdm(todo, desc=f"cache-teacher {cfg.name}", unit="shard", disable=progress_disabled())
             for k in bar:
                 shard_rows = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-                n = _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint)
+                n = _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint, lease)
                 result.bytes_written += n
                 result.shards_written += 1
                 result.num_samples += len(shard_rows)
 
     if all(_shard_is_complete(store, k, fingerprint) for k in range(num_shards_total)):
-        result.index_uri = _publish_index(store, num_shards_total)
+        with lease.publishing(store.url(INDEX_KEY)):
+            result.index_uri = _publish_index(store, num_shards_total)
     elif cfg.finalize_only:
         missing = [k for k in range(num_shards_total) if not _shard_is_complete(store, k, fingerprint)]
         raise StoreError(
@@ -333,7 +344,7 @@ def run_cache(cfg: CacheConfig) -> CacheResult:
     return result
 
 
-def _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint) -> int:
+def _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint, lease) -> int:
     by_id = {r["sample_id"]: r for r in shard_rows}
     blob = bytearray()
     index_rows = []
@@ -372,8 +383,9 @@ def _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_s
     for row in index_rows:
         row["shard_sha256"] = digest
     # The shard's index is written after its data: an index that exists points at complete data.
-    store.put_bytes(shard_key(k), bytes(blob))
-    store.put_bytes(shard_index_key(k), _table_bytes(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)))
+    with lease.publishing(store.url(shard_key(k))):
+        store.put_bytes(shard_key(k), bytes(blob))
+        store.put_bytes(shard_index_key(k), _table_bytes(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)))
     return len(blob)
 
 

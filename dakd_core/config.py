@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from dakd_core.errors import ConfigError
 
 C = TypeVar("C", bound="StrictConfig")
+# Upper bound of every learning rate. Useful rates are < 1 (SGD 2.5e-4, AdamW 1e-3..1e-2, the SFDA
+# generator 0.1); 1e30 passed validation and only failed as a NaN loss after a full startup, and a
+# mistyped exponent (`1e2` for `1e-2`) would train garbage for hours before the guard fires.
+MAX_LR = 10.0
 # An (H, W) image size: both sides > 0 (a 0x0 resolution would reach the resize as a traceback).
 HW = tuple[PositiveInt, PositiveInt]
 

@@ -15,12 +15,26 @@ Atomicity
   a reader sees the old object or the whole new one, never a prefix. An S3 PUT (single or
   multipart) is atomic per object. ``get_file`` downloads the same way into the local directory.
 
+Conditional writes (compare-and-set, what writer leases are built on)
+  ``read_versioned(key)`` returns the bytes and a version token; ``put_if(key, data, version)``
+  writes only if the object is still at ``version`` (``None``: only if absent) and returns the
+  new token, or ``None`` when another writer got there first. S3 does it server-side
+  (``If-Match``/``If-None-Match: *`` on PUT, ETags as tokens); ``file://`` compares the sha256 of
+  the content under an exclusive ``flock`` on ``.<name>.dakd-lock`` beside the object (hidden
+  from ``list``), then writes atomically as above. Keys ending in ``.dakd-lease`` (writer leases)
+  are hidden from ``list`` too.
+
 S3 client
   boto3 with no endpoint or credentials passed in code: boto3 (>= 1.28) reads ``AWS_ENDPOINT_URL``
   / ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``
   etc. itself. Retries use botocore's ``standard`` mode with ``DAKD_S3_MAX_ATTEMPTS`` attempts in total
   (first try included; default 8); timeouts come from ``DAKD_S3_CONNECT_TIMEOUT`` / ``DAKD_S3_READ_TIMEOUT`` seconds
-  (defaults 10 / 60). One client is cached per process and per S3-relevant environment (so a test
+  (defaults 5 / 20: the read timeout is the longest silence within one answer, not a transfer's length).
+  Deadline: every S3 request (one API call with its retries; a multipart transfer's parts and a
+  listing's pages are requests of their own) ends within ``DAKD_S3_DEADLINE_S`` seconds (default
+  60): a retry is started only if it, with its longest backoff, connect and read timeouts, still
+  fits, otherwise the call fails with a StoreError naming the URI, the endpoint, the attempts and
+  the last error (a silent endpoint used to hold a stage for 8 x 60 s with no output). One client is cached per process and per S3-relevant environment (so a test
   that points ``AWS_ENDPOINT_URL`` elsewhere gets a new client; a forked worker builds its own).
   Every retried attempt is counted in ``retry_count()``: botocore numbers the attempts of one call
   in the request context (``retries.attempt``, the source of ``ResponseMetadata.RetryAttempts``),
@@ -31,11 +45,15 @@ S3 client
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -43,6 +61,10 @@ from typing import Any
 from dakd_core.errors import ConfigError, StoreError
 
 _TMP_SUFFIX = ".dakd-tmp"
+_LOCK_SUFFIX = ".dakd-lock"
+# Writer-lease records (dakd_core/lease.py) are bookkeeping about a location, not its content:
+# list() leaves them out on both backends, so copies and comparisons of outputs ignore them.
+LEASE_SUFFIX = ".dakd-lease"
 # S3's maximum page size; a module constant so tests can force several pages with few objects.
 _LIST_PAGE_SIZE = 1000
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -126,6 +148,21 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing object is not an error (as on S3)."""
+
+    def write_lock(self, key: str):
+        """A context holding the lock that `put_if` of `key` takes: on file:// an exclusive flock,
+        so checks and writes made inside it cannot interleave with a conditional write of `key`.
+        S3 has no such lock: a no-op there."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, version token) of ``key``, or None if there is no object."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        """Write ``data`` at ``key`` only if the object is still at ``version`` (None: only if
+        there is no object); the new version token, or None if the condition failed."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -234,8 +271,8 @@ class FileStore(ObjectStore):
         for dirpath, _dirs, files in os.walk(start):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
-                if name.endswith(_TMP_SUFFIX):
-                    continue  # an in-flight atomic write, not an object yet
+                if name.endswith((_TMP_SUFFIX, _LOCK_SUFFIX, LEASE_SUFFIX)):
+                    continue  # an in-flight atomic write, a conditional write's lock, a lease: not objects
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if key.startswith(prefix):
                     keys.append(key)
@@ -250,6 +287,43 @@ class FileStore(ObjectStore):
         except OSError as e:
             raise StoreError(f"cannot delete {self.url(key)}: {e.strerror or e}") from None
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except StoreError:
+            if not self._path(key).exists():
+                return None
+            raise
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_lock(self, key: str):
+        return self._locked(self._path(key), self.url(key))
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        with self.write_lock(key):
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != version:
+                return None
+            self.put_bytes(key, data)
+        return hashlib.sha256(bytes(data)).hexdigest()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path, uri: str):
+        """An exclusive flock on a sidecar file: serialises conditional writes of one object
+        across threads and processes (each open() is its own lock holder)."""
+        lock_path = path.with_name(f".{path.name}{_LOCK_SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise StoreError(f"cannot lock {uri} for a conditional write: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
 
 # --------------------------------------------------------------------------------------- s3://
 
@@ -263,7 +337,7 @@ _retries = 0
 _CLIENT_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
     "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-    "DAKD_S3_MAX_ATTEMPTS", "DAKD_S3_CONNECT_TIMEOUT", "DAKD_S3_READ_TIMEOUT",
+    "DAKD_S3_MAX_ATTEMPTS", "DAKD_S3_CONNECT_TIMEOUT", "DAKD_S3_READ_TIMEOUT", "DAKD_S3_DEADLINE_S",
 )
 
 
@@ -299,6 +373,51 @@ def _env_number(name: str, default: float, cast: type, minimum: float) -> Any:
     return value
 
 
+class _DeadlineExceeded(Exception):
+    """A retry would not fit in DAKD_S3_DEADLINE_S (raised from botocore's needs-retry event)."""
+
+    def __init__(self, attempts: int, elapsed: float, deadline: float, endpoint: str, last: str):
+        super().__init__(f"no answer within the {deadline:g} s deadline (DAKD_S3_DEADLINE_S) from {endpoint}: "
+                         f"{attempts} attempt(s) in {elapsed:.1f} s, the last: {last}")
+
+
+class _Deadline:
+    """botocore event handlers bounding each S3 call by the deadline (see the module docstring).
+
+    `start` (before-call) stamps the call's request context; `check` (needs-retry, registered
+    before botocore's retry handler) raises _DeadlineExceeded when botocore would retry but the
+    next attempt could not finish in time. Retryability is judged by botocore's own standard
+    conditions, so a 404 or 403 is never turned into a deadline error."""
+
+    # botocore's standard backoff: rand(0, 1) * min(base * 2 ** (attempt - 1), 20 s), base <= 1 s.
+    MAX_BACKOFF_S = 20.0
+
+    def __init__(self, deadline: float, connect: float, read: float, max_attempts: int, endpoint: str):
+        from botocore.retries.standard import RetryEventAdapter, StandardRetryConditions
+
+        self.deadline, self.attempt_s, self.endpoint = deadline, connect + read, endpoint
+        self._adapter, self._conditions = RetryEventAdapter(), StandardRetryConditions(max_attempts=max_attempts)
+
+    def start(self, context: dict | None = None, **_: Any) -> None:
+        if context is not None:
+            context["dakd_started"] = time.monotonic()
+
+    def check(self, **kwargs: Any) -> None:
+        started = kwargs["request_dict"]["context"].get("dakd_started")
+        retry = self._adapter.create_retry_context(**kwargs)
+        if started is None or not self._conditions.is_retryable(retry):
+            return None  # botocore decides (no retry, or no stamp to judge by)
+        elapsed = time.monotonic() - started
+        backoff = min(2.0 ** (retry.attempt_number - 1), self.MAX_BACKOFF_S)
+        if elapsed + backoff + self.attempt_s > self.deadline:
+            if retry.caught_exception is not None:
+                last = f"{type(retry.caught_exception).__name__}: {retry.caught_exception}"
+            else:
+                last = f"HTTP {retry.http_response.status_code}" if retry.http_response is not None else "?"
+            raise _DeadlineExceeded(retry.attempt_number, elapsed, self.deadline, self.endpoint, last)
+        return None
+
+
 def _s3_client():
     """The process's S3 client for the current environment (thread-safe, built once)."""
     cache_key = (os.getpid(),) + tuple(os.environ.get(k) for k in _CLIENT_ENV)
@@ -311,17 +430,27 @@ def _s3_client():
             import boto3
             from botocore.config import Config
 
+            attempts = _env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)
+            connect = _env_number("DAKD_S3_CONNECT_TIMEOUT", 5, float, 0.001)
+            read = _env_number("DAKD_S3_READ_TIMEOUT", 20, float, 0.001)
+            deadline = _env_number("DAKD_S3_DEADLINE_S", 60, float, 0.001)
+            if connect + read > deadline:
+                raise ConfigError(
+                    f"DAKD_S3_CONNECT_TIMEOUT + DAKD_S3_READ_TIMEOUT ({connect:g} + {read:g} s) exceed "
+                    f"DAKD_S3_DEADLINE_S ({deadline:g} s): not even one attempt would fit")
             config = Config(
                 # total_max_attempts counts the first try (botocore's "max_attempts" key would
                 # count retries only), matching the meaning of AWS_MAX_ATTEMPTS.
-                retries={"mode": "standard",
-                         "total_max_attempts": _env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)},
-                connect_timeout=_env_number("DAKD_S3_CONNECT_TIMEOUT", 10, float, 0.001),
-                read_timeout=_env_number("DAKD_S3_READ_TIMEOUT", 60, float, 0.001),
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                connect_timeout=connect,
+                read_timeout=read,
             )
             # A fresh Session: boto3's default session is not thread-safe to create clients from.
             client = boto3.session.Session().client("s3", config=config)
             client.meta.events.register("response-received.s3.*", _count_retry)
+            bound = _Deadline(deadline, connect, read, attempts, client.meta.endpoint_url)
+            client.meta.events.register("before-call.s3.*", bound.start)
+            client.meta.events.register_first("needs-retry.s3.*", bound.check)
             _clients[cache_key] = client
     return client
 
@@ -346,6 +475,8 @@ def _s3_error(e: Exception, uri: str, action: str) -> StoreError:
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StoreError(f"access denied to {uri} ({code}); check the AWS_* credentials")
         return StoreError(f"cannot {action} {uri}: {code} {e.response.get('Error', {}).get('Message', '')}".rstrip())
+    if isinstance(e, _DeadlineExceeded):
+        return StoreError(f"cannot {action} {uri}: {e}")
     if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
         return StoreError(f"cannot {action} {uri}: no AWS credentials in the environment")
     return StoreError(f"cannot {action} {uri}: {type(e).__name__}: {e}")
@@ -355,7 +486,7 @@ def _boto_errors() -> tuple[type[Exception], ...]:
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    return (ClientError, BotoCoreError, Boto3Error)
+    return (ClientError, BotoCoreError, Boto3Error, _DeadlineExceeded)
 
 
 class S3Store(ObjectStore):
@@ -425,7 +556,8 @@ class S3Store(ObjectStore):
             pages = paginator.paginate(Bucket=self.bucket, Prefix=root + prefix,
                                        PaginationConfig={"PageSize": _LIST_PAGE_SIZE})
             for page in pages:
-                keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ()))
+                keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", ())
+                            if not obj["Key"].endswith(LEASE_SUFFIX))
         except _boto_errors() as e:
             raise _s3_error(e, self.uri + ("/" + prefix if prefix else ""), "list") from None
         return sorted(keys)
@@ -435,6 +567,28 @@ class S3Store(ObjectStore):
             _s3_client().delete_object(Bucket=self.bucket, Key=self._key(key))
         except _boto_errors() as e:
             raise _s3_error(e, self.url(key), "delete") from None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = _s3_client().get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except _boto_errors() as e:
+            if _is_not_found(e):
+                return None
+            raise _s3_error(e, self.url(key), "read") from None
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str | None:
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            response = _s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data), **condition)
+        except _boto_errors() as e:
+            # 412: the condition failed; 409: a concurrent conditional write won; 404: If-Match on
+            # an object deleted meanwhile. All mean "someone else got there first".
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409") or _is_not_found(e):
+                return None
+            raise _s3_error(e, self.url(key), "write") from None
+        return response["ETag"]
 
 
 # --------------------------------------------------------------------------------------- entry

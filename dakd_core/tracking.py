@@ -222,6 +222,54 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+_UNWRITABLE_HINT = "fix its permissions, point {env} at a writable location, or pass --no-mlflow where the command has it"
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local directory of a file:// URI or plain path; None for servers and other schemes."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" not in uri and not uri.startswith(("sqlite:", "databricks", "postgresql", "mysql")):
+        return Path(uri)
+    return None
+
+
+def _writable_dir(path: Path, what: str, env: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".dakd-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DakdError(f"{what} {path} cannot be written ({e.strerror or e}): "
+                        + _UNWRITABLE_HINT.format(env=env)) from None
+
+
+def check_writable(uri: str, artifact_location: str | None = None) -> None:
+    """DakdError naming the path when a local MLflow store cannot be written.
+
+    Checked before the first write: MLflow retries opening an unwritable sqlite database for
+    minutes before it raises, and a read-only artifact directory would fail only at the end of a
+    stage, as a PermissionError traceback after the whole training. A sqlite URI with query
+    options (`?mode=ro&uri=true`) is left to sqlite itself (dakd_core.cli names its error)."""
+    env = "MLFLOW_TRACKING_URI"
+    if uri.startswith("sqlite:///") and "?" not in uri:
+        db = Path(uri[len("sqlite:///"):])
+        if db.exists():
+            try:
+                with open(db, "r+b"):
+                    pass
+            except OSError as e:
+                raise DakdError(f"MLflow tracking database {db} cannot be written ({e.strerror or e}): "
+                                + _UNWRITABLE_HINT.format(env=env)) from None
+        else:
+            _writable_dir(db.parent, "directory of the MLflow tracking database", env)
+    elif (local := _local_path(uri)) is not None:
+        _writable_dir(local, "MLflow tracking directory", env)
+    if artifact_location and (local := _local_path(artifact_location)) is not None:
+        _writable_dir(local, "MLflow artifact directory", "DAKD_MLFLOW_ARTIFACT_ROOT")
+
+
 def ensure_experiment(name: str | None = None) -> str:
     """The id of experiment ``name`` (default: MLFLOW_EXPERIMENT_NAME or 'dakd'), created if new."""
     import mlflow
@@ -229,13 +277,16 @@ def ensure_experiment(name: str | None = None) -> str:
 
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     uri = tracking_uri()
+    check_writable(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             raise DakdError(f"MLflow experiment '{name}' is deleted; restore it or choose another name")
+        check_writable(uri, found.artifact_location)
         return found.experiment_id
+    check_writable(uri, _artifact_root(uri))
     try:
         return client.create_experiment(name, artifact_location=_artifact_root(uri))
     except MlflowException:

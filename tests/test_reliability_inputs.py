@@ -515,23 +515,62 @@ def test_unreadable_dataset_directory_is_a_named_error_exit_2(tmp_path, file_sto
     assert not (tmp_path / "store" / "datasets").exists()
 
 
+def _one_step_pretrain(src: str, out: Path) -> list[str]:
+    return ["pretrain", "--model", "deeplabv2_tiny", "--source-manifest", src, "--out", out.as_uri(), "--crop",
+            str(H), str(W), "--source-resize", str(H), str(W), "--batch-size", "2", "--num-workers", "0",
+            "--iterations", "1", "--device", "cpu"]
+
+
 def test_read_only_tracking_database_file_is_a_named_error_exit_2(tmp_path, mlflow_uri):
     store = tmp_path.as_uri()
     src = make_split(store, "src", "source", 2, seed=1)
     db = Path(mlflow_uri[len("sqlite:///"):])
     db.chmod(0o444)
     out = tmp_path / "run"
-    argv = ["pretrain", "--model", "deeplabv2_tiny", "--source-manifest", src, "--out", out.as_uri(), "--crop",
-            str(H), str(W), "--source-resize", str(H), str(W), "--batch-size", "2", "--num-workers", "0",
-            "--iterations", "1", "--device", "cpu"]
+    argv = _one_step_pretrain(src, out)
     try:
         result = _unprivileged(argv, {"MLFLOW_TRACKING_URI": mlflow_uri})
     finally:
         db.chmod(0o644)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert (f"dakd pretrain: error: MLflow tracking database {mlflow_uri} cannot be written "
-            "(attempt to write a readonly database)") in result.stderr
+    # (named by dakd_core.tracking.check_writable before the stage trains)
+    assert f"dakd pretrain: error: MLflow tracking database {db} cannot be written (Permission denied)" in result.stderr
     assert not (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("case", ["database-directory", "artifact-directory", "file-store-directory"])
+def test_unwritable_mlflow_directory_is_a_named_error_exit_2(tmp_path, case, _mlflow_template_db):
+    """A read-only directory where MLflow must write: named before the stage trains, not after it
+    (artifact directory: a PermissionError traceback at the end) or minutes later (sqlite: MLflow
+    retries opening the database, then raises)."""
+    store = tmp_path.as_uri()
+    src = make_split(store, "src", "source", 2, seed=1)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    env, expected = {
+        "database-directory": ({"MLFLOW_TRACKING_URI": f"sqlite:///{locked}/new.db"},
+                               f"directory of the MLflow tracking database {locked} cannot be written "
+                               "(Permission denied): fix its permissions, point MLFLOW_TRACKING_URI"),
+        "artifact-directory": ({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/ok.db",
+                                "DAKD_MLFLOW_ARTIFACT_ROOT": (locked / "artifacts").as_uri()},
+                               f"MLflow artifact directory {locked}/artifacts cannot be written (Permission denied): "
+                               "fix its permissions, point DAKD_MLFLOW_ARTIFACT_ROOT"),
+        "file-store-directory": ({"MLFLOW_TRACKING_URI": locked.as_uri()},
+                                 f"MLflow tracking directory {locked} cannot be written (Permission denied)"),
+    }[case]
+    shutil.copyfile(_mlflow_template_db, tmp_path / "ok.db")
+    (tmp_path / "ok.db").chmod(0o666)
+    locked.chmod(0o555)
+    out = tmp_path / "run"
+    argv = _one_step_pretrain(src, out)
+    try:
+        result = _unprivileged(argv, env)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"dakd pretrain: error: {expected}" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "will be retried" not in result.stderr
+    assert not (out / "result.json").exists() and not (out / "last.pt").exists()
 
 
 # ----------------------------------------------------------------------------- 9. all-void labels

@@ -1,4 +1,5 @@
-"""Object-store faults: ingest and cache-teacher against moto S3 behind tests/faults/s3_proxy.py.
+"""Object-store faults: ingest and cache-teacher against moto S3 behind tests/faults/s3_proxy.py,
+and the per-request deadline (DAKD_S3_DEADLINE_S) against an endpoint that never answers.
 
 The proxy answers a seeded share of requests with 500, 503, 503 SlowDown, 429, a stall past the
 client's read timeout (DAKD_S3_READ_TIMEOUT) or a dropped connection. Both stages must finish
@@ -10,12 +11,18 @@ dakd_core.storage.retry_count(). The test prints the counts (run with -s to see 
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
+import time
+
 import pytest
 
 import fixtures_datasets as F
 from _distill_data import make_checkpoint
 from dakd_core import storage
 from dakd_core.cli import main
+from dakd_core.errors import ConfigError, StoreError
 from dakd_core.storage import open_store
 from faults.s3_proxy import FAULTS, FaultProxy
 
@@ -71,3 +78,81 @@ def test_ingest_and_cache_survive_s3_faults_byte_identical(tmp_path, s3_server, 
         print(f"\n[s3 faults] {proxy.requests} requests, {proxy.injected} faults injected "
               f"{dict(sorted(proxy.counts.items()))}, {retries} retries counted by dakd_core.storage; "
               f"{len(clean)} objects byte-identical to the clean run")
+
+
+class _SilentEndpoint:
+    """A TCP endpoint that accepts every connection and never answers (a hung S3 gateway)."""
+
+    def __enter__(self) -> str:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                self.held.append(self.sock.accept()[0])  # kept open, never read or answered
+            except OSError:
+                continue
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.held + [self.sock]:
+            conn.close()
+
+
+def _deadline_env(monkeypatch, deadline: float) -> None:
+    monkeypatch.setenv("DAKD_S3_DEADLINE_S", str(deadline))
+    monkeypatch.setenv("DAKD_S3_CONNECT_TIMEOUT", "0.5")
+    monkeypatch.setenv("DAKD_S3_READ_TIMEOUT", "1.5")
+    monkeypatch.setenv("DAKD_S3_MAX_ATTEMPTS", "10")
+
+
+def test_a_silent_endpoint_fails_within_the_deadline_naming_the_uri(s3_store, monkeypatch):
+    """10 attempts x 1.5 s read timeout would take 15 s and more; the 6 s deadline stops the
+    retries once the next one (with its longest backoff, 2 s, and 0.5 + 1.5 s of timeouts) no
+    longer fits: after the second attempt, ~3 s in."""
+    _deadline_env(monkeypatch, 6)
+    store = open_store(s3_store)
+    store.put_bytes("x.json", b"{}")  # the same settings against moto: a normal answer is unaffected
+    assert store.get_bytes("x.json") == b"{}"
+    with _SilentEndpoint() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as raised:
+            store.get_bytes("x.json")
+        elapsed = time.monotonic() - started
+    assert elapsed < 6, elapsed
+    assert re.fullmatch(
+        rf"cannot read {re.escape(s3_store)}/x\.json: no answer within the 6 s deadline \(DAKD_S3_DEADLINE_S\) "
+        rf"from {re.escape(endpoint)}: 2 attempt\(s\) in \d\.\d s, the last: ReadTimeoutError: .*", str(raised.value)), raised.value
+
+
+def test_a_stage_against_a_silent_endpoint_exits_2_within_the_deadline(s3_store, monkeypatch, tmp_path, capsys):
+    F.write_cityscapes(tmp_path / "cs", split="train", cities=("ulm",), per_city=1)
+    _deadline_env(monkeypatch, 5)
+    with _SilentEndpoint() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        started = time.monotonic()
+        code = main(["ingest", "--format", "cityscapes", "--root", str(tmp_path / "cs"), "--split", "train",
+                     "--domain", "target", "--store", s3_store, "--name", "cs"])
+        elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 5, (code, elapsed, err[-1000:])
+    assert re.search(rf"dakd ingest: error: cannot read {re.escape(s3_store)}/datasets/cs/train/\S+: no answer "
+                     rf"within the 5 s deadline .* from {re.escape(endpoint)}", err), err[-1000:]
+
+
+def test_timeouts_longer_than_the_deadline_are_refused(s3_store, monkeypatch):
+    monkeypatch.setenv("DAKD_S3_DEADLINE_S", "10")
+    monkeypatch.setenv("DAKD_S3_READ_TIMEOUT", "30")
+    with pytest.raises(ConfigError, match=r"DAKD_S3_CONNECT_TIMEOUT \+ DAKD_S3_READ_TIMEOUT \(5 \+ 30 s\) exceed "
+                                          r"DAKD_S3_DEADLINE_S \(10 s\)"):
+        open_store(s3_store).exists("x")

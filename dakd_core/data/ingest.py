@@ -37,6 +37,7 @@ from dakd_core.data.imageio import decode_image, encode_png, is_png_rgb8
 from dakd_core.data.manifest import manifest_key, read_manifest, write_manifest
 from dakd_core.errors import DataError, StoreError
 from dakd_core.labels import CLASS_NAMES, FORMATS, NUM_CLASSES, UnknownLabelIdsError, remap
+from dakd_core.lease import WriterLease
 
 SUMMARY_NAME = "class_summary.json"
 _MAX_LISTED = 10
@@ -303,6 +304,15 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
 
     samples = discover(cfg.format, cfg.root, cfg.split, require_labels=cfg.labels, split_list=cfg.split_list)
     dataset = open_store(cfg.store).child(f"datasets/{cfg.name}/{cfg.split}")
+    # One ingest per dataset split at a time: two would overwrite each other's objects and one
+    # could publish a manifest whose sha256s belong to the other's images.
+    with WriterLease(dataset, f"dataset split {cfg.name}/{cfg.split} of {cfg.store}") as lease:
+        return _ingest_split(cfg, samples, dataset, lease)
+
+
+def _ingest_split(cfg: IngestConfig, samples, dataset, lease: WriterLease) -> IngestResult:
+    from dakd_core.storage import open_store
+
     manifest_uri = open_store(cfg.store).url(manifest_key(cfg.name, cfg.split))
     previous = _previous_rows(dataset, manifest_uri)
 
@@ -342,10 +352,11 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
             f"dataset?) and field 'unknown_ids'{swallowed}"
         )
     unknown_pixels = sum(o.unknown_pixels for o in outcomes)
-    summary_uri = dataset.put_bytes(
-        SUMMARY_NAME, json.dumps({**summary, "format": cfg.format, "domain": cfg.domain}, indent=2).encode()
-    )
-    written_uri = write_manifest(dataset, "manifest.parquet", rows)
+    with lease.publishing(manifest_uri):
+        summary_uri = dataset.put_bytes(
+            SUMMARY_NAME, json.dumps({**summary, "format": cfg.format, "domain": cfg.domain}, indent=2).encode()
+        )
+        written_uri = write_manifest(dataset, "manifest.parquet", rows)
     assert written_uri == manifest_uri, (written_uri, manifest_uri)
     skipped = sum(o.skipped for o in outcomes)
     return IngestResult(manifest_uri, len(rows), summary, len(rows) - skipped, skipped,

@@ -57,12 +57,10 @@ def submit_params(config_file: str | None) -> dict:
 
 
 def _load_yaml(path: str) -> dict:
-    import yaml
+    # the one YAML reader: duplicate keys, binary files and directories are ConfigErrors naming the file
+    from dakd_core.config import load_yaml
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping (`params:` and `local:`)")
     return data

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from dakd_core.config import StrictConfig, build_config
+from dakd_core.config import MAX_LR, StrictConfig, build_config
 
 RUN_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
@@ -45,7 +45,7 @@ class PipelineParams(StrictConfig):
     # the segmenter's recipe: "network" / 0 take each network's own (dakd_core/train/recipes.py:
     # the paper's SGD for DeepLab/SwiftNet-R18, AdamW + cosine for the CPU-scale networks)
     optimizer: Literal["network", "sgd", "adamw"] = "network"
-    lr: float = Field(0.0, ge=0)
+    lr: float = Field(0.0, ge=0, le=MAX_LR)
     eval_every: int = Field(2000, gt=0)
     num_workers: int = Field(2, ge=0)  # DataLoader workers per training task
     # adaptation (AdaptSegNet / ADVENT)

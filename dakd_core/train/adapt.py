@@ -32,11 +32,7 @@ LEVELS = ("main", "aux")
 def run(cfg: AdaptConfig) -> engine.TrainResult:
     if cfg.method not in ADVERSARIAL_METHODS:  # road / diga / sfda: one loop module each
         return importlib.import_module(f"dakd_core.train.{cfg.method}").run(cfg)
-    dist = engine.init_distributed(cfg.device)
-    try:
-        return _train(cfg, dist)
-    finally:
-        engine.shutdown_distributed(dist)
+    return engine.launch(_train, cfg)
 
 
 class OutputSpaceAdversary:

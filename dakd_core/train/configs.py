@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dakd_core.config import StrictConfig
+from dakd_core.config import MAX_LR, StrictConfig
 from dakd_core.train.recipes import recipe_for
 
 Size = tuple[int, int]
@@ -55,9 +55,9 @@ class TrainConfig(StrictConfig):
     # (dakd_core/train/recipes.py); the defaults below are the paper's SGD recipe.
     iterations: int = Field(250_000, gt=0)
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="segmenter optimiser (heads at 10x lr with sgd)")
-    lr: float = Field(2.5e-4, gt=0, description="base learning rate of the segmenter")
+    lr: float = Field(2.5e-4, gt=0, le=MAX_LR, description="base learning rate of the segmenter")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)  # > 1 would shrink every weight past 0 at lr ~1
     schedule: Literal["poly", "cosine"] = Field("poly", description="learning-rate decay over the iterations")
     poly_power: float = Field(0.9, ge=0)
     warmup_iterations: int = Field(0, ge=0, description="linear learning-rate warm-up from 0")
@@ -122,7 +122,7 @@ class AdaptConfig(TrainConfig):
         "or 'both' (every forward pass; the same as 'target' for networks with frozen BatchNorm)")
     lambda_adv_main: float = Field(1e-3, ge=0)
     lambda_adv_aux: float = Field(2e-4, ge=0)
-    d_lr: float = Field(1e-4, gt=0)
+    d_lr: float = Field(1e-4, gt=0, le=MAX_LR)
     d_betas: tuple[float, float] = (0.9, 0.99)
     d_ndf: int = Field(64, gt=0)
     # ROAD (seed 003): L = L_seg + road_lambda_dist * L_dist + road_lambda_spt * L_spt, rows x cols regions
@@ -143,7 +143,7 @@ class AdaptConfig(TrainConfig):
     sfda_gamma: float = Field(0.01, ge=0)  # IPSM adversarial
     sfda_patches: int = Field(3, ge=1)  # K of the K x K IPSM patches
     sfda_latent: int = Field(256, gt=0)
-    sfda_g_lr: float = Field(0.1, gt=0)  # generator Adam lr (paper: 0.1)
+    sfda_g_lr: float = Field(0.1, gt=0, le=MAX_LR)  # generator Adam lr (paper: 0.1)
     sfda_fake_size: Size | None = None  # fake image (height, width); None: half the crop
 
     @field_validator("road_grid", "sfda_fake_size")

@@ -285,11 +285,7 @@ def teacher_gate(cfg: DistillConfig, student, teacher, cache, device, amp) -> di
 
 
 def run(cfg: DistillConfig) -> engine.TrainResult:
-    dist = engine.init_distributed(cfg.device)
-    try:
-        return _train(cfg, dist)
-    finally:
-        engine.shutdown_distributed(dist)
+    return engine.launch(_train, cfg)
 
 
 def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:

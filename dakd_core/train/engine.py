@@ -23,6 +23,7 @@ so the global RNGs only see what an uninterrupted run sees too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import math
@@ -107,6 +108,28 @@ def init_distributed(device_name: str | None = None) -> Dist:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world_size, device)
+
+
+_LEASE: contextvars.ContextVar = contextvars.ContextVar("dakd_writer_lease", default=None)
+
+
+def launch(train: Callable, cfg):
+    """Run `train(cfg, dist)` inside this process's (possibly single-process) group, rank 0 holding
+    the writer lease of `cfg.out` (a second run into the same --out is refused; see lease.py)."""
+    from dakd_core.lease import WriterLease
+
+    dist = init_distributed(cfg.device)
+    try:
+        if not dist.is_main:  # only rank 0 writes
+            return train(cfg, dist)
+        with WriterLease(open_store(cfg.out), f"training output {cfg.out}") as lease:
+            token = _LEASE.set(lease)
+            try:
+                return train(cfg, dist)
+            finally:
+                _LEASE.reset(token)
+    finally:
+        shutdown_distributed(dist)
 
 
 def shutdown_distributed(dist: Dist) -> None:
@@ -377,6 +400,7 @@ class RunKeeper:
         self.cfg, self.stage, self.dist = cfg, stage, dist
         self.eval_model, self.snapshot = eval_model, snapshot
         self.store: ObjectStore = open_store(cfg.out)
+        self.lease = _LEASE.get()  # None outside launch() (and on ranks > 0, which publish nothing)
         self.hash = config_hash(cfg)
         self.amp = amp_enabled(cfg, dist.device)
         self.best_metric: float | None = None
@@ -499,13 +523,18 @@ class RunKeeper:
             rng=rng, world_size=self.dist.world_size, best_metric=self.best_metric, best_step=self.best_step,
             last_losses=dict(self.last_losses),
         )
-        # Order matters for a kill at any moment: step file, then best, then last (the resume point).
-        if periodic:
-            save_checkpoint(self.store, payload, CHECKPOINT_KEY.format(step))
-        if best:
-            save_checkpoint(self.store, payload, BEST)
-        if periodic:
-            save_checkpoint(self.store, payload, LAST)
+        with self._publishing(f"the checkpoints of step {step} in {self.store.uri}"):
+            # Order matters for a kill at any moment: step file, then best, then last (the resume point).
+            if periodic:
+                save_checkpoint(self.store, payload, CHECKPOINT_KEY.format(step))
+            if best:
+                save_checkpoint(self.store, payload, BEST)
+            if periodic:
+                save_checkpoint(self.store, payload, LAST)
+
+    def _publishing(self, what: str):
+        """Inside: this run still holds the writer lease of --out (see lease.py)."""
+        return self.lease.publishing(what) if self.lease is not None else contextlib.nullcontext()
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self._tracking:
@@ -530,7 +559,8 @@ class RunKeeper:
                 rate = steps_run / max(time.perf_counter() - self._started, 1e-9)
                 metrics["steps_per_second"] = rate
             document = {"stage": self.stage, "config_hash": self.hash, **result.__dict__}
-            self.store.put_bytes(RESULT, json.dumps(document, indent=2, sort_keys=True).encode())
+            with self._publishing(self.store.url(RESULT)):
+                self.store.put_bytes(RESULT, json.dumps(document, indent=2, sort_keys=True).encode())
             if self._tracking:
                 from dakd_core import tracking
 

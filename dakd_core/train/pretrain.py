@@ -10,11 +10,7 @@ STAGE = "pretrain"
 
 
 def run(cfg: PretrainConfig) -> engine.TrainResult:
-    dist = engine.init_distributed(cfg.device)
-    try:
-        return _train(cfg, dist)
-    finally:
-        engine.shutdown_distributed(dist)
+    return engine.launch(_train, cfg)
 
 
 def _train(cfg: PretrainConfig, dist: engine.Dist) -> engine.TrainResult:

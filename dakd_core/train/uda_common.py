@@ -9,17 +9,7 @@ from torch import nn
 
 from dakd_core.errors import TrainingError
 from dakd_core.models.checkpoint import load_checkpoint, load_state_into
-
-
-def launch(train, cfg):
-    """Run `train(cfg, dist)` inside this process's (possibly single-process) group."""
-    from dakd_core.train import engine
-
-    dist = engine.init_distributed(cfg.device)
-    try:
-        return train(cfg, dist)
-    finally:
-        engine.shutdown_distributed(dist)
+from dakd_core.train.engine import launch  # noqa: F401  (the ROAD/DiGA/SFDA loops import it from here)
 
 
 def load_init(model: nn.Module, init_uri: str) -> None:
