@@ -76,11 +76,16 @@ def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str
 
 
 @dsl.pipeline(name="cache-teacher", description="Teacher cache: one task per shard slice, then the index")
-def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, store_uri: str, run_name: str,
-                         experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
+def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, source_resize_h: int,
+                         source_resize_w: int, target_resize_h: int, target_resize_w: int, store_uri: str,
+                         run_name: str, experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
     # A sub-pipeline, so that inside the ParallelFor every upstream value is a pipeline input:
-    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item.
-    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest], num_shards=CACHE_SHARDS,
+    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item, and passes a
+    # list built of parameters into a sub-pipeline as nulls, so the sizes come in as ints.
+    # The resizes are the distill task's: the teacher runs at the student's training geometry.
+    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest],
+                  source_resize=[source_resize_h, source_resize_w], target_resize=[target_resize_h, target_resize_w],
+                  num_shards=CACHE_SHARDS,
                   store_uri=store_uri, run_name=run_name, experiment=experiment, parent_run_id=parent_run_id,
                   kfp_run_id=kfp_run_id, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
     with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
@@ -189,6 +194,8 @@ def dakd_pipeline(
         # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
         cache = cache_teacher_fanout(teacher=teacher, source_manifest=src_train, target_manifest=tgt_train,
+                                     source_resize_h=source_resize_h, source_resize_w=source_resize_w,
+                                     target_resize_h=target_resize_h, target_resize_w=target_resize_w,
                                      store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
                                      parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id)
         cache.set_display_name("cache-teacher")

@@ -298,11 +298,12 @@ def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:
         return None
     cache = TeacherCache(cfg.teacher_cache)
     teacher_sha = sha256_uri(cfg.teacher) if cfg.teacher else None
-    manifests = {"source": cfg.source_manifest, "target": cfg.target_manifest}
+    manifests = {"source": (cfg.source_manifest, cfg.source_resize), "target": (cfg.target_manifest, cfg.target_resize)}
     for d in domains:
         from dakd_core.data.manifest import read_manifest
 
-        cache.check(teacher_sha, read_manifest(manifests[d]), manifests[d])
+        uri, resize = manifests[d]
+        cache.check(teacher_sha, read_manifest(uri), uri, resize=resize)
     return cache
 
 
