@@ -55,7 +55,26 @@ def test_kl_mse_pseudo_inside_the_step(world):
     assert terms["t_mse_aux"].item() < 1e-10
     other = SegOutput(same.main + torch.randn_like(same.main), same.aux + torch.randn_like(same.aux))
     terms = distill_terms(other, t, cfg, "t")
-    assert terms["t_kl_main"].item() > 1e-3 and terms["t_kl_aux"].item() > 1e-3
+    # KL(teacher || student) per pixel, / 19 classes (kl_reduction class_mean), mean over pixels
+    log_ratio = t["main"].clamp_min(1e-8).log() - other.main.log_softmax(1)
+    assert cfg.kl_reduction == "class_mean"
+    assert terms["t_kl_main"].item() == pytest.approx((t["main"] * log_ratio).sum(1).mean().item() / 19, rel=1e-4)
+    cfg_sum = _cfg(world, "unused", kl_reduction="class_sum")
+    assert distill_terms(other, t, cfg_sum, "t")["t_kl_main"].item() == pytest.approx(19 * terms["t_kl_main"].item(), rel=1e-5)
+    # pseudo-label CE: the student's main logits, bilinearly upsampled to the image, against the
+    # teacher's full-resolution argmax (= argmax of its upsampled main logits)
+    up = torch.nn.functional.interpolate(other.main, size=(H, W), mode="bilinear", align_corners=False)
+    teacher_up = torch.nn.functional.interpolate(same.main, size=(H, W), mode="bilinear", align_corners=False)
+    assert torch.equal(t["label"], teacher_up.argmax(1))
+    picked = up.log_softmax(1).gather(1, t["label"][:, None])
+    assert terms["t_pseudo"].item() == pytest.approx(-picked.mean().item(), rel=1e-5)
+    # with pseudo_threshold, pixels whose teacher confidence is below it drop out of the mean
+    threshold = float(t["confidence"].median())
+    cfg_thr = _cfg(world, "unused", pseudo_threshold=threshold)
+    keep = t["confidence"] >= threshold
+    assert 0 < keep.sum() < keep.numel()
+    assert distill_terms(other, t, cfg_thr, "t")["t_pseudo"].item() == pytest.approx(
+        -picked[:, 0][keep].mean().item(), rel=1e-5)
     # MSE is on probabilities: equal to the hand computation, hence bounded by 1.
     expected = ((other.aux.softmax(1) - t["aux"]) ** 2).mean()
     assert torch.allclose(terms["t_mse_aux"], expected, atol=1e-6) and terms["t_mse_aux"].item() < 1

@@ -7,7 +7,8 @@ L_adv on target, discriminators stepped on detached maps) and adds, per distille
           + lambda_pseudo * CE(main, teacher argmax)
     L   = L_seg + L_adv + [L_source if paradigm in a, c] + lambda_target * [L_target if b, c, d]
 
-KL is kl_div(log_softmax(s/T), softmax(t/T)) * T^2 (dakd_core.losses).
+KL is KL(teacher || student) * T^2 per pixel, divided by the number of classes under the default
+kl_reduction "class_mean" (the scale of the reference code's lambda_kl; dakd_core.losses.kl_distill).
 
 Real-time students (seed 004, all off by default): `seg_loss=border_focal` replaces the source CE of
 both heads by the border-focal loss; per distilled domain the loss gains
@@ -182,8 +183,8 @@ def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str,
     border-weighted KL and feature terms (`student_features` already through the adapter)."""
     T, valid = cfg.temperature, targets["valid"]
     terms = {
-        f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid),
-        f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid),
+        f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid, reduction=cfg.kl_reduction),
+        f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid, reduction=cfg.kl_reduction),
         f"{prefix}_mse_aux": mse_distill(output.aux, targets["aux"], mask=valid),
         f"{prefix}_pseudo": pseudo_label_ce(
             output.main, targets["label"], targets["confidence"], threshold=cfg.pseudo_threshold
