@@ -133,6 +133,7 @@ def dakd_pipeline(
     lambda_pseudo: float = _D.lambda_pseudo,
     lambda_target: float = _D.lambda_target,
     temperature: float = _D.temperature,
+    kl_reduction: str = _D.kl_reduction,
     seg_loss: str = _D.seg_loss,
     focal_gamma: float = _D.focal_gamma,
     lambda_border_kl: float = _D.lambda_border_kl,
@@ -207,7 +208,7 @@ def dakd_pipeline(
             iterations=distill_iterations, method=distill_adversarial_method, lambda_adv_main=lambda_adv_main,
             lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width, lambda_kl=lambda_kl,
             lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
-            temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,
+            temperature=temperature, kl_reduction=kl_reduction, seg_loss=seg_loss, focal_gamma=focal_gamma,
             lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
             cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,
             teacher_online=teacher_online, **common)
