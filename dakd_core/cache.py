@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from dakd_core.config import StrictConfig
+from dakd_core.config import HW, StrictConfig
 from dakd_core.errors import ConfigError, DataError, StoreError
 from dakd_core.lease import WriterLease
 
@@ -102,6 +102,10 @@ class CacheConfig(StrictConfig):
     dtype: Literal["fp16", "uint8"] = "uint8"
     # (H, W) the training resolution the student sees; None keeps each image's own size.
     size: tuple[int, int] | None = None
+    sizes: list[HW] | None = Field(
+        None, description="one (H, W) per manifest, in `manifests` order, overriding `size`: the resize the "
+        "distill stage gives that domain (source_resize for the source manifest, target_resize for the "
+        "target one), so the teacher runs at the geometry the student trains at")
     shard_size: int = Field(64, gt=0, description="samples per shard object")
     batch_size: int = Field(4, gt=0)
     num_workers: int = Field(0, ge=0)
@@ -114,7 +118,16 @@ class CacheConfig(StrictConfig):
             raise ValueError(f"shard_index {self.shard_index} must be < num_shards {self.num_shards}")
         if self.size is not None and min(self.size) <= 0:
             raise ValueError(f"size must be positive, got {self.size}")
+        if self.sizes is not None and len(self.sizes) != len(self.manifests):
+            raise ValueError(f"sizes has {len(self.sizes)} entries for {len(self.manifests)} manifests "
+                             "(one (H, W) per manifest, in order)")
         return self
+
+    def size_of(self, manifest: str) -> tuple[int, int] | None:
+        """The (H, W) the teacher sees the images of `manifest` at (None: their stored size)."""
+        if self.sizes is None:
+            return self.size
+        return tuple(self.sizes[self.manifests.index(manifest)])
 
 
 @dataclass
@@ -243,6 +256,8 @@ def _fingerprint(teacher_sha: str, manifest_shas: list[str], cfg: CacheConfig) -
         "manifests": manifest_shas,
         "dtype": cfg.dtype,
         "size": list(cfg.size) if cfg.size else None,
+        # per-manifest sizes only when given: fingerprints of caches made with `size` stay the same
+        **({"sizes": [list(v) for v in cfg.sizes]} if cfg.sizes is not None else {}),
         "shard_size": cfg.shard_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -281,10 +296,11 @@ def _image_batches(rows: list[dict], manifest_uri_of: dict[str, int], cfg: Cache
     for r in rows:
         by_manifest.setdefault(r["_manifest_uri"], []).append(manifest_uri_of[r["sample_id"]])
     for uri, indices in by_manifest.items():
-        ds = ManifestDataset(uri, crop=None, train=False, with_labels=False, resize=cfg.size)
+        size = cfg.size_of(uri)
+        ds = ManifestDataset(uri, crop=None, train=False, with_labels=False, resize=size)
         subset = torch.utils.data.Subset(ds, indices)
-        # Images in one manifest may differ in size when cfg.size is None: batch only equal shapes.
-        bs = cfg.batch_size if cfg.size is not None else 1
+        # Images in one manifest may differ in size without a resize: batch only equal shapes.
+        bs = cfg.batch_size if size is not None else 1
         loader = torch.utils.data.DataLoader(subset, batch_size=bs, num_workers=cfg.num_workers)
         for batch in loader:
             yield batch["sample_id"], batch["image"]
@@ -475,8 +491,11 @@ class TeacherCache:
         except KeyError:
             raise DataError(f"sample {sample_id!r} is not in the teacher cache {self.index_uri}") from None
 
-    def check(self, teacher_sha256: str | None = None, manifest_rows: list[dict] | None = None, manifest_uri: str = "") -> None:
-        """Raise DataError when the cache was made by another teacher or misses/mismatches images."""
+    def check(self, teacher_sha256: str | None = None, manifest_rows: list[dict] | None = None,
+              manifest_uri: str = "", resize: tuple[int, int] | None = None) -> None:
+        """Raise DataError when the cache was made by another teacher, misses/mismatches images, or
+        ran the teacher at another size than the training `resize` (None: each image's stored size):
+        targets computed at a scale the student never sees differ from the live teacher's."""
         if teacher_sha256 is not None and self.teacher_sha256s != {teacher_sha256}:
             raise DataError(
                 f"teacher cache {self.index_uri} is stale: made by teacher sha256 "
@@ -489,6 +508,13 @@ class TeacherCache:
             if r.get("sha256") and cached["image_sha256"] and cached["image_sha256"] != r["sha256"]:
                 raise DataError(
                     f"teacher cache {self.index_uri} is stale for sample {r['sample_id']!r} of {manifest_uri}: image sha256 differs"
+                )
+            want = list(resize) if resize is not None else [r["height"], r["width"]]
+            if list(cached["label_shape"]) != [int(v) for v in want]:
+                raise DataError(
+                    f"teacher cache {self.index_uri} ran the teacher on sample {r['sample_id']!r} of {manifest_uri} "
+                    f"at {cached['label_shape'][0]}x{cached['label_shape'][1]} (HxW), but it is trained at "
+                    f"{want[0]}x{want[1]}: rebuild the cache with that size (cache-teacher --size/--manifest-size)"
                 )
 
     def _local_shard(self, key: str) -> Path:

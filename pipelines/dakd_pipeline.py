@@ -76,11 +76,16 @@ def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str
 
 
 @dsl.pipeline(name="cache-teacher", description="Teacher cache: one task per shard slice, then the index")
-def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, store_uri: str, run_name: str,
-                         experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
+def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, source_resize_h: int,
+                         source_resize_w: int, target_resize_h: int, target_resize_w: int, store_uri: str,
+                         run_name: str, experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
     # A sub-pipeline, so that inside the ParallelFor every upstream value is a pipeline input:
-    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item.
-    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest], num_shards=CACHE_SHARDS,
+    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item, and passes a
+    # list built of parameters into a sub-pipeline as nulls, so the sizes come in as ints.
+    # The resizes are the distill task's: the teacher runs at the student's training geometry.
+    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest],
+                  source_resize=[source_resize_h, source_resize_w], target_resize=[target_resize_h, target_resize_w],
+                  num_shards=CACHE_SHARDS,
                   store_uri=store_uri, run_name=run_name, experiment=experiment, parent_run_id=parent_run_id,
                   kfp_run_id=kfp_run_id, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
     with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
@@ -128,6 +133,7 @@ def dakd_pipeline(
     lambda_pseudo: float = _D.lambda_pseudo,
     lambda_target: float = _D.lambda_target,
     temperature: float = _D.temperature,
+    kl_reduction: str = _D.kl_reduction,
     seg_loss: str = _D.seg_loss,
     focal_gamma: float = _D.focal_gamma,
     lambda_border_kl: float = _D.lambda_border_kl,
@@ -189,6 +195,8 @@ def dakd_pipeline(
         # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
         cache = cache_teacher_fanout(teacher=teacher, source_manifest=src_train, target_manifest=tgt_train,
+                                     source_resize_h=source_resize_h, source_resize_w=source_resize_w,
+                                     target_resize_h=target_resize_h, target_resize_w=target_resize_w,
                                      store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
                                      parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id)
         cache.set_display_name("cache-teacher")
@@ -200,7 +208,7 @@ def dakd_pipeline(
             iterations=distill_iterations, method=distill_adversarial_method, lambda_adv_main=lambda_adv_main,
             lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width, lambda_kl=lambda_kl,
             lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
-            temperature=temperature, seg_loss=seg_loss, focal_gamma=focal_gamma,
+            temperature=temperature, kl_reduction=kl_reduction, seg_loss=seg_loss, focal_gamma=focal_gamma,
             lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
             cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,
             teacher_online=teacher_online, **common)

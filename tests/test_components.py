@@ -104,12 +104,41 @@ def test_cache_shards_then_index(env):
     from dakd_core.orchestration.tasks.cache_teacher import cache_index_task, cache_shard_task
 
     c, r = env["common"], env["results"]
-    inputs = dict(teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=2)
+    # the distill task's resizes (test_distill_c_then_d), as the pipeline wires them
+    inputs = dict(teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=2,
+                  source_resize=TRAIN["source_resize"], target_resize=[32, 64])
     counts = [cache_shard_task(**c, shard_index=k, **inputs)["num_samples"] for k in range(2)]
     assert sum(counts) == 8
     index = cache_index_task(**c, shard_samples=[float(n) for n in counts], **inputs)  # Collected: floats
     assert index["num_samples"] == 8 and pins.resolve(index["index"]).endswith("index.parquet")
     r["index"] = index["index"]
+
+
+def test_cache_runs_the_teacher_at_each_domains_training_resize(env):
+    """Sizes unlike the stored 32x64 images: each manifest's teacher maps come out at its own resize
+    (labels at the resize, probabilities at stride 8 of it), and distillation refuses a cache made at
+    another size than it trains at."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from dakd_core.cache import TeacherCache
+    from dakd_core.data.manifest import read_manifest
+    from dakd_core.orchestration.tasks.cache_teacher import cache_index_task, cache_shard_task
+
+    c, r = {**env["common"], "run_name": "sized"}, env["results"]
+    inputs = dict(teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=1,
+                  source_resize=[16, 48], target_resize=["24", 40.0])  # KFP may pass strings/floats
+    n = cache_shard_task(**c, shard_index=0, **inputs)["num_samples"]
+    index = pins.resolve(cache_index_task(**c, shard_samples=[float(n)], **inputs)["index"])
+    rows = pq.read_table(io.BytesIO(read_bytes(index))).to_pylist()
+    shapes = {(row["domain"], tuple(row["label_shape"]), tuple(row["main_shape"])) for row in rows}
+    assert shapes == {("source", (16, 48), (19, 2, 6)), ("target", (24, 40), (19, 3, 5))}
+    cache = TeacherCache(index)
+    src = pins.resolve(r["src"])
+    cache.check(None, read_manifest(src), src, resize=(16, 48))
+    with pytest.raises(DataError, match="at 16x48 .* trained at 32x64"):
+        cache.check(None, read_manifest(src), src, resize=(32, 64))
 
 
 def test_distill_c_then_d(env):

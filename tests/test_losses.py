@@ -115,8 +115,24 @@ def test_kl_is_zero_for_identical_distributions_and_positive_otherwise():
     student = torch.randn(2, 19, 4, 6)
     assert kl_distill(student, F.softmax(student, 1)).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_distill(student, F.softmax(student, 1), T=3.0).item() == pytest.approx(0.0, abs=1e-6)
-    other = F.softmax(torch.randn(2, 19, 4, 6), 1)
-    assert kl_distill(student, other).item() > 1e-3
+
+
+
+def test_kl_direction_is_teacher_to_student_and_reduction_is_stated():
+    """Asymmetric hand case: a uniform student (zero logits, 3 classes) and a confident teacher.
+    KL(t || s) = .98 ln(.98 * 3) + 2 * .01 ln(.01 * 3) = 0.98671; the reverse KL(s || t) would
+    be (ln(1/(3 * .98)) + 2 ln(1/(3 * .01))) / 3 = 1.97834. Pixel 2 (teacher = student) adds 0."""
+    student = torch.zeros(1, 3, 1, 2)
+    teacher = torch.tensor([[0.98, 1 / 3], [0.01, 1 / 3], [0.01, 1 / 3]]).reshape(1, 3, 1, 2)
+    forward = 0.98 * math.log(0.98 * 3) + 2 * 0.01 * math.log(0.01 * 3)
+    assert forward == pytest.approx(0.986711, abs=1e-6)
+    # mean over the two pixels of the per-pixel KL summed over classes ...
+    assert kl_distill(student, teacher, reduction="class_sum").item() == pytest.approx(forward / 2, rel=1e-5)
+    # ... and that over C = 3 classes: the reference code's element mean
+    assert kl_distill(student, teacher, reduction="class_mean").item() == pytest.approx(forward / 6, rel=1e-5)
+    assert kl_distill(student, teacher).item() == pytest.approx(forward / 2, rel=1e-5)  # the function's default
+    with pytest.raises(TrainingError, match="reduction 'batchmean'"):
+        kl_distill(student, teacher, reduction="batchmean")
 
 
 def test_kl_hand_value_with_temperature():

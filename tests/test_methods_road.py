@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from dakd_core.errors import ConfigError, TrainingError
 from dakd_core.losses.road import (
     RegionDomainClassifiers, grad_reverse, grid_regions, region_bounds, spatial_aware_loss, target_guided_distillation,
 )
-from dakd_core.models.checkpoint import load_checkpoint
-from dakd_core.train import adapt
+from dakd_core.models import create_model
+from dakd_core.models.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from dakd_core.train import adapt, road
 from dakd_core.train.configs import AdaptConfig
 
 from _methods_data import method_config, pretrained_pair
@@ -81,8 +83,9 @@ def test_spatial_aware_loss_sums_each_regions_mean_bce():
 
 def test_road_config_is_strict_and_reaches_the_cli(tmp_path):
     base = dict(source_manifest="m", out="o", init="c", target_manifest="t")
-    cfg = build_config(AdaptConfig, None, **base, method="road")
+    cfg = build_config(AdaptConfig, None, **base, method="road", backbone_weights="imagenet.pth")
     assert (cfg.road_lambda_dist, cfg.road_lambda_spt, cfg.road_grid) == (0.1, 0.01, (3, 3))  # the paper's
+    assert cfg.road_reference == "imagenet"
     with pytest.raises(ConfigError, match="field 'road_grid' applies to method 'road' only"):
         build_config(AdaptConfig, None, **base, method="advent", road_grid=[2, 2])
     with pytest.raises(ConfigError, match="road_grid"):
@@ -90,8 +93,10 @@ def test_road_config_is_strict_and_reaches_the_cli(tmp_path):
     with pytest.raises(ConfigError, match="method"):
         build_config(AdaptConfig, None, **base, method="roadnet")
     args = build_parser().parse_args(["adapt", "--method", "road", "--road-grid", "2", "1", "--source-manifest", "m",
-                                      "--out", "o", "--init", "c", "--target-manifest", "t"])
-    assert config_from_args(AdaptConfig, args).road_grid == (2, 1)
+                                      "--out", "o", "--init", "c", "--target-manifest", "t",
+                                      "--road-reference", "s3://b/real.pt"])
+    cfg = config_from_args(AdaptConfig, args)
+    assert cfg.road_grid == (2, 1) and cfg.road_reference == "s3://b/real.pt"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +105,66 @@ def data(tmp_path_factory, _mlflow_template_db):
 
 
 def _road(data, out, **overrides):
-    return method_config(data, out, "road", road_grid=[2, 2], **overrides)
+    return method_config(data, out, "road", road_grid=[2, 2], **{"road_reference": "init", **overrides})
+
+
+def test_road_reference_defaults_to_imagenet_and_needs_backbone_weights(data, tmp_path):
+    with pytest.raises(ConfigError, match="road_reference.*needs 'backbone_weights'"):
+        method_config(data, tmp_path, "road")
+    weights = tmp_path / "backbone.pt"
+    torch.manual_seed(3)
+    torch.save(create_model("deeplabv2_tiny").backbone.state_dict(), weights)
+    cfg = method_config(data, tmp_path, "road", backbone_weights=str(weights))
+    assert cfg.road_reference == "imagenet"
+    ref = road.reference_model(cfg)
+    saved = torch.load(weights)
+    assert all(torch.equal(ref.backbone.state_dict()[k], v) for k, v in saved.items())
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    init = load_checkpoint(data["init"])["model"]
+    ref = road.reference_model(_road(data, tmp_path))  # 'init': the source-trained checkpoint
+    assert all(torch.equal(ref.state_dict()[k], v) for k, v in init.items())
+    torch.save(create_model("swiftnet_thin").backbone.state_dict(), weights)
+    with pytest.raises(ConfigError, match="decoder8"):
+        road.reference_model(method_config(data, tmp_path, "road", model="swiftnet_thin", backbone_weights=str(weights)))
+
+
+def test_road_distils_target_features_towards_the_given_reference(data, tmp_path, mlflow_uri, monkeypatch):
+    """One step with road_reference = another checkpoint: z in L_dist is that checkpoint's eval-mode
+    dense features on the target crops, and the logged train/dist is the mean over positions of
+    ||x - z||_2 computed here by hand (far above the sqrt(1e-8) floor of the loss)."""
+    other = save_checkpoint(f"{data['store']}/real_style.pt", make_payload(_seeded_model(11), 0))
+    seen, made = {}, []
+    build = road.reference_model
+
+    def recording_reference(cfg):
+        ref = build(cfg)
+        forward = ref.forward_features
+        ref.forward_features = lambda x: (seen.setdefault("images", x.clone()), forward(x))[1]
+        made.append(ref)
+        return ref
+
+    def recording_distance(x, z):
+        seen.update(x=x.detach().clone(), z=z.clone())
+        return target_guided_distillation(x, z)
+
+    monkeypatch.setattr(road, "reference_model", recording_reference)
+    monkeypatch.setattr(road, "target_guided_distillation", recording_distance)
+    result = adapt.run(_road(data, tmp_path / "ref", road_reference=other, iterations=1))
+    independent = create_model("deeplabv2_tiny")
+    independent.load_state_dict(load_checkpoint(other)["model"])
+    independent.eval()
+    with torch.no_grad():
+        z = independent.forward_features(seen["images"])["last"]
+    assert seen["images"].shape[0] == 2 and torch.allclose(seen["z"], z, atol=1e-5)
+    x, z = seen["x"].numpy(), z.numpy()
+    by_hand = np.sqrt(((x - z) ** 2).sum(axis=1)).mean()
+    assert by_hand > 0.01
+    assert result.metrics["train/dist"] == pytest.approx(by_hand, rel=1e-4)
+
+
+def _seeded_model(seed: int):
+    torch.manual_seed(seed)
+    return create_model("deeplabv2_tiny")
 
 
 def test_road_trains_segmenter_and_region_classifiers_and_resumes_exactly(data, tmp_path, mlflow_uri):
@@ -114,7 +178,6 @@ def test_road_trains_segmenter_and_region_classifiers_and_resumes_exactly(data, 
     assert len(ckpt["classifiers"]) == 4 * 4  # 4 regions x (2 convs x weight, bias)
     for term in ("seg_main", "dist", "spt"):
         assert 0 <= full.metrics[f"train/{term}"] < 20
-    assert full.metrics["train/dist"] > 0  # the segmenter moved away from the frozen model
     assert mlflow.get_run(full.mlflow_run_id).data.params["method"] == "road"
 
     part = tmp_path / "part"

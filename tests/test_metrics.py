@@ -90,6 +90,34 @@ def test_auprc_hand_case():
     assert ap3[0] == pytest.approx(1.0) and ap3[1] == pytest.approx(1.0) and math.isnan(ap3[2])
 
 
+def test_auprc_is_sklearns_average_precision():
+    """Class 1 scores: positive 0.94, negative 0.92, positive 0.60. Thresholds at every score:
+    P/R = 1/0.5, 0.5/0.5, 2/3/1 -> AP = 0.5 * 1 + 0.5 * 2/3 = 0.8333. Twenty 0.05-wide steps put 0.92
+    and 0.94 on one threshold (P 0.5 at R 0.5): 0.5833. Class 0 (1 - p, positive 0.08 only, between
+    negatives 0.06 and 0.40): AP 0.5; twenty steps merge 0.06 and 0.08: 1/3."""
+    from sklearn.metrics import average_precision_score
+
+    p1 = torch.tensor([0.94, 0.92, 0.60])
+    probs = torch.stack([1 - p1, p1]).reshape(1, 2, 1, 3)
+    label = torch.tensor([1, 0, 1]).reshape(1, 1, 3)
+    ap = M.auprc_from_histograms(M.pr_histograms(probs, label))
+    assert ap[1] == pytest.approx(0.5 + 1 / 3, abs=1e-9) and ap[0] == pytest.approx(0.5, abs=1e-9)
+    coarse = M.auprc_from_histograms(M.pr_histograms(probs, label, thresholds=20))
+    assert coarse[1] == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3) and coarse[0] == pytest.approx(1 / 3)
+    # random scores, away from bin edges: equal to sklearn's average precision for every class
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(1, 3, 20, 30)).astype(np.float32) * 2)
+    probs = logits.softmax(1)
+    label = torch.from_numpy(rng.integers(0, 3, size=(1, 20, 30)))
+    label[0, 0, :5] = 255
+    ap = M.auprc_from_histograms(M.pr_histograms(probs, label))
+    keep = label.reshape(-1) != 255
+    for c in range(3):
+        y = (label.reshape(-1)[keep] == c).numpy()
+        scores = probs[0, c].reshape(-1)[keep].numpy().astype(np.float64)
+        assert ap[c] == pytest.approx(average_precision_score(y, scores), abs=1e-3)
+
+
 def test_accumulator_merges_batches_and_reports_json():
     torch.manual_seed(0)
     acc = M.SegmentationMetrics(3)

@@ -84,6 +84,36 @@ def test_dag_has_every_stage_in_order(spec):
     assert params["paradigm"]["defaultValue"] == "d" and params["lambda_kl"]["defaultValue"] == 0.1
 
 
+def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
+    """Issue 17 item 1: every cache task (shard slices and the index fan-in) gets as its
+    source_resize/target_resize the very pipeline parameters the distill task gets (source_resize_h/w
+    with the source manifest, target_resize_h/w with the target one), handed down unchanged
+    through the fan-out sub-pipeline and its loop."""
+    pipeline, _ = spec
+    fanout, distill = _find_task(pipeline, "cache-teacher"), _find_task(pipeline, "distill")
+    sub = pipeline["components"][fanout["componentRef"]["name"]]["dag"]["tasks"]
+    loop = sub["for-loop-2"]["inputs"]["parameters"]
+    shard = _find_task(pipeline, "cache-teacher-shard")["inputs"]["parameters"]
+    index = sub["cache-teacher-index"]["inputs"]["parameters"]
+    for side in ("source", "target"):
+        key = f"{side}_resize"
+        assert distill["inputs"]["parameters"][key]["runtimeValue"]["constant"] == [
+            f"{{{{$.inputs.parameters['pipelinechannel--{key}_{d}']}}}}" for d in "hw"]
+        for d in "hw":
+            # root parameter -> exit handler channel -> sub-pipeline input -> loop channel
+            assert fanout["inputs"]["parameters"][f"{key}_{d}"] == distill["inputs"]["parameters"][
+                f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"pipelinechannel--{key}_{d}"}
+            assert loop[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"{key}_{d}"}
+            assert index[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"{key}_{d}"}
+            assert shard[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"pipelinechannel--{key}_{d}"}
+        for task in (shard, index):
+            assert task[key] == distill["inputs"]["parameters"][key], key
+    # ... and the manifests arrive in the order the sizes are paired with: [source, target]
+    assert shard["manifests"]["runtimeValue"]["constant"] == [
+        "{{$.inputs.parameters['pipelinechannel--source_manifest']}}",
+        "{{$.inputs.parameters['pipelinechannel--target_manifest']}}"]
+
+
 def test_training_tasks_request_gpu_shm_tolerations_secrets_retries(spec):
     pipeline, k8s = spec
     executors = pipeline["deploymentSpec"]["executors"]

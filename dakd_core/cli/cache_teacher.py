@@ -22,7 +22,10 @@ def add_arguments(p) -> None:
     p.add_argument("--name", help="cache name: objects go under {store}/teacher_cache/{name}/")
     p.add_argument("--shard", metavar="i/n", help="process only shard slice i of n (pipeline fan-out)")
     p.add_argument("--dtype", choices=("fp16", "uint8"), help="storage type of the probability maps")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="training resolution")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="training resolution of every manifest")
+    p.add_argument("--manifest-size", dest="sizes", type=int, nargs=2, action="append", metavar=("H", "W"),
+                   help="training resolution of one manifest; repeat once per --manifest, in the same order "
+                        "(the distill stage's source_resize, then target_resize); overrides --size")
     p.add_argument("--shard-size", type=int, help="samples per shard object")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--num-workers", type=int)
@@ -39,6 +42,7 @@ def run(args) -> int:
     cfg = build_config(
         CacheConfig, args.config, teacher=args.teacher, manifests=args.manifests, store=args.store,
         name=args.name, shard_index=shard_index, num_shards=num_shards, dtype=args.dtype, size=args.size,
+        sizes=args.sizes,
         shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, finalize_only=args.finalize_only,
     )

@@ -69,7 +69,8 @@ class CropPlan:
     """One sampled geometry, in the coordinates of the image it was sampled for.
 
     Applying the same plan to a map of another resolution (e.g. a stride-8 teacher probability
-    map) scales every coordinate by that map's size ratio, so all maps stay aligned.
+    map) samples it exactly where the augmented image's pixels come from (`_warp_lowres`): no
+    offset is rounded to the map's grid, so a cached teacher map stays aligned with the crop.
     """
 
     height: int  # size of the image the plan was drawn for
@@ -82,26 +83,64 @@ class CropPlan:
     flip: bool
 
     def apply(self, array: np.ndarray, nearest: bool, pad_value) -> np.ndarray:
-        """Scale, crop (padding with `pad_value`, a scalar or a per-channel value) and flip."""
-        ry, rx = array.shape[0] / self.height, array.shape[1] / self.width
-        sh = max(1, round(self.height * self.scale * ry))
-        sw = max(1, round(self.width * self.scale * rx))
+        """Scale, crop (padding with `pad_value`, a scalar or a per-channel value) and flip.
+
+        An array of the plan's own size (image, labels) is resized and cropped at integer offsets;
+        one of another size (a teacher map at output stride) goes through `_warp_lowres`."""
         interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-        # cv2 cannot resize more than 512 channels; teacher maps have 19, images 3.
-        scaled = cv2.resize(array, (sw, sh), interpolation=interp)
-        if scaled.ndim < array.ndim:  # cv2 drops a trailing channel axis of size 1
-            scaled = scaled[..., None]
-        ch, cw = max(1, round(self.crop_h * ry)), max(1, round(self.crop_w * rx))
-        top, left = round(self.top * ry), round(self.left * rx)
-        out = np.full((ch, cw) + array.shape[2:], pad_value, dtype=array.dtype)
-        # Intersection of the crop window with the scaled image.
-        y0, x0 = max(top, 0), max(left, 0)
-        y1, x1 = min(top + ch, sh), min(left + cw, sw)
-        if y1 > y0 and x1 > x0:
-            out[y0 - top : y1 - top, x0 - left : x1 - left] = scaled[y0:y1, x0:x1]
+        if array.shape[:2] != (self.height, self.width):
+            out = self._warp_lowres(array, interp, pad_value)
+        else:
+            sh, sw = self.scaled_size
+            # cv2 cannot resize more than 512 channels; teacher maps have 19, images 3.
+            scaled = cv2.resize(array, (sw, sh), interpolation=interp)
+            if scaled.ndim < array.ndim:  # cv2 drops a trailing channel axis of size 1
+                scaled = scaled[..., None]
+            ch, cw, top, left = self.crop_h, self.crop_w, self.top, self.left
+            out = np.full((ch, cw) + array.shape[2:], pad_value, dtype=array.dtype)
+            # Intersection of the crop window with the scaled image.
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + ch, sh), min(left + cw, sw)
+            if y1 > y0 and x1 > x0:
+                out[y0 - top : y1 - top, x0 - left : x1 - left] = scaled[y0:y1, x0:x1]
         if self.flip:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+    @property
+    def scaled_size(self) -> tuple[int, int]:
+        """(H, W) of the scaled image the crop is cut from (as `RandomScaleCropFlip.sample` drew it)."""
+        return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
+
+    def _warp_lowres(self, array: np.ndarray, interp: int, pad_value) -> np.ndarray:
+        """The crop of a map of size (h, w) != the image's (H, W), at the crop's size times h/H.
+
+        With the half-pixel convention of cv2.resize / F.interpolate(align_corners=False), output
+        pixel i of a map of n pixels over the crop's `crop_h` sits at crop row (i + .5) crop_h/n - .5,
+        i.e. scaled-image row y_s = that + top, original row (y_s + .5) H/sh - .5 and map row
+        u = (y_s + .5) h/sh - .5. That affine u(i) (and v(j)) is sampled in one warp, so the map is
+        aligned to the crop to the sub-pixel (rounding the offsets to the map's grid, as before,
+        shifted it by up to half a map pixel: +-4 image pixels at stride 8). Pixels whose source
+        row/column lies outside the scaled image are `pad_value`."""
+        h, w = array.shape[:2]
+        sh, sw = self.scaled_size
+        out_h, out_w = max(1, round(self.crop_h * h / self.height)), max(1, round(self.crop_w * w / self.width))
+        ay, ax = self.crop_h / out_h, self.crop_w / out_w  # crop pixels per output pixel
+        matrix = np.array([[ax * w / sw, 0.0, (0.5 * ax + self.left) * w / sw - 0.5],
+                           [0.0, ay * h / sh, (0.5 * ay + self.top) * h / sh - 0.5]])
+        # Replicate, not a constant, at the border: pixels inside the image next to its edge must
+        # not blend with the pad value; pixels outside it are overwritten below.
+        out = cv2.warpAffine(array, matrix, (out_w, out_h), flags=interp | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        if out.ndim < array.ndim:
+            out = out[..., None]
+        rows = (np.arange(out_h) + 0.5) * ay - 0.5 + self.top  # scaled-image row of each output row
+        cols = (np.arange(out_w) + 0.5) * ax - 0.5 + self.left
+        outside_r = (rows < -0.5) | (rows >= sh - 0.5)
+        outside_c = (cols < -0.5) | (cols >= sw - 0.5)
+        out[outside_r] = pad_value
+        out[:, outside_c] = pad_value
+        return out
 
 
 class RandomScaleCropFlip:

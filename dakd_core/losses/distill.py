@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dakd_core.errors import TrainingError
 from dakd_core.losses._util import check_same_batch, resize_bilinear, resize_nearest, weighted_mean
 from dakd_core.losses.segmentation import IGNORE_INDEX, segmentation_loss
 
@@ -30,25 +31,43 @@ def _kl_per_pixel(student_logits: torch.Tensor, teacher_probs: torch.Tensor, T: 
     return kl.sum(dim=1) * (T * T)
 
 
+# How the per-pixel KL is reduced over the C classes (docs/methods.md, "KL direction and scale"):
+# "class_mean" divides the per-pixel KL by C, which is what the DAKD reference code's
+# nn.KLDivLoss(reduction="mean") computes and the scale its lambda_KL 0.1 / 0.01 were tuned at;
+# "class_sum" is the textbook per-pixel KL (C times larger at the same lambda: 19x for Cityscapes).
+KL_REDUCTIONS = ("class_mean", "class_sum")
+
+
 def kl_distill(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,
     T: float = 1.0,
     mask: torch.Tensor | None = None,
+    reduction: str = "class_sum",
 ) -> torch.Tensor:
-    """L_KL = T^2 / |V| * sum_{i in V} KL( softmax(log p_t,i / T) || softmax(s_i / T) )  (eqs. 3-4, 3.4).
+    """L_KL = T^2 / |V| * sum_{i in V} KL( q_i || p^S_i ) [/ C]   (seed 000 eqs. 3-4, thesis eq. 3.4).
+
+    Direction: KL(teacher || student), q = softmax(log p_t / T) the teacher's (tempered)
+    distribution, p^S = softmax(s / T) the student's: Hinton's distillation and thesis eq. 3.4
+    (seed 000's eq. 3 writes KL(q_s || q_t); its reference code computes teacher || student).
+    Reduction: the mean over the used pixels V of the per-pixel KL summed over classes
+    (`reduction="class_sum"`), or that divided by the number of classes C ("class_mean", the
+    DAKD reference code's element mean; `DistillConfig.kl_reduction` chooses, default class_sum).
 
     - `teacher_probs` (N, C, H', W') is bilinearly resized to the student's (h, w) if they differ;
     - `mask` (N, H'', W'') bool, True = use the pixel (e.g. the teacher cache's non-ignored pixels),
       nearest-resized to (h, w); V = all pixels without a mask.
     Zero iff the student's distribution equals the teacher's at every used pixel.
     """
+    if reduction not in KL_REDUCTIONS:
+        raise TrainingError(f"kl_distill: reduction '{reduction}' is not one of {KL_REDUCTIONS}")
     check_same_batch(student_logits, teacher_probs, "kl_distill")
     teacher_probs = resize_bilinear(teacher_probs.float(), student_logits.shape[-2:])
     weights = None
     if mask is not None:
         weights = resize_nearest(mask.bool(), student_logits.shape[-2:]).float()
-    return weighted_mean(_kl_per_pixel(student_logits, teacher_probs, T), weights)
+    loss = weighted_mean(_kl_per_pixel(student_logits, teacher_probs, T), weights)
+    return loss / student_logits.shape[1] if reduction == "class_mean" else loss
 
 
 def border_weighted_kl(

@@ -65,6 +65,8 @@ class PipelineParams(StrictConfig):
     lambda_pseudo: float = Field(1.0, ge=0)
     lambda_target: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0)
+    # KL(teacher || student) over the classes: class_sum (default, the measured one) | class_mean (the reference code's scale of lambda_kl)
+    kl_reduction: Literal["class_mean", "class_sum"] = "class_sum"
     # real-time students (issue 9; DistillConfig): border-focal source loss, border-weighted KL,
     # feature distillation (L2 / CWD / LAD on `feature_level`; needs teacher_online)
     seg_loss: Literal["ce", "border_focal"] = "ce"

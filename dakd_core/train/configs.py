@@ -101,7 +101,8 @@ class PretrainConfig(TrainConfig):
 
 
 ADVERSARIAL_METHODS = ("adaptsegnet", "advent")  # dakd_core.train.adapt; the others: train/{road,diga,sfda}.py
-METHOD_PREFIXES = ("road_", "diga_", "sfda_")  # fields that only the method of that name reads
+METHOD_PREFIXES = ("road_", "diga_", "sfda_")
+SFDA_WEIGHT_DECAY = 1e-4  # the segmenter's weight decay under method sfda unless set  # fields that only the method of that name reads
 
 
 class AdaptConfig(TrainConfig):
@@ -129,6 +130,13 @@ class AdaptConfig(TrainConfig):
     road_lambda_dist: float = Field(0.1, ge=0)
     road_lambda_spt: float = Field(0.01, ge=0)
     road_grid: tuple[int, int] = (3, 3)
+    road_reference: str = Field(
+        "imagenet", min_length=1,
+        description="ROAD's frozen real-style model z of L_dist (eq. 1): 'imagenet' = the network built with "
+        "`backbone_weights` (ImageNet-pretrained backbone, ROAD section 3.1: a model pretrained on real images; "
+        "needs backbone_weights), 'init' = the init checkpoint (the source-trained network: a deviation for "
+        "networks without pretrained weights, it pulls towards the synthetic-trained model), or the URI of a "
+        "checkpoint of the same network pretrained on real images")
     # DiGA (seed 001): the first diga_warmup_fraction of the iterations warm up, the rest self-train
     diga_warmup_fraction: float = Field(0.5, gt=0, le=1)
     diga_alpha: float = Field(1.0, ge=0)  # weight of H(teacher(strong), student(clean)) in eq. 4
@@ -144,6 +152,8 @@ class AdaptConfig(TrainConfig):
     sfda_patches: int = Field(3, ge=1)  # K of the K x K IPSM patches
     sfda_latent: int = Field(256, gt=0)
     sfda_g_lr: float = Field(0.1, gt=0, le=MAX_LR)  # generator Adam lr (paper: 0.1)
+    sfda_d_lr: float = Field(0.1, gt=0, le=MAX_LR, description="IPSM patch discriminator's Adam lr (paper: 0.1; "
+                             "d_lr, AdaptSegNet's 1e-4, is not used by sfda)")
     sfda_fake_size: Size | None = None  # fake image (height, width); None: half the crop
 
     @field_validator("road_grid", "sfda_fake_size")
@@ -162,6 +172,12 @@ class AdaptConfig(TrainConfig):
             prefix = next((p for p in METHOD_PREFIXES if name.startswith(p)), None)
             if prefix and prefix[:-1] != self.method:
                 raise ValueError(f"field '{name}' applies to method '{prefix[:-1]}' only, not '{self.method}'")
+        if self.method == "road" and self.road_reference == "imagenet" and not self.backbone_weights:
+            raise ValueError("field 'road_reference' is 'imagenet' (ROAD's ImageNet-pretrained reference), which "
+                             "needs 'backbone_weights'; set those, or road_reference to 'init' or a checkpoint URI")
+        if self.method == "sfda" and "weight_decay" not in self.model_fields_set:
+            # SFDA trains the segmenter with weight decay 1e-4 (seed 002 sec. 4.1), AdaptSegNet 5e-4.
+            self.__dict__["weight_decay"] = SFDA_WEIGHT_DECAY
         if self.method == "sfda" and self.batch_size % 2:
             raise ValueError("field 'batch_size' must be even for method 'sfda' (IPSM ranks halves of a batch)")
         return self

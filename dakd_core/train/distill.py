@@ -7,7 +7,9 @@ L_adv on target, discriminators stepped on detached maps) and adds, per distille
           + lambda_pseudo * CE(main, teacher argmax)
     L   = L_seg + L_adv + [L_source if paradigm in a, c] + lambda_target * [L_target if b, c, d]
 
-KL is kl_div(log_softmax(s/T), softmax(t/T)) * T^2 (dakd_core.losses).
+KL is KL(teacher || student) * T^2 per pixel, summed over the classes under the default kl_reduction
+"class_sum"; "class_mean" divides it by the number of classes (the scale of the reference code's
+lambda_kl; dakd_core.losses.kl_distill).
 
 Real-time students (seed 004, all off by default): `seg_loss=border_focal` replaces the source CE of
 both heads by the border-focal loss; per distilled domain the loss gains
@@ -182,8 +184,8 @@ def distill_terms(output, targets: dict, cfg: DistillConfig, prefix: str,
     border-weighted KL and feature terms (`student_features` already through the adapter)."""
     T, valid = cfg.temperature, targets["valid"]
     terms = {
-        f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid),
-        f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid),
+        f"{prefix}_kl_main": kl_distill(output.main, targets["main"], T=T, mask=valid, reduction=cfg.kl_reduction),
+        f"{prefix}_kl_aux": kl_distill(output.aux, targets["aux"], T=T, mask=valid, reduction=cfg.kl_reduction),
         f"{prefix}_mse_aux": mse_distill(output.aux, targets["aux"], mask=valid),
         f"{prefix}_pseudo": pseudo_label_ce(
             output.main, targets["label"], targets["confidence"], threshold=cfg.pseudo_threshold
@@ -294,11 +296,12 @@ def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:
         return None
     cache = TeacherCache(cfg.teacher_cache)
     teacher_sha = sha256_uri(cfg.teacher) if cfg.teacher else None
-    manifests = {"source": cfg.source_manifest, "target": cfg.target_manifest}
+    manifests = {"source": (cfg.source_manifest, cfg.source_resize), "target": (cfg.target_manifest, cfg.target_resize)}
     for d in domains:
         from dakd_core.data.manifest import read_manifest
 
-        cache.check(teacher_sha, read_manifest(manifests[d]), manifests[d])
+        uri, resize = manifests[d]
+        cache.check(teacher_sha, read_manifest(uri), uri, resize=resize)
     return cache
 
 

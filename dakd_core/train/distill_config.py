@@ -25,6 +25,11 @@ class DistillConfig(AdaptConfig):
     teacher_cache: str | None = None  # index.parquet URI written by `dakd cache-teacher`
     teacher_online: bool = False  # run the live teacher on every batch instead of the cache
     temperature: float = Field(1.0, gt=0)
+    kl_reduction: Literal["class_mean", "class_sum"] = Field(
+        "class_sum", description="reduction of KL(teacher || student) over the classes: class_sum = the per-pixel "
+        "KL (the default: every results row in docs/results.md was measured with it; C times the reference code's "
+        "scale at the same lambda_kl); class_mean = per-pixel KL / C, the DAKD reference code's element mean that "
+        "lambda_kl 0.1 was tuned at (the bench's kl_class_mean row)")
     lambda_kl: float = Field(0.1, ge=0)
     lambda_kl_aux: float | None = Field(None, ge=0)  # None: lambda_kl / 10 (paper)
     lambda_mse: float = Field(0.01, ge=0)

@@ -4,8 +4,11 @@ Per iteration, one forward of [source crops; target crops] through the segmenter
 both domains together):
 - L_seg: CE of both heads on the labelled source crops (aux weighted `aux_weight`);
 - L_dist: target-guided distillation, ||x - z||_2 per position between the segmenter's dense
-  (stride-8: `model.dense_feature`) features and those of a frozen copy of the init checkpoint (the "pretrained real-style
-  model": the network as it was before adaptation) on the TARGET crops;
+  (stride-8: `model.dense_feature`) features and those of the frozen "pretrained real-style model"
+  on the TARGET crops. That model is `road_reference` (`reference_model`): by default the network
+  with its ImageNet backbone weights (ROAD section 3.1: "the pretrained ImageNet model", same
+  structure as the backbone), or a given checkpoint pretrained on real images, or - a documented
+  deviation for networks without pretrained weights - the source-trained init checkpoint;
 - L_spt: spatial-aware adaptation, a pixel-level domain classifier per cell of a road_grid split of
   the crop's feature map, behind a gradient reversal layer: one backward trains the classifiers to
   tell the domains apart and the segmenter to confuse them. The regions are those of the training
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from dakd_core.errors import ConfigError
 from dakd_core.losses.road import RegionDomainClassifiers, spatial_aware_loss, target_guided_distillation
 from dakd_core.models import create_model
 from dakd_core.models.checkpoint import make_payload
@@ -26,6 +30,23 @@ from dakd_core.train.configs import AdaptConfig
 from dakd_core.train.uda_common import WithFeatures, frozen_copy, launch, load_init, split_output
 
 STAGE = "adapt"
+
+
+def reference_model(cfg: AdaptConfig) -> torch.nn.Module:
+    """The frozen (eval mode, no gradients) model z of L_dist, as `cfg.road_reference` names it."""
+    choice = cfg.road_reference
+    if choice == "imagenet":
+        reference = create_model(cfg.model, num_classes=cfg.num_classes, backbone_weights=cfg.backbone_weights)
+        # Only the backbone carries pretrained weights: L_dist must read a backbone map ("last" of a
+        # DeepLab), not one that passes through randomly initialised layers (a SwiftNet's decoder).
+        if reference.dense_feature != "last":
+            raise ConfigError(
+                f"road_reference 'imagenet': {cfg.model}'s dense feature map '{reference.dense_feature}' passes "
+                "through layers without pretrained weights; give road_reference a checkpoint URI instead")
+    else:
+        reference = create_model(cfg.model, num_classes=cfg.num_classes)
+        load_init(reference, cfg.init if choice == "init" else choice)
+    return frozen_copy(reference)
 
 
 def run(cfg: AdaptConfig) -> engine.TrainResult:
@@ -56,10 +77,8 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         )
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
-    # The frozen real-style model is always the init checkpoint, fresh run or resume.
-    reference = create_model(cfg.model, num_classes=cfg.num_classes).to(device)
-    load_init(reference, cfg.init)
-    reference = frozen_copy(reference)
+    # The frozen real-style model is rebuilt from its source on a fresh run and on a resume alike.
+    reference = reference_model(cfg).to(device)
     start = 0
     payload = keeper.resume()
     if payload is not None:
@@ -68,7 +87,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         c_optimizer.load_state_dict(payload["c_optimizer"])
         c_scheduler.load_state_dict(payload["c_scheduler"])
     else:
-        model.load_state_dict(reference.state_dict())
+        load_init(model, cfg.init)
     net = engine.wrap_ddp(WithFeatures(model), dist)
     c_net = engine.wrap_ddp(classifiers, dist)
     net.train()

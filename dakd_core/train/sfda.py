@@ -11,7 +11,8 @@ Per iteration (B target crops, B noise vectors):
                 hard (higher-entropy) half of every patch position to look "easy" to D
 3. D:           easy patches -> label 0, hard patches -> label 1 (BCE, as bce_adversarial)
 Every gradient is computed before any optimizer step, so the NaN guard sees all terms first.
-S uses SGD with Nesterov momentum (the paper's optimiser); G and D use Adam (sfda_g_lr, d_lr).
+S uses SGD with Nesterov momentum and weight decay 1e-4 (the paper's optimiser; an AdamW segmenter
+stays AdamW); G and D use Adam at the paper's lr 0.1 (sfda_g_lr, sfda_d_lr).
 Dual attention is computed on the stride-8 `dense_feature` map (DeepLab: the last backbone stage); the fakes are sfda_fake_size (default half
 the crop, the paper's 256x128 for 512x256 crops).
 """
@@ -69,6 +70,14 @@ def fake_size(cfg: AdaptConfig) -> tuple[int, int]:
     return max(8, cfg.crop[0] // 2), max(8, cfg.crop[1] // 2)
 
 
+def use_nesterov(optimizer: torch.optim.Optimizer) -> None:
+    """The paper's SGD with Nesterov momentum, for an SGD segmenter with momentum; an AdamW one (the
+    CPU-scale networks' recipe) has no such option and is left as it is."""
+    if isinstance(optimizer, torch.optim.SGD):
+        for group in optimizer.param_groups:
+            group["nesterov"] = group["momentum"] > 0
+
+
 def run(cfg: AdaptConfig) -> engine.TrainResult:
     return launch(_train, cfg)
 
@@ -82,12 +91,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     engine.seed_everything(cfg.seed + dist.rank)
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
     level = model.dense_feature  # DAD compares the stride-8 features the classifiers read
-    for group in optimizer.param_groups:
-        group["nesterov"] = cfg.momentum > 0
+    use_nesterov(optimizer)
     generator = Generator(cfg.sfda_latent, fake_size(cfg)).to(device)
     disc = ConditionalPatchDiscriminator(cfg.num_classes, cfg.sfda_patches, ndf=cfg.d_ndf).to(device)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.sfda_g_lr, betas=tuple(cfg.d_betas))
-    d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+    d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.sfda_d_lr, betas=tuple(cfg.d_betas))
     g_scheduler = engine.poly_schedule(g_optimizer, cfg.iterations, cfg.poly_power)
     d_scheduler = engine.poly_schedule(d_optimizer, cfg.iterations, cfg.poly_power)
     amp = engine.amp_enabled(cfg, device)

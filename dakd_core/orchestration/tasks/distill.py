@@ -34,7 +34,7 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
                  teacher: str, cache_index: str, init: str, target_manifest: str, target_resize: list,
                  method: str, lambda_adv_main: float, lambda_adv_aux: float, lambda_kl: float,
                  lambda_kl_aux: float, lambda_mse: float, lambda_pseudo: float, lambda_target: float,
-                 temperature: float, seg_loss: str = "ce", focal_gamma: float = 2.0,
+                 temperature: float, kl_reduction: str = "class_sum", seg_loss: str = "ce", focal_gamma: float = 2.0,
                  lambda_border_kl: float = 0.0, lambda_l2_feature: float = 0.0, lambda_cwd: float = 0.0,
                  cwd_tau: float = 4.0, lambda_lad: float = 0.0, feature_level: str = "last",
                  teacher_online: bool = False, discriminator_width: int = 64, gpus_per_task: int = 1,
@@ -55,6 +55,7 @@ def distill_task(*, store_uri: str, run_name: str, experiment: str, paradigm: st
         paradigm=run_paradigm, teacher=resolve(teacher), teacher_cache=resolve(cache_index),
         lambda_kl=lambda_kl, lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse,
         lambda_pseudo=lambda_pseudo, lambda_target=lambda_target, temperature=temperature,
+        kl_reduction=kl_reduction,
         # issue 9: real-time students' losses (defaults leave DAKD unchanged)
         seg_loss=seg_loss, focal_gamma=focal_gamma, lambda_border_kl=lambda_border_kl,
         lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd, cwd_tau=cwd_tau, lambda_lad=lambda_lad,
