@@ -27,6 +27,9 @@ from components.pretrain import pretrain
 from components.register import promote, register
 from components.start import finish, start
 from dakd_core.orchestration.params import PipelineParams
+from pipelines import _fast_tasks
+
+_fast_tasks.install()  # before the @dsl.pipeline decorators below build the graph
 
 PIPELINE_NAME = "dakd"
 # kfp.local honours retries (with their back-off): `dakd run` sets this before importing the
