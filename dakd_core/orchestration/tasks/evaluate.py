@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
-from dakd_core.orchestration.parent_run import log_headline
-from dakd_core.orchestration.tasks.common import hw, run_prefix, tracked
+import json
+
 from dakd_core.orchestration.pins import pin, resolve, split
+from dakd_core.orchestration.tasks.common import stage_out, tracked
 
 # Display names, in table order; `dakd run` prints the same rows.
 ROWS = ["teacher source-only", "teacher adapted", "student source-only", "student adapted",
@@ -26,9 +27,9 @@ def headline_metrics(miou: dict[str, float]) -> dict[str, float]:
 
 
 @tracked("evaluate")
-def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dict, val_manifest: str,
-                  resolution: list) -> dict:
-    """`models`: display name -> pinned URI (checkpoints verified here, ONNX by evaluate's sha256)."""
+def evaluate_task(*, store_uri: str, experiment: str, config: str, models: dict, val_manifest: str) -> dict:
+    """`models`: display name -> pinned URI (checkpoints verified here, ONNX by evaluate's sha256).
+    The headline metrics reach the parent run through the (uncached) register task."""
     from dakd_core.config import build_config
     from dakd_core.evaluation.evaluate import EvalConfig, run
 
@@ -40,12 +41,12 @@ def evaluate_task(*, store_uri: str, run_name: str, experiment: str, models: dic
         else:
             uri = resolve(pinned)
         specs.append(f"{name}={uri}")
-    cfg = build_config(EvalConfig, models=specs, manifest=resolve(val_manifest),
-                       out=f"{run_prefix(store_uri, run_name)}/evaluate", resolution=hw(resolution),
+    settings = json.loads(config)
+    out = stage_out(store_uri, "evaluate", settings, {"models": models, "val_manifest": val_manifest})
+    cfg = build_config(EvalConfig, **settings, models=specs, manifest=resolve(val_manifest), out=out,
                        sha256={k: v for k, v in sha.items() if v})
     res = run(cfg)
     from dakd_core.storage import read_bytes
 
     miou = {name: m["miou"] for name, m in res.metrics["models"].items()}
-    log_headline(headline_metrics(miou))
     return {"metrics": pin(res.metrics_uri), "report": read_bytes(res.report_uri).decode(), "miou": miou}

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
+import json
+
 from dakd_core.orchestration.pins import pin, resolve
-
-
-def training_common(*, network: str, source_manifest: str, source_resize: list, crop: list,
-                    batch_size: int, iterations: int, lr: float, eval_every: int, num_workers: int,
-                    seed: int, out: str, optimizer: str = "network") -> dict:
-    """TrainConfig fields every training stage sets from pipeline parameters (the MLflow
-    experiment reaches the stage as MLFLOW_EXPERIMENT_NAME, set by the task context). `lr` 0 and
-    `optimizer` "network" leave those fields to the network's recipe."""
-    recipe = {k: v for k, v in (("lr", lr), ("optimizer", optimizer)) if v not in (0, 0.0, "network")}
-    return dict(
-        model=network, source_manifest=resolve(source_manifest), source_resize=hw(source_resize),
-        crop=hw(crop), batch_size=batch_size, iterations=iterations, seed=seed, out=out,
-        eval_every=eval_every, checkpoint_every=eval_every, num_workers=num_workers, **recipe,
-    )
+from dakd_core.orchestration.tasks.common import run_identity, stage_out, tracked
 
 
 def train_outputs(result, network: str) -> dict:
@@ -26,12 +14,20 @@ def train_outputs(result, network: str) -> dict:
             "metrics": dict(result.metrics), "mlflow_run_id": result.mlflow_run_id or ""}
 
 
-@tracked("pretrain", lambda kw: run_identity(kw["role"], method="source-only"))
-def pretrain_task(*, store_uri: str, run_name: str, experiment: str, role: str, **train) -> dict:
+def train_stage(stage: str, config_cls, store_uri: str, config: str, **inputs: str):
+    """Build a training stage's config from its plan settings (`config`, JSON from `start`) and
+    its pinned upstream inputs, output under the stage's content-addressed folder."""
     from dakd_core.config import build_config
+
+    settings = json.loads(config)
+    out = stage_out(store_uri, stage, settings, inputs)
+    return build_config(config_cls, **settings, **{k: resolve(v) for k, v in inputs.items()}, out=out)
+
+
+@tracked("pretrain", lambda kw: run_identity(kw["role"], method="source-only"))
+def pretrain_task(*, store_uri: str, experiment: str, role: str, config: str, source_manifest: str) -> dict:
     from dakd_core.train import pretrain
     from dakd_core.train.configs import PretrainConfig
 
-    out = f"{run_prefix(store_uri, run_name)}/pretrain_{role}"
-    cfg = build_config(PretrainConfig, **training_common(out=out, **train))
+    cfg = train_stage("pretrain", PretrainConfig, store_uri, config, source_manifest=source_manifest)
     return train_outputs(pretrain.run(cfg), cfg.model)
