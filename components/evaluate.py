@@ -3,7 +3,7 @@ teacher source-only / adapted, student source-only / adapted / distilled (+ its 
 
 from typing import NamedTuple
 
-from kfp.dsl import Markdown, Metrics, Output
+from kfp.dsl import ClassificationMetrics, Markdown, Metrics, Output
 
 from components._base import gpu_component
 
@@ -13,6 +13,7 @@ def evaluate(
     store_uri: str, experiment: str, config: str, teacher_source_only: str, teacher_adapted: str,
     student_source_only: str, student_adapted: str, student_distilled: str, student_onnx_fp16: str,
     val_manifest: str, kfp_task: str, metrics: Output[Metrics], report: Output[Markdown],
+    confusion: Output[ClassificationMetrics],
 ) -> NamedTuple("EvalOutputs", metrics_uri=str):
     from collections import namedtuple
 
@@ -25,5 +26,7 @@ def evaluate(
     for name, miou in out["miou"].items():
         metrics.log_metric("miou " + name, float(miou))
     with open(report.path, "w") as f:
-        f.write(out["report"])
+        f.write(out["report"])  # plots inlined: the UI renders it without the store
+    if out["confusion"]["matrix"]:
+        confusion.log_confusion_matrix(out["confusion"]["categories"], out["confusion"]["matrix"])
     return namedtuple("EvalOutputs", "metrics_uri")(out["metrics"])

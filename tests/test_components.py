@@ -185,6 +185,15 @@ def test_export_evaluate_register_promote(env):
     ev = evaluate_task(**c, config=plan["evaluate"], models=dict(zip(ROWS, uris)), val_manifest=r["val"])
     assert set(ev["miou"]) == set(ROWS) and all(0 <= v <= 1 for v in ev["miou"].values())
     assert "student distilled" in ev["report"] and "/stages/evaluate/" in ev["metrics"]
+    # the report the KFP UI renders: every plot inline, none linked by a relative path
+    assert ev["report"].count("](data:image/png;base64,iVBORw0KGgo") >= 2 and "](plots/" not in ev["report"]
+    # the distilled student's confusion matrix: 19 x 19, its diagonal the correctly labelled pixels
+    distilled = json.loads(read_bytes(pins.resolve(ev["metrics"])))["models"]["student distilled"]
+    matrix = ev["confusion"]["matrix"]
+    assert ev["confusion"]["categories"] == list(distilled["per_class_iou"]) and len(matrix) == 19
+    assert all(len(row) == 19 for row in matrix)
+    trace = sum(matrix[i][i] for i in range(19))
+    assert trace / distilled["labelled_pixels"] == pytest.approx(distilled["pixel_accuracy"])
     run = dict(c, run_name="t1", kfp_run_id="job-1", parent_run_id=env["results"]["parent"])
     reg = register_task(**run, config=plan["register"], export_record=exp["record"], metrics=ev["metrics"],
                         stage_outputs={"pretrain_student": r["pre"], "distill": r["dist"]})
@@ -219,3 +228,18 @@ def test_stale_pinned_object_is_refused(tmp_path):
     with pytest.raises(DataError, match="already pinned"):
         pins.pin(pinned)
     assert open_store(tmp_path.as_uri()).exists("m.parquet")
+
+
+def test_report_plots_are_inlined_for_the_kfp_ui(tmp_path):
+    import base64
+
+    from dakd_core.orchestration.tasks.evaluate import embed_plots
+
+    folder = tmp_path.as_uri()
+    write_bytes(f"{folder}/plots/a.png", b"\x89PNG-a")
+    write_bytes(f"{folder}/plots/b_c.png", b"\x89PNG-bc")
+    report = "# r\n\n![plots/a.png](plots/a.png)\n![plots/b_c.png](plots/b_c.png)\n![ext](https://x/y.png)\n"
+    out = embed_plots(report, folder)
+    assert out == ("# r\n\n![plots/a.png](data:image/png;base64," + base64.b64encode(b"\x89PNG-a").decode() + ")\n"
+                   "![plots/b_c.png](data:image/png;base64," + base64.b64encode(b"\x89PNG-bc").decode() + ")\n"
+                   "![ext](https://x/y.png)\n")

@@ -536,3 +536,22 @@ def test_task_count_and_display_names_from_the_pipeline_spec():
     # paradigm branches, export, evaluate, register, promote, finish
     assert total == 15 + CACHE_SHARDS
     assert names["pretrain-2"] == "pretrain student" and names["cache-teacher-shard"] == "cache-teacher shard"
+
+
+def test_typed_artifacts_for_the_ui(spec):
+    """Datasets and models leave their tasks as typed artifacts (lineage in the UI), evaluate adds a
+    Markdown report (plots inline) and the distilled student's confusion matrix."""
+    pipeline, _ = spec
+    comps = pipeline["components"]
+
+    def artifacts(comp):
+        outs = comps[comp]["outputDefinitions"]["artifacts"]
+        return {name: a["artifactType"]["schemaTitle"] for name, a in outs.items()}
+
+    assert artifacts("comp-ingest") == {"metrics": "system.Metrics", "train_dataset": "system.Dataset",
+                                        "val_dataset": "system.Dataset"}
+    for comp in ("comp-pretrain", "comp-adapt", "comp-distill"):
+        assert artifacts(comp) == {"metrics": "system.Metrics", "model": "system.Model"}, comp
+    assert artifacts("comp-export")["onnx_model"] == "system.Model"
+    assert artifacts("comp-evaluate") == {"metrics": "system.Metrics", "report": "system.Markdown",
+                                          "confusion": "system.ClassificationMetrics"}
