@@ -64,8 +64,7 @@ class PipelineParams(StrictConfig):
     distill_iterations: int = _field(100_000, "distillation iterations (paradigm d: per stage, c then d)", gt=0)
     teacher_batch_size: int = _field(1, "teacher training batch per GPU process", gt=0)
     student_batch_size: int = _field(1, "student training batch per GPU process", gt=0)
-    gpus_per_task: int = _field(1, "GPUs of one training task (accelerator limit; the stage runs one "
-                                "data-parallel process per GPU)", ge=1)
+    gpus_per_task: int = _field(1, "GPUs requested by each training task (its accelerator limit)", ge=1)
     # the segmenter's recipe: "network" / 0 take each network's own (dakd_core/train/recipes.py)
     optimizer: Literal["network", "sgd", "adamw"] = _field(
         "network", "segmenter optimiser; network: the network's own recipe (the paper's SGD for DeepLab, "
