@@ -3,17 +3,17 @@ teacher source-only / adapted, student source-only / adapted / distilled (+ its 
 
 from typing import NamedTuple
 
-from kfp.dsl import Markdown, Metrics, Output
+from kfp.dsl import ClassificationMetrics, Markdown, Metrics, Output
 
 from components._base import gpu_component
 
 
 @gpu_component
 def evaluate(
-    store_uri: str, run_name: str, teacher_source_only: str, teacher_adapted: str,
+    store_uri: str, experiment: str, config: str, teacher_source_only: str, teacher_adapted: str,
     student_source_only: str, student_adapted: str, student_distilled: str, student_onnx_fp16: str,
-    val_manifest: str, resolution: list, experiment: str, parent_run_id: str, kfp_run_id: str,
-    kfp_task: str, metrics: Output[Metrics], report: Output[Markdown],
+    val_manifest: str, kfp_task: str, metrics: Output[Metrics], report: Output[Markdown],
+    confusion: Output[ClassificationMetrics],
 ) -> NamedTuple("EvalOutputs", metrics_uri=str):
     from collections import namedtuple
 
@@ -21,13 +21,12 @@ def evaluate(
 
     uris = [teacher_source_only, teacher_adapted, student_source_only, student_adapted,
             student_distilled, student_onnx_fp16]
-    out = evaluate_task(
-        store_uri=store_uri, run_name=run_name, models=dict(zip(ROWS, uris)), val_manifest=val_manifest,
-        resolution=resolution, experiment=experiment, parent_run_id=parent_run_id,
-        kfp_run_id=kfp_run_id, kfp_task=kfp_task,
-    )
+    out = evaluate_task(store_uri=store_uri, experiment=experiment, config=config, models=dict(zip(ROWS, uris)),
+                        val_manifest=val_manifest, kfp_task=kfp_task)
     for name, miou in out["miou"].items():
         metrics.log_metric("miou " + name, float(miou))
     with open(report.path, "w") as f:
-        f.write(out["report"])
+        f.write(out["report"])  # plots inlined: the UI renders it without the store
+    if out["confusion"]["matrix"]:
+        confusion.log_confusion_matrix(out["confusion"]["categories"], out["confusion"]["matrix"])
     return namedtuple("EvalOutputs", "metrics_uri")(out["metrics"])

@@ -9,19 +9,15 @@ from components._base import gpu_component
 
 @gpu_component
 def export(
-    store_uri: str, run_name: str, checkpoint: str, val_manifest: str, resolution: list,
-    experiment: str, parent_run_id: str, kfp_run_id: str, kfp_task: str,
+    store_uri: str, experiment: str, config: str, checkpoint: str, val_manifest: str, kfp_task: str,
     metrics: Output[Metrics], onnx_model: Output[Model],
 ) -> NamedTuple("ExportOutputs", record=str, onnx_fp16=str):
     from collections import namedtuple
 
     from dakd_core.orchestration.tasks.export import export_task
 
-    out = export_task(
-        store_uri=store_uri, run_name=run_name, checkpoint=checkpoint, val_manifest=val_manifest,
-        resolution=resolution, experiment=experiment, parent_run_id=parent_run_id,
-        kfp_run_id=kfp_run_id, kfp_task=kfp_task,
-    )
+    out = export_task(store_uri=store_uri, experiment=experiment, config=config, checkpoint=checkpoint,
+                      val_manifest=val_manifest, kfp_task=kfp_task)
     for kind, lat in out["latency"].items():
         if isinstance(lat, dict) and isinstance(lat.get("latency_ms"), (int, float)):
             metrics.log_metric(f"latency_ms_{kind}", float(lat["latency_ms"]))

@@ -1,4 +1,5 @@
-"""First and exit tasks: open the pipeline run's MLflow parent run, and close it."""
+"""First and exit tasks: check the parameters and plan every stage (fail fast, on CPU), open the
+pipeline run's MLflow parent run; close it at the end."""
 
 from typing import NamedTuple
 
@@ -8,18 +9,20 @@ from components._base import cpu_component
 
 
 @cpu_component
-def start(run_name: str, kfp_run_id: str, experiment: str, cache_shards: int, params: dict) -> NamedTuple(
-    "StartOutputs", run_name=str, parent_run_id=str, shards=list
+def start(params: dict, kfp_run_id: str) -> NamedTuple(
+    # one output per stage of dakd_core.orchestration.plan.STAGES (tests/test_pipeline.py checks it)
+    "StartOutputs", run_name=str, parent_run_id=str, pretrain_teacher=str, pretrain_student=str,
+    adapt_teacher=str, adapt_student=str, cache_teacher=str, distill_first=str, distill_second=str, export=str, evaluate=str,
+    register=str, promote=str,
 ):
     from collections import namedtuple
 
+    from dakd_core.orchestration.plan import STAGES
     from dakd_core.orchestration.tasks.start import start_task
 
-    out = start_task(run_name=run_name, kfp_run_id=kfp_run_id, experiment=experiment, cache_shards=cache_shards,
-                     params=params)
-    return namedtuple("StartOutputs", "run_name parent_run_id shards")(
-        out["run_name"], out["parent_run_id"], out["shards"]
-    )
+    out = start_task(params=params, kfp_run_id=kfp_run_id)
+    fields = ("run_name", "parent_run_id", *STAGES)
+    return namedtuple("StartOutputs", fields)(*(out[name] for name in fields))
 
 
 @cpu_component

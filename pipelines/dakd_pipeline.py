@@ -26,7 +26,10 @@ from components.ingest import ingest
 from components.pretrain import pretrain
 from components.register import promote, register
 from components.start import finish, start
-from dakd_core.orchestration.params import PipelineParams
+from dakd_core.orchestration.params import PipelineParams, pipeline_docstring
+from pipelines import _fast_tasks
+
+_fast_tasks.install()  # before the @dsl.pipeline decorators below build the graph
 
 PIPELINE_NAME = "dakd"
 # kfp.local honours retries (with their back-off): `dakd run` sets this before importing the
@@ -55,18 +58,24 @@ def _platform(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
     return task
 
 
-def _gpu(task: dsl.PipelineTask, cpu: str = "8", memory: str = "48Gi", retries: int = 2) -> dsl.PipelineTask:
-    """A training/inference task: one GPU on the GPU pool, memory-backed /dev/shm for DataLoader
-    workers, retried (preemptible nodes, transient store errors; stages resume from checkpoints)."""
+def _gpu(task: dsl.PipelineTask, gpus=1, cpu: str = "8", memory: str = "48Gi", retries: int = 2) -> dsl.PipelineTask:
+    """A training/inference task: `gpus` GPUs (a pipeline parameter) on the GPU pool, memory-backed
+    /dev/shm for DataLoader workers, retried (preemptible nodes, transient store errors; stages
+    resume from checkpoints). KFP's retry policy cannot tell error kinds apart: a ConfigError or
+    DataError is recorded by the task and a retry re-raises it at once (tasks/common.py)."""
     _platform(task)
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="16Gi")
     kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+    _retry(task, retries)
+    return task
+
+
+def _retry(task: dsl.PipelineTask, retries: int) -> None:
     if os.environ.get(LOCAL_RUN_ENV) != "1":
         task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
-    return task
 
 
 def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str = "4Gi") -> dsl.PipelineTask:
@@ -76,27 +85,37 @@ def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str
 
 
 @dsl.pipeline(name="cache-teacher", description="Teacher cache: one task per shard slice, then the index")
-def cache_teacher_fanout(teacher: str, source_manifest: str, target_manifest: str, source_resize_h: int,
-                         source_resize_w: int, target_resize_h: int, target_resize_w: int, store_uri: str,
-                         run_name: str, experiment: str, parent_run_id: str, kfp_run_id: str) -> str:
+def cache_teacher_fanout(config: str, teacher: str, source_manifest: str, target_manifest: str, store_uri: str,
+                         experiment: str) -> str:
     # A sub-pipeline, so that inside the ParallelFor every upstream value is a pipeline input:
-    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item, and passes a
-    # list built of parameters into a sub-pipeline as nulls, so the sizes come in as ints.
-    # The resizes are the distill task's: the teacher runs at the student's training geometry.
-    inputs = dict(teacher=teacher, manifests=[source_manifest, target_manifest],
-                  source_resize=[source_resize_h, source_resize_w], target_resize=[target_resize_h, target_resize_w],
+    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item.
+    # `config` is the plan's cache_teacher settings: the distill stage's resizes (the teacher runs
+    # at the student's training geometry).
+    inputs = dict(config=config, teacher=teacher, manifests=[source_manifest, target_manifest],
                   num_shards=CACHE_SHARDS,
-                  store_uri=store_uri, run_name=run_name, experiment=experiment, parent_run_id=parent_run_id,
-                  kfp_run_id=kfp_run_id, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+                  store_uri=store_uri, experiment=experiment, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
     with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
         slice_task = _gpu(cache_teacher_shard(shard_index=shard, **inputs), cpu="4", memory="24Gi")
         slice_task.set_display_name("cache-teacher shard")
-    index = _gpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **inputs),
-                 cpu="2", memory="8Gi").set_display_name("cache-teacher index")
+    # the fan-in merges shard indices: CPU, retried like the shards (store errors)
+    index = _cpu(cache_teacher_index(shard_samples=dsl.Collected(slice_task.output), **inputs), memory="8Gi")
+    _retry(index, 2)
+    index.set_display_name("cache-teacher index")
     return index.outputs["Output"]
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Domain Adaptive Knowledge Distillation for semantic segmentation")
+DESCRIPTION = "Domain Adaptive Knowledge Distillation for semantic segmentation"
+
+
+def _documented(fn):
+    """The form's text: every parameter's description from PipelineParams (KFP parses the
+    docstring's Args into the compiled inputDefinitions)."""
+    fn.__doc__ = pipeline_docstring(DESCRIPTION)
+    return fn
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+@_documented
 def dakd_pipeline(
     source_format: str = _D.source_format,
     source_uri: str = _D.source_uri,
@@ -106,6 +125,8 @@ def dakd_pipeline(
     run_name: str = _D.run_name,
     teacher_model: str = _D.teacher_model,
     student_model: str = _D.student_model,
+    teacher_weights: str = _D.teacher_weights,
+    student_weights: str = _D.student_weights,
     source_resize_h: int = _D.source_resize_h,
     source_resize_w: int = _D.source_resize_w,
     target_resize_h: int = _D.target_resize_h,
@@ -117,6 +138,7 @@ def dakd_pipeline(
     distill_iterations: int = _D.distill_iterations,
     teacher_batch_size: int = _D.teacher_batch_size,
     student_batch_size: int = _D.student_batch_size,
+    gpus_per_task: int = _D.gpus_per_task,
     optimizer: str = _D.optimizer,
     lr: float = _D.lr,
     eval_every: int = _D.eval_every,
@@ -150,19 +172,22 @@ def dakd_pipeline(
     registered_model: str = _D.registered_model,
     promotion_min_gain: float = _D.promotion_min_gain,
 ):
-    # Every pipeline parameter, for the MLflow parent run (first statement: locals() holds
-    # exactly the parameters here).
+    # Every pipeline parameter (first statement: locals() holds exactly the parameters here). The
+    # start task validates them and builds each stage's settings (dakd_core.orchestration.plan):
+    # the tasks below get one JSON settings string per stage, never the individual parameters.
     pipeline_params = dict(locals())
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    task_name = dsl.PIPELINE_TASK_NAME_PLACEHOLDER
     exit_task = _cpu(finish(kfp_run_id=job_id, experiment=mlflow_experiment), cache=False)
     with dsl.ExitHandler(exit_task, name="dakd-run"):
-        begin = _cpu(start(run_name=run_name, kfp_run_id=job_id, experiment=mlflow_experiment,
-                           cache_shards=CACHE_SHARDS, params=pipeline_params), cache=False)
-        begin.set_display_name("start: MLflow parent run")
-        run_name_out = begin.outputs["run_name"]
-        track = dict(store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
-                     parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id,
-                     kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+        begin = _cpu(start(params=pipeline_params, kfp_run_id=job_id), cache=False)
+        begin.set_display_name("start: MLflow parent run")  # also checks the parameters and plans the stages
+        plan = begin.outputs
+        # uncached, run-scoped tasks: the run's folder and its MLflow parent run
+        track = dict(store_uri=store_uri, run_name=plan["run_name"], experiment=mlflow_experiment,
+                     parent_run_id=plan["parent_run_id"], kfp_run_id=job_id, kfp_task=task_name)
+        # cached stages: content and settings only, no per-run identity (a rerun hits the cache)
+        stage = dict(store_uri=store_uri, experiment=mlflow_experiment, kfp_task=task_name)
 
         # -- ingest: reads data outside the pipeline's control, so never cached
         src = _cpu(ingest(fmt=source_format, root_uri=source_uri, domain="source", splits=["train"], **track),
@@ -172,68 +197,50 @@ def dakd_pipeline(
         src_train = src.outputs["train_manifest"]
         tgt_train, tgt_val = tgt.outputs["train_manifest"], tgt.outputs["val_manifest"]
 
-        source_resize = [source_resize_h, source_resize_w]
-        target_resize = [target_resize_h, target_resize_w]
-        crop = [crop_h, crop_w]
-        common = dict(source_resize=source_resize, crop=crop, lr=lr, optimizer=optimizer, eval_every=eval_every,
-                      num_workers=num_workers, seed=seed, **track)
-        roles = {"teacher": (teacher_model, teacher_batch_size), "student": (student_model, student_batch_size)}
-
         # -- pretrain (source only) ∥, then adapt ∥
         pre, ada = {}, {}
-        for role, (network, batch) in roles.items():
-            pre[role] = _gpu(pretrain(role=role, network=network, source_manifest=src_train, batch_size=batch,
-                                      iterations=pretrain_iterations, **common)).set_display_name(f"pretrain {role}")
-        for role, (network, batch) in roles.items():
-            ada[role] = _gpu(adapt(
-                role=role, network=network, init=pre[role].outputs["checkpoint"], source_manifest=src_train,
-                target_manifest=tgt_train, target_resize=target_resize, batch_size=batch,
-                iterations=adapt_iterations, method=adaptation_method, lambda_adv_main=lambda_adv_main,
-                lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width,
-                **common)).set_display_name(f"adapt {role}")
+        for role in ("teacher", "student"):
+            pre[role] = _gpu(pretrain(role=role, config=plan[f"pretrain_{role}"], source_manifest=src_train, **stage),
+                             gpus=gpus_per_task).set_display_name(f"pretrain {role}")
+        for role in ("teacher", "student"):
+            ada[role] = _gpu(adapt(role=role, config=plan[f"adapt_{role}"], init=pre[role].outputs["checkpoint"],
+                                   source_manifest=src_train, target_manifest=tgt_train, **stage),
+                             gpus=gpus_per_task).set_display_name(f"adapt {role}")
 
         # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
         teacher = ada["teacher"].outputs["checkpoint"]
-        cache = cache_teacher_fanout(teacher=teacher, source_manifest=src_train, target_manifest=tgt_train,
-                                     source_resize_h=source_resize_h, source_resize_w=source_resize_w,
-                                     target_resize_h=target_resize_h, target_resize_w=target_resize_w,
-                                     store_uri=store_uri, run_name=run_name_out, experiment=mlflow_experiment,
-                                     parent_run_id=begin.outputs["parent_run_id"], kfp_run_id=job_id)
+        cache = cache_teacher_fanout(config=plan["cache_teacher"], teacher=teacher, source_manifest=src_train,
+                                     target_manifest=tgt_train,
+                                     store_uri=store_uri, experiment=mlflow_experiment)
         cache.set_display_name("cache-teacher")
 
         # -- distill: the paradigm; for (d), (c) first and (d) initialised from it
-        distill_inputs = dict(
-            network=student_model, teacher=teacher, cache_index=cache.output, source_manifest=src_train,
-            target_manifest=tgt_train, target_resize=target_resize, batch_size=student_batch_size,
-            iterations=distill_iterations, method=distill_adversarial_method, lambda_adv_main=lambda_adv_main,
-            lambda_adv_aux=lambda_adv_aux, discriminator_width=discriminator_width, lambda_kl=lambda_kl,
-            lambda_kl_aux=lambda_kl_aux, lambda_mse=lambda_mse, lambda_pseudo=lambda_pseudo, lambda_target=lambda_target,
-            temperature=temperature, kl_reduction=kl_reduction, seg_loss=seg_loss, focal_gamma=focal_gamma,
-            lambda_border_kl=lambda_border_kl, lambda_l2_feature=lambda_l2_feature, lambda_cwd=lambda_cwd,
-            cwd_tau=cwd_tau, lambda_lad=lambda_lad, feature_level=feature_level,
-            teacher_online=teacher_online, **common)
-        first = _gpu(distill(paradigm=paradigm, stage="first", init=ada["student"].outputs["checkpoint"],
-                             **distill_inputs)).set_display_name("distill")
+        distill_inputs = dict(teacher=teacher, cache_index=cache.output, source_manifest=src_train,
+                              target_manifest=tgt_train, **stage)
+        first = _gpu(distill(config=plan["distill_first"], init=ada["student"].outputs["checkpoint"],
+                             **distill_inputs), gpus=gpus_per_task).set_display_name("distill")
         with dsl.If(paradigm == "d", name="paradigm-d"):
-            second = _gpu(distill(paradigm=paradigm, stage="second", init=first.outputs["checkpoint"],
-                                  **distill_inputs)).set_display_name("distill (d) from (c)")
+            second = _gpu(distill(config=plan["distill_second"], init=first.outputs["checkpoint"], **distill_inputs),
+                          gpus=gpus_per_task).set_display_name("distill (d) from (c)")
         with dsl.Else(name="paradigm-abc"):
             kept = _cpu(passthrough(value=first.outputs["checkpoint"])).set_display_name("distilled student")
         distilled = dsl.OneOf(second.outputs["checkpoint"], kept.output)
 
         # -- export → evaluate → register → promote
-        eval_resolution = [eval_resize_h, eval_resize_w]
-        exp = _gpu(export(checkpoint=distilled, val_manifest=tgt_val, resolution=eval_resolution, **track),
+        exp = _gpu(export(config=plan["export"], checkpoint=distilled, val_manifest=tgt_val, **stage),
                    retries=1).set_display_name("export")
         ev = _gpu(evaluate(
-            teacher_source_only=pre["teacher"].outputs["checkpoint"], teacher_adapted=teacher,
+            config=plan["evaluate"], teacher_source_only=pre["teacher"].outputs["checkpoint"], teacher_adapted=teacher,
             student_source_only=pre["student"].outputs["checkpoint"],
             student_adapted=ada["student"].outputs["checkpoint"], student_distilled=distilled,
-            student_onnx_fp16=exp.outputs["onnx_fp16"], val_manifest=tgt_val, resolution=eval_resolution,
-            **track), retries=1).set_display_name("evaluate")
-        # registry writes are side effects: never served from cache
-        reg = _cpu(register(export_record=exp.outputs["record"], metrics=ev.outputs["metrics_uri"],
-                            source=source_format, target=target_format, name=registered_model,
-                            paradigm=paradigm, teacher=teacher_model, **track), cache=False)
-        _cpu(promote(name=reg.outputs["name"], version=reg.outputs["version"], min_gain=promotion_min_gain,
-                     **track), cache=False)
+            student_onnx_fp16=exp.outputs["onnx_fp16"], val_manifest=tgt_val, **stage),
+            retries=1).set_display_name("evaluate")
+        # registry writes are side effects: never served from cache. Register links the stage
+        # runs to the parent run by tags (the cached stages never see the parent run's id).
+        stage_outputs = {f"{name}_{role}": tasks[role].outputs["checkpoint"]
+                         for name, tasks in (("pretrain", pre), ("adapt", ada)) for role in tasks}
+        stage_outputs.update(cache_teacher=cache.output, distill_first=first.outputs["checkpoint"])  # OneOf: no dict member
+        reg = _cpu(register(config=plan["register"], export_record=exp.outputs["record"],
+                            metrics=ev.outputs["metrics_uri"], stage_outputs=stage_outputs, **track), cache=False)
+        _cpu(promote(config=plan["promote"], name=reg.outputs["name"], version=reg.outputs["version"], **track),
+             cache=False)

@@ -5,6 +5,7 @@ plus the error paths (stale pinned data, bad parameters)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,8 +13,13 @@ from dakd_core.errors import ConfigError, DataError
 from dakd_core.orchestration import pins
 from dakd_core.storage import open_store, read_bytes, write_bytes
 
-TRAIN = dict(network="deeplabv2_tiny", source_resize=[32, 64], crop=[32, 64], batch_size=2, iterations=2,
-             lr=1e-3, eval_every=2, num_workers=0, seed=7)
+# The pipeline's parameters for a tiny run: the tasks get their settings from the plan `start`
+# builds from them, as in the pipeline.
+TINY = dict(teacher_model="deeplabv2_tiny", student_model="deeplabv2_tiny", source_resize_h=32, source_resize_w=64,
+            target_resize_h=32, target_resize_w=64, crop_h=32, crop_w=64, pretrain_iterations=2,
+            adapt_iterations=2, distill_iterations=2, teacher_batch_size=2, student_batch_size=2, eval_every=2,
+            num_workers=0, seed=7, lr=1e-3, discriminator_width=16, eval_resize_h=32, eval_resize_w=64,
+            mlflow_experiment="dakd-test", paradigm="d")
 
 
 @pytest.fixture(scope="module")
@@ -32,31 +38,45 @@ def env(tmp_path_factory):
     generate(root / "src", "source", 4, size=(64, 32), seed=1, split="train", progress=False)
     generate(root / "tgt", "target", 4, size=(64, 32), seed=1, split="train", progress=False)
     generate(root / "tgt", "target", 2, size=(64, 32), seed=1, split="val", progress=False)
-    common = dict(store_uri=(root / "store").as_uri(), run_name="t1", experiment="dakd-test", kfp_run_id="job-1")
+    # what a cached stage task gets: no run name, no KFP run id, no parent run
+    common = dict(store_uri=(root / "store").as_uri(), experiment="dakd-test")
     yield {"root": root, "common": common, "results": {}}
     mp.undo()
 
 
-def test_start_opens_parent_run_and_finish_closes_it(env):
+def test_start_checks_plans_opens_parent_run_and_finish_closes_it(env):
     import mlflow
 
+    from dakd_core.orchestration.plan import STAGES
     from dakd_core.orchestration.tasks.start import finish_task, start_task
 
-    out = start_task(run_name="", kfp_run_id="job-1", experiment="dakd-test", cache_shards=3)
-    assert out["run_name"] == "kfp-job-1" and out["shards"] == [0, 1, 2]
+    root = env["root"]
+    params = dict(TINY, source_uri=str(root / "src"), target_uri=(root / "tgt").as_uri())
+    # as KFP delivers a dict of parameters: every value as text, integers as floats
+    delivered = {k: str(float(v)) if type(v) is int else str(v) for k, v in params.items()}
+    out = start_task(params=delivered, kfp_run_id="job-1")
+    assert out["run_name"] == "kfp-job-1" and set(out) == {"run_name", "parent_run_id", *STAGES}
+    plan = {stage: json.loads(out[stage]) for stage in STAGES}
+    assert plan["pretrain_teacher"]["iterations"] == 2 and plan["pretrain_teacher"]["crop"] == [32, 64]
+    assert (plan["distill_first"]["paradigm"], plan["distill_second"]["paradigm"]) == ("c", "d")
+    assert plan["adapt_student"]["d_ndf"] == 16 and plan["promote"] == {"min_gain": 0.001}
     client = mlflow.MlflowClient()
     run = client.get_run(out["parent_run_id"])
     assert run.data.tags["dakd.kfp_run_id"] == "job-1" and run.info.status == "RUNNING"
+    assert run.data.params["crop_h"] == "32"
     assert finish_task(kfp_run_id="job-1", experiment="dakd-test", state="FAILED") == out["parent_run_id"]
     assert client.get_run(out["parent_run_id"]).info.status == "FAILED"
     env["results"]["parent"] = out["parent_run_id"]
+    env["plan"] = out
 
 
-def test_ingest_pins_manifests_and_target_train_is_unlabelled(env):
+def test_ingest_pins_manifests_and_target_train_is_unlabelled(env, monkeypatch):
     from dakd_core.data.manifest import read_manifest
+    from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI
     from dakd_core.orchestration.tasks.ingest import ingest_task
 
-    c, root = env["common"], env["root"]
+    c, root = dict(env["common"], run_name="t1", kfp_run_id="job-1"), env["root"]
+    monkeypatch.setenv(ENV_TIMINGS_URI, f"{c['store_uri']}/runs/t1/timings")  # as `dakd run` sets it
     src = ingest_task(**c, fmt="gta5", root_uri=str(root / "src"), domain="source", splits=["train"], workers=1)
     tgt = ingest_task(**c, fmt="cityscapes", root_uri=(root / "tgt").as_uri(), domain="target",
                       splits=["train", "val"], workers=1)
@@ -66,7 +86,7 @@ def test_ingest_pins_manifests_and_target_train_is_unlabelled(env):
     assert len(digest) == 64 and pins.sha256_of(uri) == digest
     assert all(r["label_uri"] is None for r in read_manifest(uri))  # no target labels reach training
     assert all(r["label_uri"] for r in read_manifest(pins.resolve(tgt["val_manifest"])))
-    # timings recorded for `dakd run`'s overhead report
+    # timings recorded for `dakd run`'s overhead report, where it asked for them
     assert json.loads(read_bytes(f"{c['store_uri']}/runs/t1/timings/ingest.json"))["seconds"] > 0
     env["results"].update(src=src["train_manifest"], tgt=tgt["train_manifest"], val=tgt["val_manifest"])
 
@@ -75,42 +95,68 @@ def test_ingest_rejects_bad_parameters(env):
     from dakd_core.orchestration.tasks.ingest import ingest_task
 
     with pytest.raises(ConfigError, match="domain"):
-        ingest_task(**env["common"], fmt="gta5", root_uri="/x", domain="both", splits=["train"])
+        ingest_task(**env["common"], run_name="t1", fmt="gta5", root_uri="/x", domain="both", splits=["train"])
     with pytest.raises(ConfigError, match="splits"):
-        ingest_task(**env["common"], fmt="gta5", root_uri="/x", domain="source", splits=["test"])
+        ingest_task(**env["common"], run_name="t1", fmt="gta5", root_uri="/x", domain="source", splits=["test"])
     with pytest.raises(ConfigError, match="field 'target_uri': gs://b/raw"):
-        ingest_task(**env["common"], fmt="gta5", root_uri="gs://b/raw", domain="target", splits=["train"])
+        ingest_task(**env["common"], run_name="t1", fmt="gta5", root_uri="gs://b/raw", domain="target",
+                    splits=["train"])
 
 
-def test_pretrain_and_adapt(env):
+def test_pretrain_and_adapt_write_content_addressed_and_reuse(env):
+    import time
+
     from dakd_core.models.checkpoint import load_checkpoint
     from dakd_core.orchestration.tasks.adapt import adapt_task
     from dakd_core.orchestration.tasks.pretrain import pretrain_task
 
-    c, r = env["common"], env["results"]
-    pre = pretrain_task(**c, role="student", source_manifest=r["src"], **TRAIN)
+    c, r, plan = env["common"], env["results"], env["plan"]
+    pre = pretrain_task(**c, role="student", config=plan["pretrain_student"], source_manifest=r["src"])
     uri = pins.resolve(pre["checkpoint"])
-    assert uri.startswith(f"{c['store_uri']}/runs/t1/pretrain_student/")
+    assert re.match(rf"{c['store_uri']}/stages/pretrain/[0-9a-f]{{20}}/", uri), uri
     assert load_checkpoint(uri)["model_name"] == "deeplabv2_tiny"
-    ada = adapt_task(**c, role="student", init=pre["checkpoint"], target_manifest=r["tgt"], target_resize=[32, 64],
-                     method="adaptsegnet", lambda_adv_main=1e-3, lambda_adv_aux=2e-4, discriminator_width=16,
-                     source_manifest=r["src"], **TRAIN)
-    assert "/runs/t1/adapt_student/" in pins.resolve(ada["checkpoint"])
+    # the same settings and inputs: the same folder, the finished run resumed, not trained again
+    t0 = time.perf_counter()
+    again = pretrain_task(**c, role="student", config=plan["pretrain_student"], source_manifest=r["src"])
+    assert again["checkpoint"] == pre["checkpoint"], (time.perf_counter() - t0)
+    ada = adapt_task(**c, role="student", config=plan["adapt_student"], init=pre["checkpoint"],
+                     source_manifest=r["src"], target_manifest=r["tgt"])
+    assert "/stages/adapt/" in pins.resolve(ada["checkpoint"])
     assert load_checkpoint(pins.resolve(ada["checkpoint"]))["config"]["d_ndf"] == 16
     r.update(pre=pre["checkpoint"], ada=ada["checkpoint"])
+
+
+def test_deterministic_failure_is_recorded_and_a_retry_is_not_recomputed(env, tmp_path):
+    """KFP retries any failed pod: the retry of a DataError re-raises it at once, even when the
+    stage could now run (the record, not the stage, answers)."""
+    from dakd_core.orchestration.tasks.pretrain import pretrain_task
+
+    c, plan = env["common"], env["plan"]
+    manifest = (tmp_path / "m.parquet").as_uri()
+    write_bytes(manifest, b"v1")
+    pinned = pins.pin(manifest)
+    write_bytes(manifest, b"v2")
+    with pytest.raises(DataError, match="changed after it was published"):
+        pretrain_task(**c, role="teacher", config=plan["pretrain_teacher"], source_manifest=pinned)
+    write_bytes(manifest, b"v1")  # the input would pass now: the retry must still not recompute
+    with pytest.raises(DataError, match="earlier attempt with the same inputs.*not retried"):
+        pretrain_task(**c, role="teacher", config=plan["pretrain_teacher"], source_manifest=pinned)
+    assert len(open_store(c["store_uri"]).list("failures/pretrain-")) == 1
 
 
 def test_cache_shards_then_index(env):
     from dakd_core.orchestration.tasks.cache_teacher import cache_index_task, cache_shard_task
 
-    c, r = env["common"], env["results"]
-    # the distill task's resizes (test_distill_c_then_d), as the pipeline wires them
-    inputs = dict(teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=2,
-                  source_resize=TRAIN["source_resize"], target_resize=[32, 64])
+    c, r, plan = env["common"], env["results"], env["plan"]
+    # the plan's cache settings are the distill stage's resizes (test_distill_c_then_d)
+    distill = json.loads(plan["distill_first"])
+    assert json.loads(plan["cache_teacher"]) == {"sizes": [distill["source_resize"], distill["target_resize"]]}
+    inputs = dict(config=plan["cache_teacher"], teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=2)
     counts = [cache_shard_task(**c, shard_index=k, **inputs)["num_samples"] for k in range(2)]
     assert sum(counts) == 8
     index = cache_index_task(**c, shard_samples=[float(n) for n in counts], **inputs)  # Collected: floats
-    assert index["num_samples"] == 8 and pins.resolve(index["index"]).endswith("index.parquet")
+    assert index["num_samples"] == 8 and re.search(r"/teacher_cache/[0-9a-f]{20}/index.parquet#",
+                                                   index["index"]), index["index"]
     r["index"] = index["index"]
 
 
@@ -126,9 +172,10 @@ def test_cache_runs_the_teacher_at_each_domains_training_resize(env):
     from dakd_core.data.manifest import read_manifest
     from dakd_core.orchestration.tasks.cache_teacher import cache_index_task, cache_shard_task
 
-    c, r = {**env["common"], "run_name": "sized"}, env["results"]
-    inputs = dict(teacher=r["ada"], manifests=[r["src"], r["tgt"]], num_shards=1,
-                  source_resize=[16, 48], target_resize=["24", 40.0])  # KFP may pass strings/floats
+    c, r = env["common"], env["results"]
+    # other settings than test_cache_shards_then_index's: another content-addressed cache folder
+    inputs = dict(config=json.dumps({"sizes": [[16, 48], [24, 40]]}), teacher=r["ada"],
+                  manifests=[r["src"], r["tgt"]], num_shards=1)
     n = cache_shard_task(**c, shard_index=0, **inputs)["num_samples"]
     index = pins.resolve(cache_index_task(**c, shard_samples=[float(n)], **inputs)["index"])
     rows = pq.read_table(io.BytesIO(read_bytes(index))).to_pylist()
@@ -143,45 +190,59 @@ def test_cache_runs_the_teacher_at_each_domains_training_resize(env):
 
 def test_distill_c_then_d(env):
     from dakd_core.models.checkpoint import load_checkpoint
-    from dakd_core.orchestration.tasks.distill import distill_task, stage_paradigm
+    from dakd_core.orchestration.tasks.distill import distill_task
 
-    c, r = env["common"], env["results"]
-    args = dict(teacher=r["ada"], cache_index=r["index"], source_manifest=r["src"], target_manifest=r["tgt"],
-                target_resize=[32, 64], method="adaptsegnet", lambda_adv_main=1e-3, lambda_adv_aux=2e-4,
-                lambda_kl=0.1, lambda_kl_aux=0.01, lambda_mse=0.01, lambda_pseudo=1.0, lambda_target=1.0,
-                temperature=1.0, **TRAIN)
-    first = distill_task(**c, paradigm="d", stage="first", init=r["ada"], **args)
+    c, r, plan = env["common"], env["results"], env["plan"]
+    args = dict(teacher=r["ada"], cache_index=r["index"], source_manifest=r["src"], target_manifest=r["tgt"])
+    first = distill_task(**c, config=plan["distill_first"], init=r["ada"], **args)
     assert first["paradigm"] == "c"
-    second = distill_task(**c, paradigm="d", stage="second", init=first["checkpoint"], **args)
-    assert second["paradigm"] == "d"
+    second = distill_task(**c, config=plan["distill_second"], init=first["checkpoint"], **args)
+    assert second["paradigm"] == "d" and "/stages/distill/" in second["checkpoint"]
     assert load_checkpoint(pins.resolve(second["checkpoint"]))["config"]["paradigm"] == "d"
-    assert stage_paradigm("b", "first") == "b"
-    with pytest.raises(ConfigError, match="second stage exists only for d"):
-        stage_paradigm("c", "second")
     r["dist"] = second["checkpoint"]
 
 
 def test_export_evaluate_register_promote(env):
+    import mlflow
+
     from dakd_core.orchestration.tasks.evaluate import ROWS, evaluate_task
     from dakd_core.orchestration.tasks.export import export_task
     from dakd_core.orchestration.tasks.register import promote_task, register_task
 
-    c, r = env["common"], env["results"]
-    exp = export_task(**c, checkpoint=r["dist"], val_manifest=r["val"], resolution=[32, 64])
+    c, r, plan = env["common"], env["results"], env["plan"]
+    exp = export_task(**c, config=plan["export"], checkpoint=r["dist"], val_manifest=r["val"])
     assert exp["onnx_fp16"].endswith(".onnx") and len(exp["onnx_fp16_sha256"]) == 64
     onnx = f"{exp['onnx_fp16']}#sha256={exp['onnx_fp16_sha256']}"
     uris = [r["pre"], r["ada"], r["pre"], r["ada"], r["dist"], onnx]
-    ev = evaluate_task(**c, models=dict(zip(ROWS, uris)), val_manifest=r["val"], resolution=[32, 64])
+    ev = evaluate_task(**c, config=plan["evaluate"], models=dict(zip(ROWS, uris)), val_manifest=r["val"])
     assert set(ev["miou"]) == set(ROWS) and all(0 <= v <= 1 for v in ev["miou"].values())
-    assert "student distilled" in ev["report"]
-    reg = register_task(**c, export_record=exp["record"], metrics=ev["metrics"], source="gta5",
-                        target="cityscapes", name="", paradigm="d", teacher="deeplabv2_tiny")
+    assert "student distilled" in ev["report"] and "/stages/evaluate/" in ev["metrics"]
+    # the report the KFP UI renders: every plot inline, none linked by a relative path
+    assert ev["report"].count("](data:image/png;base64,iVBORw0KGgo") >= 2 and "](plots/" not in ev["report"]
+    # the distilled student's confusion matrix: 19 x 19, its diagonal the correctly labelled pixels
+    distilled = json.loads(read_bytes(pins.resolve(ev["metrics"])))["models"]["student distilled"]
+    matrix = ev["confusion"]["matrix"]
+    assert ev["confusion"]["categories"] == list(distilled["per_class_iou"]) and len(matrix) == 19
+    assert all(len(row) == 19 for row in matrix)
+    trace = sum(matrix[i][i] for i in range(19))
+    assert trace / distilled["labelled_pixels"] == pytest.approx(distilled["pixel_accuracy"])
+    run = dict(c, run_name="t1", kfp_run_id="job-1", parent_run_id=env["results"]["parent"])
+    reg = register_task(**run, config=plan["register"], export_record=exp["record"], metrics=ev["metrics"],
+                        stage_outputs={"pretrain_student": r["pre"], "distill": r["dist"]})
     assert reg["name"] == "dakd-gta5-to-cityscapes" and reg["version"] == "1"
-    out = promote_task(**c, name=reg["name"], version=reg["version"])
+    recorded = json.loads(read_bytes(f"{c['store_uri']}/runs/t1/stages.json"))
+    assert recorded == {"pretrain_student": r["pre"], "distill": r["dist"], "export": exp["record"],
+                        "evaluate": ev["metrics"]}
+    # the stage runs, run-independent, are linked to the parent run by tags
+    client = mlflow.MlflowClient()
+    parent = client.get_run(env["results"]["parent"]).data
+    assert parent.tags["dakd.stage.distill"] == pins.split(r["dist"])[0]
+    distill_runs = parent.tags["dakd.stage_run.distill"].split(",")
+    assert {client.get_run(i).data.tags["dakd.paradigm"] for i in distill_runs} == {"d"}
+    assert parent.metrics["miou.student_distilled"] == pytest.approx(ev["miou"]["student distilled"])
+    out = promote_task(**run, name=reg["name"], version=reg["version"], config=plan["promote"])
     assert out["decision"] == "promoted"
-    import mlflow
-
-    champion = mlflow.MlflowClient().get_model_version_by_alias(reg["name"], "champion")
+    champion = client.get_model_version_by_alias(reg["name"], "champion")
     assert str(champion.version) == "1" and champion.tags["pipeline_run_id"] == "job-1"
     saved = json.loads(read_bytes(f"{c['store_uri']}/runs/t1/promote/outcome.json"))
     assert saved["decision"] == "promoted"
@@ -199,3 +260,18 @@ def test_stale_pinned_object_is_refused(tmp_path):
     with pytest.raises(DataError, match="already pinned"):
         pins.pin(pinned)
     assert open_store(tmp_path.as_uri()).exists("m.parquet")
+
+
+def test_report_plots_are_inlined_for_the_kfp_ui(tmp_path):
+    import base64
+
+    from dakd_core.orchestration.tasks.evaluate import embed_plots
+
+    folder = tmp_path.as_uri()
+    write_bytes(f"{folder}/plots/a.png", b"\x89PNG-a")
+    write_bytes(f"{folder}/plots/b_c.png", b"\x89PNG-bc")
+    report = "# r\n\n![plots/a.png](plots/a.png)\n![plots/b_c.png](plots/b_c.png)\n![ext](https://x/y.png)\n"
+    out = embed_plots(report, folder)
+    assert out == ("# r\n\n![plots/a.png](data:image/png;base64," + base64.b64encode(b"\x89PNG-a").decode() + ")\n"
+                   "![plots/b_c.png](data:image/png;base64," + base64.b64encode(b"\x89PNG-bc").decode() + ")\n"
+                   "![ext](https://x/y.png)\n")

@@ -70,7 +70,8 @@ def test_two_processes_under_torchrun_gloo(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cls, fields", [
     (PretrainConfig, {}),
-    ("adapt", {"method": "road", "init": "i.pt", "target_manifest": "t", "road_grid": [2, 2]}),
+    ("adapt", {"method": "road", "init": "i.pt", "target_manifest": "t", "road_grid": [2, 2],
+               "road_reference": "init"}),
     ("distill", {"init": "i.pt", "target_manifest": "t", "teacher_cache": "c", "paradigm": "c"}),
 ])
 def test_config_file_written_for_torchrun_rebuilds_the_same_config(tmp_path, cls, fields):
@@ -85,3 +86,39 @@ def test_config_file_written_for_torchrun_rebuilds_the_same_config(tmp_path, cls
     path.write_text(launch.config_yaml(cfg))
     again = build_config(cls, str(path))
     assert again == cfg and config_hash(again) == config_hash(cfg)
+
+
+class _Launched(Exception):
+    """Raised by the stand-in run_stage below: the task got as far as launching its stage."""
+
+
+def test_training_tasks_launch_their_stage_with_the_plans_gpus_per_task(tmp_path, monkeypatch):
+    """The pipeline's training tasks hand the stage to run_stage with the process count the plan
+    holds (PipelineParams.gpus_per_task), and build the stage config without that field."""
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan
+    from dakd_core.orchestration.tasks.adapt import adapt_task
+    from dakd_core.orchestration.tasks.distill import distill_task
+    from dakd_core.orchestration.tasks.pretrain import pretrain_task
+
+    launched = []
+
+    def run_stage(stage, cfg, gpus_per_task, run):
+        launched.append((stage, type(cfg).__name__, gpus_per_task, run.__module__))
+        raise _Launched
+
+    monkeypatch.setattr(launch, "run_stage", run_stage)
+    plan = {k: json.dumps(v) for k, v in build_plan(PipelineParams(gpus_per_task=3)).items()}
+    common = dict(store_uri=tmp_path.as_uri(), experiment="dakd-test")
+    data = dict(source_manifest="file:///m/src.parquet")
+    adversarial = dict(data, target_manifest="file:///m/tgt.parquet", init="file:///c/init.pt")
+    calls = [lambda: pretrain_task(**common, role="teacher", config=plan["pretrain_teacher"], **data),
+             lambda: adapt_task(**common, role="student", config=plan["adapt_student"], **adversarial),
+             lambda: distill_task(**common, config=plan["distill_second"], teacher="file:///c/t.pt",
+                                  cache_index="file:///c/index.parquet", **adversarial)]
+    for call in calls:
+        with pytest.raises(_Launched):
+            call()
+    assert launched == [("pretrain", "PretrainConfig", 3, "dakd_core.train.pretrain"),
+                        ("adapt", "AdaptConfig", 3, "dakd_core.train.adapt"),
+                        ("distill", "DistillConfig", 3, "dakd_core.train.distill")]

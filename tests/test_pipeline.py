@@ -85,29 +85,32 @@ def test_dag_has_every_stage_in_order(spec):
 
 
 def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
-    """Issue 17 item 1: every cache task (shard slices and the index fan-in) gets as its
-    source_resize/target_resize the very pipeline parameters the distill task gets (source_resize_h/w
-    with the source manifest, target_resize_h/w with the target one), handed down unchanged
-    through the fan-out sub-pipeline and its loop."""
+    """Issue 17 item 1: every cache task (shard slices and the index fan-in) runs the teacher at the
+    resizes the distill stage gives the student (source_resize with the source manifest,
+    target_resize with the target one). The plan derives the cache's sizes from the distill
+    settings; the compiled spec hands start's cache_teacher settings down unchanged through the
+    fan-out sub-pipeline and its loop, next to the distill task's own settings from start."""
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan
+
+    for paradigm in ("b", "d"):
+        plan = build_plan(PipelineParams(source_resize_h=360, source_resize_w=640, target_resize_h=256,
+                                         target_resize_w=600, paradigm=paradigm))
+        assert plan["cache_teacher"] == {"sizes": [[360, 640], [256, 600]]}
+        for stage in ("distill_first", "distill_second")[: 2 if paradigm == "d" else 1]:
+            assert [plan[stage]["source_resize"], plan[stage]["target_resize"]] == plan["cache_teacher"]["sizes"]
     pipeline, _ = spec
     fanout, distill = _find_task(pipeline, "cache-teacher"), _find_task(pipeline, "distill")
     sub = pipeline["components"][fanout["componentRef"]["name"]]["dag"]["tasks"]
     loop = sub["for-loop-2"]["inputs"]["parameters"]
     shard = _find_task(pipeline, "cache-teacher-shard")["inputs"]["parameters"]
     index = sub["cache-teacher-index"]["inputs"]["parameters"]
-    for side in ("source", "target"):
-        key = f"{side}_resize"
-        assert distill["inputs"]["parameters"][key]["runtimeValue"]["constant"] == [
-            f"{{{{$.inputs.parameters['pipelinechannel--{key}_{d}']}}}}" for d in "hw"]
-        for d in "hw":
-            # root parameter -> exit handler channel -> sub-pipeline input -> loop channel
-            assert fanout["inputs"]["parameters"][f"{key}_{d}"] == distill["inputs"]["parameters"][
-                f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"pipelinechannel--{key}_{d}"}
-            assert loop[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"{key}_{d}"}
-            assert index[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"{key}_{d}"}
-            assert shard[f"pipelinechannel--{key}_{d}"] == {"componentInputParameter": f"pipelinechannel--{key}_{d}"}
-        for task in (shard, index):
-            assert task[key] == distill["inputs"]["parameters"][key], key
+    start = {"producerTask": "start"}
+    assert distill["inputs"]["parameters"]["config"] == {"taskOutputParameter": {**start, "outputParameterKey": "distill_first"}}
+    # start's output -> sub-pipeline input -> loop channel -> shard; sub-pipeline input -> index
+    assert fanout["inputs"]["parameters"]["config"] == {"taskOutputParameter": {**start, "outputParameterKey": "cache_teacher"}}
+    assert loop["pipelinechannel--config"] == index["config"] == {"componentInputParameter": "config"}
+    assert shard["config"] == {"componentInputParameter": "pipelinechannel--config"}
     # ... and the manifests arrive in the order the sizes are paired with: [source, target]
     assert shard["manifests"]["runtimeValue"]["constant"] == [
         "{{$.inputs.parameters['pipelinechannel--source_manifest']}}",
@@ -117,11 +120,14 @@ def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
 def test_training_tasks_request_gpu_shm_tolerations_secrets_retries(spec):
     pipeline, k8s = spec
     executors = pipeline["deploymentSpec"]["executors"]
-    for task in ["pretrain", "pretrain-2", "adapt", "adapt-2", "distill", "cache-teacher-shard"]:
+    gpus_per_task = "{{$.inputs.parameters['pipelinechannel--gpus_per_task']}}"
+    for task in ["pretrain", "pretrain-2", "adapt", "adapt-2", "distill", "distill-2", "cache-teacher-shard"]:
         label = _executor(spec, task)
         resources = executors[label]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        assert resources["accelerator"]["resourceCount"] == "1"
+        # training tasks: the gpus_per_task parameter; a cache shard slice: one GPU
+        expected = "1" if task == "cache-teacher-shard" else gpus_per_task
+        assert resources["accelerator"]["resourceCount"] == expected, task
         assert resources["memoryLimit"] > 0 and resources["cpuLimit"] > 0
         platform = k8s[label]
         assert platform["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory",
@@ -131,6 +137,123 @@ def test_training_tasks_request_gpu_shm_tolerations_secrets_retries(spec):
         secrets = {s["secretName"] for s in platform["secretAsEnv"]}
         assert secrets == {"dakd-s3", "dakd-mlflow"}
         assert _find_task(pipeline, task)["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_cache_index_runs_on_cpu_and_is_retried_without_gpu(spec):
+    """The fan-in merges shard indices: no GPU, no GPU node selector or toleration."""
+    pipeline, k8s = spec
+    label = _executor(spec, "cache-teacher-index")
+    container = pipeline["deploymentSpec"]["executors"][label]["container"]
+    assert "accelerator" not in container["resources"]
+    assert container["image"].endswith("-cpu")
+    assert "nodeSelector" not in k8s[label] and "tolerations" not in k8s[label]
+    assert _find_task(pipeline, "cache-teacher-index")["retryPolicy"]["maxRetryCount"] == 2
+    # start (where configuration errors are caught) is never retried
+    assert "retryPolicy" not in _find_task(pipeline, "start")
+
+
+def test_every_parameter_is_described_from_its_config_field_with_its_choices(spec):
+    from typing import Literal, get_args, get_origin
+
+    from dakd_core.orchestration.params import PipelineParams
+
+    pipeline, _ = spec
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(PipelineParams.model_fields)
+    for name, info in PipelineParams.model_fields.items():
+        text = params[name].get("description", "")
+        assert info.description and text.startswith(info.description), name
+        if get_origin(info.annotation) is Literal:
+            assert text.endswith(f"(one of: {', '.join(get_args(info.annotation))})"), name
+        else:
+            assert text == info.description, name
+    assert params["paradigm"]["description"].endswith("(one of: a, b, c, d)")
+    for exposed in ("promotion_min_gain", "gpus_per_task", "teacher_weights", "student_weights"):
+        assert params[exposed]["description"], exposed
+
+
+def test_pipeline_signature_is_exactly_the_parameters_model():
+    import inspect
+
+    from dakd_core.orchestration.params import PipelineParams
+    from pipelines.dakd_pipeline import dakd_pipeline
+
+    signature = inspect.signature(dakd_pipeline.pipeline_func)
+    assert list(signature.parameters) == list(PipelineParams.model_fields)
+    defaults = PipelineParams()
+    for name, p in signature.parameters.items():
+        assert p.default == getattr(defaults, name), name
+
+
+def test_stage_tasks_get_one_settings_string_per_stage_not_the_parameters(spec):
+    """One parameter, one place: a loss weight reaches distill inside its settings JSON from
+    start, never as a task input of its own."""
+    from dakd_core.orchestration.plan import STAGES
+
+    pipeline, _ = spec
+    outputs = pipeline["components"]["comp-start"]["outputDefinitions"]["parameters"]
+    assert set(outputs) == {"run_name", "parent_run_id", *STAGES}
+    for task in ["pretrain", "adapt", "distill", "distill-2", "export", "evaluate", "register", "promote"]:
+        inputs = _find_task(pipeline, task)["inputs"]["parameters"]
+        assert "config" in inputs, task
+        # from start: directly, or inside the paradigm-d branch as the branch's input of start's output
+        source = inputs["config"].get("taskOutputParameter", {}).get("producerTask") or \
+            inputs["config"]["componentInputParameter"].split("-")[2]
+        assert source == "start", task
+        assert not {"lambda_kl", "paradigm", "lr", "min_gain", "resolution"} & set(inputs), task
+
+
+# A value that differs between two runs of the same parameters. Cached tasks must see none of them.
+RUN_SCOPED = ("run_name", "parent_run_id", "kfp_run_id", "{{$.pipeline_job_uuid}}", "{{$.pipeline_job_name}}",
+              "pipeline_job_resource_name")
+
+
+def _inputs_of_cached_tasks(pipeline):
+    for comp in [pipeline["root"], *pipeline["components"].values()]:
+        for name, task in comp.get("dag", {}).get("tasks", {}).items():
+            if task.get("cachingOptions", {}).get("enableCache"):
+                yield name, task
+
+
+def test_cached_tasks_take_no_run_scoped_value(spec):
+    """A rerun that changes only `paradigm` hits the cache up to the teacher cache: no job uuid,
+    no MLflow parent run id, no run name among the cached tasks' inputs, and none of their
+    inputs is an output of the uncached start task other than a stage's settings."""
+    pipeline, _ = spec
+    cached = dict(_inputs_of_cached_tasks(pipeline))
+    assert {"pretrain", "pretrain-2", "adapt", "adapt-2", "cache-teacher-shard", "cache-teacher-index",
+            "distill", "export", "evaluate"} <= set(cached)
+    for name, task in cached.items():
+        text = json.dumps(task["inputs"])
+        for scoped in RUN_SCOPED:
+            assert scoped not in text, (name, scoped)
+        for key, value in task["inputs"].get("parameters", {}).items():
+            producer = value.get("taskOutputParameter", {})
+            if producer.get("producerTask") == "start":
+                assert producer["outputParameterKey"] not in ("run_name", "parent_run_id"), (name, key)
+    # the run-scoped values go to the uncached tasks only
+    for task in ("register", "promote", "ingest"):
+        assert not _find_task(pipeline, task)["cachingOptions"].get("enableCache")
+        assert "run_name" in _find_task(pipeline, task)["inputs"]["parameters"]
+    # the sub-pipeline's inputs as the root passes them: no run-scoped value either
+    fanout = json.dumps(_find_task(pipeline, "cache-teacher")["inputs"])
+    assert not [s for s in RUN_SCOPED if s in fanout]
+
+
+def test_paradigm_reaches_the_cached_stages_only_through_the_distill_settings():
+    """Changing only `paradigm` changes the distill/register settings, not what pretrain, adapt
+    or the teacher cache get: those cache keys stay equal. From c to d even the first distill
+    stage (d trains c first) is the same."""
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan
+
+    c, d = build_plan(PipelineParams(paradigm="c")), build_plan(PipelineParams(paradigm="d"))
+    same = {k for k in c if c[k] == d[k]}
+    assert same == {"pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "cache_teacher",
+                    "distill_first", "export", "evaluate", "promote"}
+    b = build_plan(PipelineParams(paradigm="b"))
+    assert b["distill_first"]["paradigm"] == "b" and b["cache_teacher"] == d["cache_teacher"]
+    assert c["distill_second"] == {} and d["distill_second"]["paradigm"] == "d"
 
 
 def test_caching_off_for_impure_tasks(spec):
@@ -223,9 +346,13 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     parent = client.search_runs([client.get_experiment_by_name("dakd-e2e").experiment_id],
                                 filter_string="tags.`dakd.pipeline_parent` = 'true'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    children = client.search_runs([parent[0].info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
-    assert {r.data.tags.get("dakd.kfp_task") for r in children} >= {"pretrain", "adapt", "distill", "evaluate"}
+    # the cached stages' runs are linked to the parent run by tags (register sets them)
+    tags = parent[0].data.tags
+    for stage in ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "distill_first",
+                  "export", "evaluate"):
+        assert "/stages/" in tags[f"dakd.stage.{stage}"], stage
+        for run_id in tags[f"dakd.stage_run.{stage}"].split(","):
+            assert client.get_run(run_id).data.tags["dakd.stage_output"] in tags[f"dakd.stage.{stage}"], stage
 
 
 def _local_result(tmp_path, tracking_uri: str, from_env: bool):
@@ -341,3 +468,22 @@ def test_task_count_and_display_names_from_the_pipeline_spec():
     # paradigm branches, export, evaluate, register, promote, finish
     assert total == 15 + CACHE_SHARDS
     assert names["pretrain-2"] == "pretrain student" and names["cache-teacher-shard"] == "cache-teacher shard"
+
+
+def test_typed_artifacts_for_the_ui(spec):
+    """Datasets and models leave their tasks as typed artifacts (lineage in the UI), evaluate adds a
+    Markdown report (plots inline) and the distilled student's confusion matrix."""
+    pipeline, _ = spec
+    comps = pipeline["components"]
+
+    def artifacts(comp):
+        outs = comps[comp]["outputDefinitions"]["artifacts"]
+        return {name: a["artifactType"]["schemaTitle"] for name, a in outs.items()}
+
+    assert artifacts("comp-ingest") == {"metrics": "system.Metrics", "train_dataset": "system.Dataset",
+                                        "val_dataset": "system.Dataset"}
+    for comp in ("comp-pretrain", "comp-adapt", "comp-distill"):
+        assert artifacts(comp) == {"metrics": "system.Metrics", "model": "system.Model"}, comp
+    assert artifacts("comp-export")["onnx_model"] == "system.Model"
+    assert artifacts("comp-evaluate") == {"metrics": "system.Metrics", "report": "system.Markdown",
+                                          "confusion": "system.ClassificationMetrics"}

@@ -312,72 +312,79 @@ def _fake_stage(module, stage: str):
 
 def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headline(mlflow_uri, tmp_path, monkeypatch):
     """The tasks of one pipeline run, as components call them (stage entry points replaced by
-    `_fake_stage`): child runs are `<stage>-<role>` with role/method/paradigm/dataset-pair tags;
-    the parent run holds every pipeline parameter, the headline metrics and the promotion."""
+    `_fake_stage`): stage runs are `<stage>-<role>` with role/method/paradigm tags and their
+    content-addressed output folder; they take no per-run value (KFP caches them), so the
+    uncached register task links them to the parent run by tags. The parent run holds every
+    pipeline parameter, the headline metrics and the promotion."""
     from dakd_core.evaluation import evaluate
     from dakd_core.orchestration.params import PipelineParams
     from dakd_core.orchestration.tasks.adapt import adapt_task
     from dakd_core.orchestration.tasks.distill import distill_task
     from dakd_core.orchestration.tasks.evaluate import ROWS, evaluate_task
     from dakd_core.orchestration.tasks.pretrain import pretrain_task
-    from dakd_core.orchestration.tasks.register import promote_task
+    from dakd_core.orchestration.tasks.register import link_stage_runs, promote_task
     from dakd_core.orchestration.tasks.start import start_task
     from dakd_core.train import adapt, distill, pretrain
 
     monkeypatch.setenv("DAKD_SYSTEM_METRICS", "0")  # each run would wait for its sampler thread
     for module, stage in ((pretrain, "pretrain"), (adapt, "adapt"), (distill, "distill"), (evaluate, "evaluate")):
         monkeypatch.setattr(module, "run", _fake_stage(module, stage))
-    params = PipelineParams(source_format="gta5", target_format="cityscapes", paradigm="d").model_dump()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x").write_text("x")
+    params = PipelineParams(source_format="gta5", target_format="cityscapes", paradigm="d", run_name="r1",
+                            mlflow_experiment="dakd-e", teacher_model="deeplabv2_tiny", adaptation_method="advent",
+                            source_uri=str(tmp_path / "src"), target_uri=str(tmp_path / "src")).model_dump()
     # as KFP hands the dict to the start task: every value substituted as text, integers as floats
     delivered = {k: json.dumps(v) if isinstance(v, bool) else str(float(v)) if type(v) is int else str(v)
                  for k, v in params.items()}
-    start = start_task(run_name="r1", kfp_run_id="job-7", experiment="dakd-e", cache_shards=1, params=delivered)
+    start = start_task(params=delivered, kfp_run_id="job-7")
     parent_id = start["parent_run_id"]
-    common = dict(store_uri=(tmp_path / "store").as_uri(), run_name="r1", experiment="dakd-e",
-                  kfp_run_id="job-7", parent_run_id=parent_id)
-    train = dict(network="deeplabv2_tiny", source_manifest="file:///data/src.parquet", source_resize=[32, 64],
-                 crop=[32, 64], batch_size=2, iterations=2, lr=1e-3, eval_every=2, num_workers=0, seed=7)
-    adversarial = dict(target_manifest="file:///data/tgt.parquet", target_resize=[32, 64],
-                       lambda_adv_main=1e-3, lambda_adv_aux=2e-4)
-    ckpt = {role: pretrain_task(**common, role=role, **train)["checkpoint"] for role in ("teacher", "student")}
-    adapted = adapt_task(**common, role="teacher", init=ckpt["teacher"], method="advent", **adversarial, **train)
-    distill_args = dict(teacher=adapted["checkpoint"], cache_index="file:///cache/index.parquet",
-                        method="adaptsegnet", lambda_kl=0.1, lambda_kl_aux=0.01, lambda_mse=0.01,
-                        lambda_pseudo=1.0, lambda_target=1.0, temperature=1.0, **adversarial, **train)
-    first = distill_task(**common, paradigm="d", stage="first", init=ckpt["student"], **distill_args)
-    distill_task(**common, paradigm="d", stage="second", init=first["checkpoint"], **distill_args)
-    evaluate_task(**common, models={row: ckpt["student"] for row in ROWS}, val_manifest="file:///data/val.parquet",
-                  resolution=[32, 64])
+    common = dict(store_uri=(tmp_path / "store").as_uri(), experiment="dakd-e")
+    data = dict(source_manifest="file:///data/src.parquet")
+    adversarial = dict(target_manifest="file:///data/tgt.parquet", **data)
+    ckpt = {role: pretrain_task(**common, role=role, config=start[f"pretrain_{role}"], **data)["checkpoint"]
+            for role in ("teacher", "student")}
+    adapted = adapt_task(**common, role="teacher", config=start["adapt_teacher"], init=ckpt["teacher"], **adversarial)
+    distill_args = dict(teacher=adapted["checkpoint"], cache_index="file:///cache/index.parquet", **adversarial)
+    first = distill_task(**common, config=start["distill_first"], init=ckpt["student"], **distill_args)
+    second = distill_task(**common, config=start["distill_second"], init=first["checkpoint"], **distill_args)
+    evaluated = evaluate_task(**common, config=start["evaluate"], models={row: ckpt["student"] for row in ROWS},
+                              val_manifest="file:///data/val.parquet")
 
     client = _client(mlflow_uri)
-    children = {r.info.run_name: r for r in client.search_runs(
-        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")}
-    assert set(children) == {"pretrain-teacher", "pretrain-student", "adapt-teacher", "distill-student-c",
-                             "distill-student-d", "evaluate"}
-    tags = {name: run.data.tags for name, run in children.items()}
-    for name in children:
-        assert tags[name]["dakd.dataset_pair"] == "gta5->cityscapes", name  # from the parent
+    experiment = client.get_run(parent_id).info.experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], filter_string="tags.`dakd.stage` != ''")}
+    assert set(runs) == {"pretrain-teacher", "pretrain-student", "adapt-teacher", "distill-student-c",
+                         "distill-student-d", "evaluate"}
+    tags = {name: run.data.tags for name, run in runs.items()}
+    for name in runs:
+        assert "mlflow.parentRunId" not in tags[name], name  # a cached task never sees the parent's id
         assert tags[name]["dakd.stage"] == name.split("-")[0]
+        assert f"/stages/{name.split('-')[0]}/" in tags[name]["dakd.stage_output"], name
     assert (tags["pretrain-teacher"]["dakd.role"], tags["pretrain-teacher"]["dakd.method"]) == ("teacher", "source-only")
     assert tags["pretrain-student"]["dakd.role"] == "student"
     assert (tags["adapt-teacher"]["dakd.role"], tags["adapt-teacher"]["dakd.method"]) == ("teacher", "advent")
-    assert tags["pretrain-teacher"]["dakd.paradigm"] == "d"  # the pipeline's paradigm
     for paradigm in "cd":
         t = tags[f"distill-student-{paradigm}"]
         assert (t["dakd.role"], t["dakd.method"], t["dakd.paradigm"]) == ("student", "dakd", paradigm)
         assert t["dakd.adversarial_method"] == "adaptsegnet"
     assert "dakd.role" not in tags["evaluate"]  # no label or role left over from earlier tasks
 
+    # register's linkage, as the uncached task runs it: inside the parent run's context
+    from dakd_core.orchestration.context import task_context
+
+    with task_context("job-7", "register", parent_id, "dakd-e"):
+        linked = link_stage_runs({"pretrain_teacher": ckpt["teacher"], "distill_second": second["checkpoint"]})
+    assert linked["dakd.stage_run.pretrain_teacher"] == runs["pretrain-teacher"].info.run_id
+    assert linked["dakd.stage_run.distill_second"] == runs["distill-student-d"].info.run_id
     parent = client.get_run(parent_id).data
+    assert parent.tags["dakd.stage.pretrain_teacher"] == ckpt["teacher"].split("#")[0]
+
     assert set(parent.params) == set(PipelineParams.model_fields)
     assert parent.params["crop_h"] == "512" and parent.params["lr"] == "0.0"  # 0: the networks' recipes
     assert parent.params["teacher_online"] == "false" and parent.params["source_uri"] == params["source_uri"]
     assert parent.tags["dakd.dataset_pair"] == "gta5->cityscapes" and parent.tags["dakd.paradigm"] == "d"
-    assert parent.metrics["miou.teacher_adapted"] == pytest.approx(0.40)
-    assert parent.metrics["miou.student_adapted"] == pytest.approx(0.25)
-    assert parent.metrics["miou.student_distilled"] == pytest.approx(0.33)
-    assert parent.metrics["miou.student_distilled_onnx_fp16"] == pytest.approx(0.32)
-    assert parent.metrics["gain.distilled_vs_adapted_student"] == pytest.approx(0.33 - 0.25)
+    assert evaluated["miou"]["student distilled"] == pytest.approx(0.33)
 
     # the promotion decision reaches the parent run too
     from dakd_core.registry import TAG_MANIFEST
@@ -386,7 +393,8 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
     client.create_registered_model("dakd-gta5-to-cityscapes")
     version = client.create_model_version("dakd-gta5-to-cityscapes", source=source,
                                           tags={"miou": "0.33", TAG_MANIFEST: "aaa"}).version
-    promote_task(**common, name="dakd-gta5-to-cityscapes", version=str(version))
+    promote_task(**common, run_name="r1", kfp_run_id="job-7", parent_run_id=parent_id, name="dakd-gta5-to-cityscapes",
+                 version=str(version))
     parent = client.get_run(parent_id).data
     assert parent.tags["dakd.promotion"] == "promoted" and parent.tags["dakd.champion"] == str(version)
     assert parent.tags["dakd.registered_version"] == f"dakd-gta5-to-cityscapes/{version}"

@@ -5,6 +5,7 @@ ConfigErrors naming the field; a hub tag is kept in the store after its one down
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -103,6 +104,8 @@ def test_pretrain_task_keeps_a_hub_tag_in_the_store_and_trains_from_it(tmp_path,
     from _train_data import make_split
     from dakd_core.models.checkpoint import load_checkpoint
     from dakd_core.orchestration import pins
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan
     from dakd_core.orchestration.tasks.pretrain import pretrain_task
 
     state = _timm_state(seed=5)
@@ -111,10 +114,13 @@ def test_pretrain_task_keeps_a_hub_tag_in_the_store_and_trains_from_it(tmp_path,
     store = (tmp_path / "store").as_uri()
     (tmp_path / "store").mkdir()
     source = make_split(store, "src", 2, "source", seed=0)
-    out = pretrain_task(store_uri=store, run_name="w1", experiment="dakd-test", role="student",
-                        backbone_weights="timm:resnet18.a1_in1k", network="deeplabv2_tiny", source_manifest=source,
-                        source_resize=[32, 64], crop=[32, 64], batch_size=1, iterations=1, lr=1e-9, eval_every=1,
-                        num_workers=0, seed=0)
+    # the settings `start` plans from the pipeline parameters (student_weights -> backbone_weights)
+    plan = build_plan(PipelineParams(student_model="deeplabv2_tiny", student_weights="timm:resnet18.a1_in1k",
+                                     source_resize_h=32, source_resize_w=64, crop_h=32, crop_w=64,
+                                     student_batch_size=1, pretrain_iterations=1, lr=1e-9, eval_every=1,
+                                     num_workers=0, seed=0))
+    out = pretrain_task(store_uri=store, experiment="dakd-test", role="student",
+                        config=json.dumps(plan["pretrain_student"]), source_manifest=source)
     checkpoint = load_checkpoint(pins.resolve(out["checkpoint"]))
     assert checkpoint["config"]["backbone_weights"] == f"{store}/weights/timm/resnet18.a1_in1k.pth"
     # one step at lr 1e-9 leaves the loaded weights (not a random init) in place

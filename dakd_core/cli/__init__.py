@@ -22,12 +22,19 @@ def _commands():
         yield importlib.import_module(f"{__name__}.{info.name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the chosen command gets its flags.
+
+    A command's flags come from its config model (pydantic, cv2 for synth...): building all of
+    them for `dakd --help` cost more than the whole help needs (issue 14: help under 1 s).
+    Without `argv` every command is complete."""
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
     parser = argparse.ArgumentParser(prog="dakd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in _commands():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
+        if argv is None or mod.NAME == chosen:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -55,7 +62,8 @@ def _tracking_store_failure(e: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except DakdError as e:

@@ -133,6 +133,9 @@ def run(cfg: EvalConfig) -> EvalResult:
             num_parameters=predictors[name].num_parameters,
             num_samples=len(rows),
             throughput_mpx_s=megapixels / seconds[name] if seconds[name] > 0 else None,
+            # rows: ground truth, columns: prediction (void predictions dropped); the pipeline
+            # shows it as a KFP ClassificationMetrics artifact
+            confusion=totals[name].confusion().tolist(),
         )
         results[name] = m
 

@@ -36,7 +36,8 @@ from dakd_core.orchestration.run_output import (
     strip_ansi,
     TaskProgress,
 )
-from dakd_core.orchestration.tasks.common import run_prefix
+from dakd_core.orchestration.pins import resolve
+from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, run_prefix
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
 # key in results.json)
@@ -93,10 +94,12 @@ def tracking_uri_for(out: Path) -> tuple[str, bool]:
     return f"sqlite:///{out / 'mlflow.db'}", False
 
 
-def _local_env(tracking_uri: str) -> dict[str, str]:
-    """Environment the task subprocesses inherit: where MLflow lives, quiet bars, one BLAS pool."""
+def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
+    """Environment the task subprocesses inherit: where MLflow lives, where each task records its
+    seconds (the overhead report), quiet bars, one BLAS pool."""
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
+        ENV_TIMINGS_URI: timings_uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
@@ -116,7 +119,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     last lines inside the DakdError."""
     from kfp import local
 
-    from dakd_core.storage import open_store
+    from dakd_core.storage import open_store, read_bytes
 
     out = Path(cfg.local.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,8 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
 
     # The environment is restored afterwards: a later run in this process must not take this
     # run's database for a user-set MLFLOW_TRACKING_URI.
-    with environ(_local_env(tracking)), output_to_log(log_path) as terminal:
+    timings_uri = f"{run_prefix(params.store_uri, params.run_name)}/timings"
+    with environ(_local_env(tracking, timings_uri)), output_to_log(log_path) as terminal:
         print(f"==== dakd run {params.run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
@@ -166,13 +170,14 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
 
     run = open_store(params.store_uri).child(f"runs/{params.run_name}")
     try:
-        metrics = json.loads(run.get_bytes("evaluate/metrics.json"))
+        # register's record of the run's stage outputs: evaluate's folder is content-addressed
+        metrics = json.loads(read_bytes(resolve(json.loads(run.get_bytes("stages.json"))["evaluate"])))
         promotion = json.loads(run.get_bytes("promote/outcome.json"))
     except StoreError as e:
         raise DakdError(f"the pipeline finished but its results are missing: {e}") from None
     missing = [key for key, _, _ in TABLE_ROWS if key not in metrics["models"]]
     if missing:
-        raise DakdError(f"{run.url('evaluate/metrics.json')} has no entry for {missing}")
+        raise DakdError(f"the evaluation metrics of {run.url('stages.json')} have no entry for {missing}")
     timings = {}
     for key in run.list("timings/"):
         record = json.loads(run.get_bytes(key))

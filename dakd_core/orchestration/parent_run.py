@@ -121,3 +121,12 @@ def _metric(key: str, value: float):
     from mlflow.entities import Metric
 
     return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+def search_tagged(tag: str, value: str) -> list[str]:
+    """Ids of the runs of the current experiment (MLFLOW_EXPERIMENT_NAME) tagged `tag` = `value`."""
+    from dakd_core.tracking import ensure_experiment
+
+    client = _client()
+    runs = client.search_runs([ensure_experiment()], filter_string=f"tags.`{tag}` = '{value}'")
+    return sorted(r.info.run_id for r in runs)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from dakd_core.orchestration.tasks.common import hw, run_identity, run_prefix, tracked
+import json
+
 from dakd_core.orchestration.pins import pin, resolve
+from dakd_core.orchestration.tasks.common import run_identity, stage_out, tracked
 
 
 @tracked("export", lambda kw: run_identity("student"))
-def export_task(*, store_uri: str, run_name: str, experiment: str, checkpoint: str, val_manifest: str,
-                resolution: list, parity_samples: int = 0) -> dict:
+def export_task(*, store_uri: str, experiment: str, config: str, checkpoint: str, val_manifest: str,
+                parity_samples: int = 0) -> dict:
     from dakd_core.config import build_config
     from dakd_core.export import ExportConfig, run
 
-    cfg = build_config(
-        ExportConfig, model=resolve(checkpoint), out=f"{run_prefix(store_uri, run_name)}/export",
-        val_manifest=resolve(val_manifest), parity_samples=parity_samples or None,
-        resolution=hw(resolution),
-    )
+    settings = json.loads(config)
+    out = stage_out(store_uri, "export", settings, {"checkpoint": checkpoint, "val_manifest": val_manifest,
+                                                    "parity_samples": parity_samples})
+    cfg = build_config(ExportConfig, **settings, model=resolve(checkpoint), out=out,
+                       val_manifest=resolve(val_manifest), parity_samples=parity_samples or None)
     res = run(cfg)
     fp16 = res.record["artifacts"]["onnx_fp16"]
     return {

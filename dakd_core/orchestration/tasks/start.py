@@ -1,41 +1,26 @@
-"""First and exit tasks: open the pipeline run's MLflow parent run, and close it."""
+"""First and exit tasks: check the parameters and plan every stage, open the pipeline run's
+MLflow parent run; close it at the end."""
 
 from __future__ import annotations
 
 from dakd_core.orchestration.context import run_name_for
 from dakd_core.orchestration.parent_run import close_parent_run, open_parent_run
+from dakd_core.orchestration.plan import plan_run
 from dakd_core.orchestration.tasks.common import freeze_for_exit
 
 
-def start_task(*, run_name: str, kfp_run_id: str, experiment: str, cache_shards: int,
-               params: dict | None = None) -> dict:
-    """Resolve the run name, open the parent run (`params`: every pipeline parameter, logged on
-    it), plan the teacher-cache shard slices."""
-    name = run_name_for(run_name, kfp_run_id)
+def start_task(*, params: dict, kfp_run_id: str) -> dict:
+    """Fail fast, then open the run: the parameters are validated and every stage's config is built
+    (ConfigError/DataError naming the field, before any GPU task is scheduled) and the dataset
+    roots are found; then the parent run opens with every parameter logged. Returns the run name,
+    the parent run id and one JSON settings string per stage (dakd_core.orchestration.plan)."""
     try:
-        parent = open_parent_run(experiment, kfp_run_id, name, _as_declared(params) if params else None)
+        p, plan = plan_run(params)
+        name = run_name_for(p.run_name, kfp_run_id)
+        parent = open_parent_run(p.mlflow_experiment, kfp_run_id, name, p.model_dump(mode="json"))
     finally:
         freeze_for_exit()
-    return {"run_name": name, "parent_run_id": parent, "shards": list(range(cache_shards))}
-
-
-def _as_declared(params: dict) -> dict:
-    """KFP substitutes each parameter into the dict as text, integers as floats ('512.0'): integer
-    pipeline parameters are recorded as `512` (by their PipelineParams type), the rest as given."""
-    from dakd_core.orchestration.params import PipelineParams
-
-    fields = PipelineParams.model_fields
-    out = {}
-    for key, value in params.items():
-        if key in fields and fields[key].annotation is int:
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = None  # not a number: recorded as given
-            if number is not None and number.is_integer():
-                value = int(number)
-        out[key] = value
-    return out
+    return {"run_name": name, "parent_run_id": parent, **plan}
 
 
 def finish_task(*, kfp_run_id: str, experiment: str, state: str) -> str:

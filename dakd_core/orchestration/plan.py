@@ -1,0 +1,212 @@
+"""Pipeline parameters -> every stage's config, built once by the `start` task.
+
+The one mapping from the KFP form (PipelineParams) to the stage config models (PretrainConfig,
+AdaptConfig, DistillConfig, ExportConfig, EvalConfig, RegisterConfig, PromoteConfig). Each stage's
+settings travel to its task as one JSON string; the task adds only what upstream tasks produce
+(manifests, checkpoints, the cache index) and its output folder. Adding a stage setting is then
+adding its config field and, if it is a UI parameter, a PipelineParams field and one line here;
+no component or task signature lists it.
+
+`check_plan` builds every stage's config from the plan with placeholders for the upstream outputs,
+so a bad value fails in the first (CPU) task, in seconds, naming the field, not in the distill task
+after hours of pretraining and adaptation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dakd_core.errors import ConfigError, DataError
+from dakd_core.orchestration.params import PipelineParams
+
+# The stages whose settings the plan holds, in pipeline order (start's outputs, one JSON each).
+STAGES = ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "cache_teacher",
+          "distill_first", "distill_second", "export", "evaluate", "register", "promote")
+# The training stages' settings also hold how many processes run them (dakd_core/orchestration/
+# launch.py run_stage: torchrun when > 1); the task takes it out before building the stage config.
+LAUNCH_FIELD = "gpus_per_task"
+TRAINING_STAGES = ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "distill_first",
+                   "distill_second")
+# Where `check_plan` stands in for a value an upstream task produces.
+_UPSTREAM = "upstream://{}"
+
+
+def _hw(h: int, w: int) -> list[int]:
+    return [h, w]
+
+
+def _training(p: PipelineParams, role: str, iterations: int) -> dict:
+    """TrainConfig fields of one network's training stage. `lr` 0 and `optimizer` "network"
+    leave those fields to the network's recipe (dakd_core/train/recipes.py)."""
+    fields = dict(model=getattr(p, f"{role}_model"), source_resize=_hw(p.source_resize_h, p.source_resize_w),
+                  crop=_hw(p.crop_h, p.crop_w), batch_size=getattr(p, f"{role}_batch_size"), iterations=iterations,
+                  seed=p.seed, eval_every=p.eval_every, checkpoint_every=p.eval_every, num_workers=p.num_workers,
+                  **{LAUNCH_FIELD: p.gpus_per_task})
+    if p.lr:
+        fields["lr"] = p.lr
+    if p.optimizer != "network":
+        fields["optimizer"] = p.optimizer
+    return fields
+
+
+def _adversarial(p: PipelineParams, method: str) -> dict:
+    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method,
+                lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux, d_ndf=p.discriminator_width)
+
+
+def _distill(p: PipelineParams, paradigm: str) -> dict:
+    return dict(
+        _training(p, "student", p.distill_iterations), **_adversarial(p, p.distill_adversarial_method),
+        paradigm=paradigm, lambda_kl=p.lambda_kl, lambda_kl_aux=p.lambda_kl_aux, lambda_mse=p.lambda_mse,
+        lambda_pseudo=p.lambda_pseudo, lambda_target=p.lambda_target, temperature=p.temperature,
+        kl_reduction=p.kl_reduction,
+        seg_loss=p.seg_loss, focal_gamma=p.focal_gamma, lambda_border_kl=p.lambda_border_kl,
+        lambda_l2_feature=p.lambda_l2_feature, lambda_cwd=p.lambda_cwd, cwd_tau=p.cwd_tau,
+        lambda_lad=p.lambda_lad, feature_level=p.feature_level, teacher_online=p.teacher_online)
+
+
+def build_plan(p: PipelineParams) -> dict[str, dict]:
+    """Every stage's settings from the parameters (paradigm d: distill c first, then d from it;
+    other paradigms: one distill stage, `distill_second` empty and never run)."""
+    plan: dict[str, dict] = {}
+    for role in ("teacher", "student"):
+        pretrain = _training(p, role, p.pretrain_iterations)
+        weights = getattr(p, f"{role}_weights")
+        if weights:
+            pretrain["backbone_weights"] = weights
+        plan[f"pretrain_{role}"] = pretrain
+        plan[f"adapt_{role}"] = {**_training(p, role, p.adapt_iterations), **_adversarial(p, p.adaptation_method)}
+    plan["distill_first"] = _distill(p, "c" if p.paradigm == "d" else p.paradigm)
+    # The teacher is cached at the resizes the distill stage gives the student's source and target
+    # streams (in the cache's manifest order: source train, target train), so every cached map is
+    # computed at the geometry it is used at.
+    plan["cache_teacher"] = {"sizes": [plan["distill_first"]["source_resize"],
+                                       plan["distill_first"]["target_resize"]]}
+    plan["distill_second"] = _distill(p, "d") if p.paradigm == "d" else {}
+    resolution = _hw(p.eval_resize_h, p.eval_resize_w)
+    plan["export"] = {"resolution": resolution}
+    plan["evaluate"] = {"resolution": resolution}
+    plan["register"] = dict(source=p.source_format, target=p.target_format, name=p.registered_model or None,
+                            paradigm=p.paradigm, teacher=p.teacher_model)
+    plan["promote"] = {"min_gain": p.promotion_min_gain}
+    return {stage: plan[stage] for stage in STAGES}
+
+
+def _config_classes() -> dict[str, tuple[type, dict]]:
+    """Stage -> (config model, placeholders for what upstream tasks produce)."""
+    from dakd_core.cache import CacheConfig
+    from dakd_core.evaluation.evaluate import EvalConfig
+    from dakd_core.export import ExportConfig
+    from dakd_core.registry import PromoteConfig, RegisterConfig
+    from dakd_core.train.configs import AdaptConfig, PretrainConfig
+    from dakd_core.train.distill_config import DistillConfig
+
+    up = {k: _UPSTREAM.format(k) for k in ("source_manifest", "target_manifest", "init", "teacher", "teacher_cache",
+                                           "out", "model", "manifest", "export", "metrics", "name")}
+    train = {k: up[k] for k in ("source_manifest", "out")}
+    adapt = {**train, **{k: up[k] for k in ("target_manifest", "init")}}
+    return {
+        "pretrain_teacher": (PretrainConfig, train), "pretrain_student": (PretrainConfig, train),
+        "adapt_teacher": (AdaptConfig, adapt), "adapt_student": (AdaptConfig, adapt),
+        "cache_teacher": (CacheConfig, {"teacher": up["teacher"], "manifests": [up["source_manifest"],
+                                                                     up["target_manifest"]],
+                                        "store": up["out"], "name": "check"}),
+        "distill_first": (DistillConfig, {**adapt, "teacher": up["teacher"], "teacher_cache": up["teacher_cache"]}),
+        "distill_second": (DistillConfig, {**adapt, "teacher": up["teacher"], "teacher_cache": up["teacher_cache"]}),
+        "export": (ExportConfig, {"model": up["model"], "out": up["out"]}),
+        "evaluate": (EvalConfig, {"models": [up["model"]], "manifest": up["manifest"], "out": up["out"]}),
+        "register": (RegisterConfig, {"export": up["export"], "metrics": up["metrics"]}),
+        "promote": (PromoteConfig, {"name": up["name"]}),
+    }
+
+
+def stage_settings(settings: dict) -> tuple[dict, int]:
+    """A stage's settings without the launch field, and the number of processes to run it in."""
+    settings = dict(settings)
+    return settings, int(settings.pop(LAUNCH_FIELD, 1))
+
+
+def check_plan(plan: dict[str, dict]) -> None:
+    """Build every stage's config model from the plan (upstream outputs as placeholders): a
+    ConfigError names the stage and the field."""
+    from dakd_core.config import build_config
+
+    for stage, (cls, upstream) in _config_classes().items():
+        if not plan[stage]:
+            continue  # distill_second of paradigms a-c: never run
+        try:
+            build_config(cls, **{**stage_settings(plan[stage])[0], **upstream})
+        except ConfigError as e:
+            raise ConfigError(f"stage {stage}: {e}") from None
+
+
+def check_dataset_root(field: str, uri: str) -> None:
+    """The dataset root exists and is not empty: a directory (plain path or file://) or an
+    s3:// prefix. pvc:// roots are only mounted into the ingest task, which checks them there."""
+    from dakd_core.errors import StoreError
+    from dakd_core.storage import open_store
+
+    if uri.startswith("pvc://"):
+        return
+    if uri.startswith("s3://"):
+        try:
+            found = bool(open_store(uri.rstrip("/")).list())
+        except StoreError as e:
+            raise DataError(f"{field}: {uri} cannot be listed: {e}") from None
+        if not found:
+            raise DataError(f"{field}: no object under {uri}")
+        return
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError(f"{field}: {uri} is not a dataset root (use s3://bucket/prefix, pvc://claim/path "
+                          "or a directory)")
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if not path.is_dir():
+        raise DataError(f"{field}: {uri} is not a directory")
+    with os.scandir(path) as entries:
+        if next(entries, None) is None:
+            raise DataError(f"{field}: {uri} is an empty directory")
+
+
+def as_declared(params: dict) -> dict:
+    """The pipeline parameters as their PipelineParams types. KFP substitutes each parameter into a
+    dict input as text, integers as floats ('512.0', 'true'); a value that is not of its type is
+    left as given, for the model to refuse naming the field."""
+    fields = PipelineParams.model_fields
+    out = {}
+    for key, value in params.items():
+        kind = fields[key].annotation if key in fields else None
+        if isinstance(value, str) and kind in (int, float, bool):
+            try:
+                if kind is bool:
+                    value = {"true": True, "false": False}[value.lower()]
+                else:
+                    number = float(value)
+                    value = int(number) if kind is int and number.is_integer() else number
+            except (KeyError, ValueError):
+                pass
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[key] = value
+    return out
+
+
+def plan_run(params: dict) -> tuple[PipelineParams, dict[str, str]]:
+    """What `start` checks and hands on: the parameters validated (naming the field), every stage's
+    config built, the dataset roots found; returns the parameters and stage -> config JSON (keys
+    sorted, so equal settings give equal strings and KFP's cache keys match)."""
+    from dakd_core.config import build_config
+
+    p = build_config(PipelineParams, **as_declared(params))
+    from dakd_core.labels import FORMATS
+
+    for field in ("source_format", "target_format"):
+        if getattr(p, field) not in FORMATS:
+            raise ConfigError(f"field '{field}': unknown dataset format {getattr(p, field)!r} "
+                              f"(known: {', '.join(FORMATS)})")
+    plan = build_plan(p)
+    check_plan(plan)
+    check_dataset_root("source_uri", p.source_uri)
+    check_dataset_root("target_uri", p.target_uri)
+    return p, {stage: json.dumps(settings, sort_keys=True) for stage, settings in plan.items()}

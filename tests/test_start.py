@@ -1,0 +1,105 @@
+"""The `start` task fails fast (issue 14, item 2): on CPU, in seconds, naming the field, before
+any GPU task is scheduled. Called through the component's Python function, without KFP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dakd_core.errors import ConfigError, DataError
+
+
+@pytest.fixture
+def roots(tmp_path) -> dict:
+    for name in ("src", "tgt"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "images").mkdir()
+    return {"source_uri": str(tmp_path / "src"), "target_uri": (tmp_path / "tgt").as_uri()}
+
+
+def _start(**params):
+    """The start component's own Python function, as its container calls it. A run that passes
+    the checks would open the MLflow parent run: each case below must fail before that."""
+    from components.start import start
+
+    return start.python_func(params=params, kfp_run_id="job-1")
+
+
+@pytest.mark.parametrize(("bad", "error", "names"), [
+    ({"paradigm": "e"}, ConfigError, "field 'paradigm'"),
+    ({"adaptation_method": "adaptseg"}, ConfigError, "field 'adaptation_method'"),
+    ({"lamda_kl": "0.4"}, ConfigError, "field 'lamda_kl'"),  # a typo of a parameter name
+    ({"source_format": "gta"}, ConfigError, "field 'source_format'"),
+    ({"crop_h": "0.0"}, ConfigError, "field 'crop_h'"),
+    ({"lr": "50.0"}, ConfigError, "field 'lr'"),  # above MAX_LR
+    ({"kl_reduction": "mean"}, ConfigError, "field 'kl_reduction'"),
+    ({"gpus_per_task": "0.0"}, ConfigError, "field 'gpus_per_task'"),
+    # caught where only the stage config knows the rule: in seconds, not after pretrain + adapt
+    ({"lambda_cwd": "1.0"}, ConfigError, "stage distill_first"),
+    ({"adaptation_method": "sfda", "teacher_batch_size": "3.0"}, ConfigError, "stage adapt_teacher"),
+    ({"source_uri": "/no/such/dataset"}, DataError, "source_uri: /no/such/dataset is not a directory"),
+    ({"target_uri": "http://example.com/data"}, ConfigError, "target_uri"),
+])
+def test_bad_parameters_fail_at_start_naming_the_field(roots, bad, error, names):
+    t0 = time.perf_counter()
+    with pytest.raises(error, match=names.replace("(", r"\(")):
+        _start(**{**roots, **bad})
+    assert time.perf_counter() - t0 < 60  # seconds on a shared 2-core machine, not GPU hours
+
+
+def test_empty_dataset_directory_is_refused(roots, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="target_uri: .* is an empty directory"):
+        _start(**{**roots, "target_uri": str(tmp_path / "empty")})
+
+
+def test_s3_dataset_root_must_hold_objects(s3_store, roots):
+    from dakd_core.orchestration.plan import check_dataset_root
+    from dakd_core.storage import write_bytes
+
+    with pytest.raises(DataError, match=f"source_uri: no object under {s3_store}/gta5"):
+        _start(**{**roots, "source_uri": f"{s3_store}/gta5"})
+    write_bytes(f"{s3_store}/gta5/images/00001.png", b"png")
+    check_dataset_root("source_uri", f"{s3_store}/gta5")  # found: no error
+
+
+def test_parameters_as_kfp_delivers_them_are_read_as_declared():
+    """KFP substitutes a dict's parameters as text, integers as floats: read by their types."""
+    from dakd_core.orchestration.plan import as_declared
+
+    assert as_declared({"crop_h": "512.0", "lr": "0.001", "teacher_online": "true", "paradigm": "c",
+                        "seed": 7.0, "crop_w": "1e3"}) == {"crop_h": 512, "lr": 0.001, "teacher_online": True,
+                                                         "paradigm": "c", "seed": 7, "crop_w": 1000}
+    # not a number: left as given, for the model to refuse naming the field
+    assert as_declared({"crop_h": "tall", "teacher_online": "yes"}) == {"crop_h": "tall", "teacher_online": "yes"}
+
+
+def test_plan_maps_parameters_onto_stage_fields():
+    """The one mapping from the form to the stage configs, checked on values a wrong mapping
+    would change."""
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan
+
+    plan = build_plan(PipelineParams(discriminator_width=32, lr=0.01, optimizer="adamw", teacher_weights="s3://w/r101.pt",
+                                     crop_h=256, crop_w=384, paradigm="b", lambda_kl=0.4, eval_resize_h=64,
+                                     eval_resize_w=128, registered_model="m", promotion_min_gain=0.02))
+    assert plan["pretrain_teacher"]["backbone_weights"] == "s3://w/r101.pt"
+    assert "backbone_weights" not in plan["pretrain_student"] and "backbone_weights" not in plan["adapt_teacher"]
+    assert (plan["adapt_student"]["d_ndf"], plan["adapt_student"]["lr"], plan["adapt_student"]["optimizer"]) == \
+        (32, 0.01, "adamw")
+    assert plan["distill_first"]["crop"] == [256, 384] and plan["distill_first"]["lambda_kl"] == 0.4
+    assert plan["distill_first"]["paradigm"] == "b" and plan["distill_second"] == {}
+    assert plan["export"] == plan["evaluate"] == {"resolution": [64, 128]}
+    assert plan["register"]["name"] == "m" and plan["promote"] == {"min_gain": 0.02}
+    # the int side's parameters through the plan: kl_reduction (default class_sum) to both distill
+    # stages, gpus_per_task to every training stage (run_stage: torchrun when > 1), to no other stage
+    assert build_plan(PipelineParams())["distill_first"]["kl_reduction"] == "class_sum"
+    wide = build_plan(PipelineParams(kl_reduction="class_mean", gpus_per_task=4))
+    assert (wide["distill_first"]["kl_reduction"], wide["distill_second"]["kl_reduction"]) == ("class_mean",) * 2
+    assert {stage: wide[stage].get("gpus_per_task") for stage in wide} == {
+        "pretrain_teacher": 4, "pretrain_student": 4, "adapt_teacher": 4, "adapt_student": 4, "cache_teacher": None,
+        "distill_first": 4, "distill_second": 4, "export": None, "evaluate": None, "register": None, "promote": None}
+    # the network's recipe when lr / optimizer are left at 0 / "network"
+    default = build_plan(PipelineParams())["pretrain_student"]
+    assert "lr" not in default and "optimizer" not in default
