@@ -70,7 +70,7 @@ def test_two_processes_under_torchrun_gloo(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cls, fields", [
     (PretrainConfig, {}),
-    ("adapt", {"method": "road", "init": "i.pt", "target_manifest": "t", "road_grid": [2, 2]}),
+    ("adapt", {"method": "road", "init": "i.pt", "target_manifest": "t", "road_grid": [2, 2], "road_reference": "init"}),
     ("distill", {"init": "i.pt", "target_manifest": "t", "teacher_cache": "c", "paradigm": "c"}),
 ])
 def test_config_file_written_for_torchrun_rebuilds_the_same_config(tmp_path, cls, fields):
