@@ -22,7 +22,7 @@ def _seed_metrics(values: dict[str, float]) -> dict:
 def test_summary_and_claims_on_given_numbers():
     base = {"teacher_source_only": 0.30, "student_source_only": 0.20, "teacher_adapted": 0.40,
             "student_adapted": 0.25, "paradigm_a": 0.26, "paradigm_b": 0.41, "paradigm_c": 0.42,
-            "paradigm_d": 0.42, "kl_only": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
+            "paradigm_d": 0.42, "kl_only": 0.3, "kl_class_mean": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
             "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
             "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
             "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45}
