@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dakd_core.orchestration.tasks.common import tracked
+from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, tracked
 
 
 @tracked("probe")
@@ -22,6 +22,7 @@ def test_tracked_task_freezes_the_heap_only_in_a_kfp_task_process(tmp_path, monk
     store = tmp_path.as_uri()
     gc.unfreeze()
     monkeypatch.delenv("_KFP_RUNTIME", raising=False)
+    monkeypatch.setenv(ENV_TIMINGS_URI, (tmp_path / "timings").as_uri())  # as `dakd run` sets it
     try:
         # in process (tests, the CLI): a frozen heap would never be collected again
         assert _stage(store_uri=store, run_name="r") == 7 and gc.get_freeze_count() == 0
@@ -33,4 +34,4 @@ def test_tracked_task_freezes_the_heap_only_in_a_kfp_task_process(tmp_path, monk
     finally:
         gc.unfreeze()
     # the stage's seconds are still recorded for `dakd run`'s overhead figure
-    assert json.loads((tmp_path / "runs/r/timings/probe.json").read_text())["task"] == "probe"
+    assert json.loads((tmp_path / "timings/probe.json").read_text())["task"] == "probe"
