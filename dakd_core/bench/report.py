@@ -65,9 +65,13 @@ def _claim_value(per_seed_rows: dict, key) -> float:
     if key is None:
         return 0.0
     keys = key if isinstance(key, tuple) else (key,)
-    # "row@source_val": that row's mIoU on the held-out source images
-    return max(per_seed_rows[k.split("@")[0]]["source_val_miou" if k.endswith("@source_val") else "miou"]
-               for k in keys)
+    return max(per_seed_rows[row][metric] for row, metric in map(_row_metric, keys))
+
+
+def _row_metric(key: str) -> tuple[str, str]:
+    """A claim operand's (row, metric): "row@source_val" reads the row's mIoU on held-out source images."""
+    row, _, split = key.partition("@")
+    return row, f"{split}_miou" if split else "miou"
 
 
 def _label(key) -> str:
@@ -97,8 +101,7 @@ def summarise(per_seed: dict[int, dict[str, dict]], rows) -> dict:
         margin = margin[0] / 100 if margin else 0.0
         needed = [k for k in (left if isinstance(left, tuple) else (left,)) + (right,) if k is not None]
         # a run over a subset of the rows, or without the source val split
-        if any(k.split("@")[0] not in table or (k.endswith("@source_val") and "source_val_miou" not in table[k.split("@")[0]])
-               for k in needed):
+        if any(row not in table or metric not in table[row] for row, metric in map(_row_metric, needed)):
             continue
         # per seed: left - (right + margin); the claim holds where this is > 0 (or >= 0)
         excess = [_claim_value(per_seed[s], left) - _claim_value(per_seed[s], right) - margin for s in seeds]
