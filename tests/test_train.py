@@ -272,3 +272,20 @@ def test_adapt_bn_statistics_decides_which_passes_move_the_running_averages(
         for h in hooks:
             h.remove()
     assert moved == [source_passes_move_stats, True] * 3
+
+
+@pytest.mark.parametrize("bn_statistics,running_mean", [
+    ("target", 0.1 * 10.0),                    # only the target batch (mean 10) moves the average
+    ("both", 0.9 * (0.1 * 2.0) + 0.1 * 10.0),  # source (mean 2) then target
+])
+def test_forward_by_domain_normalises_each_domain_alone(bn_statistics, running_mean):
+    from dakd_core.train.uda_common import forward_by_domain
+
+    bn = torch.nn.BatchNorm2d(1, momentum=0.1)
+    source = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)   # mean 2, biased var 1
+    target = torch.tensor([8.0, 12.0]).view(2, 1, 1, 1)  # mean 10, biased var 4
+    out_s, out_t = forward_by_domain(bn, [source, target], [False, True], bn_statistics)
+    # each batch normalised by its own statistics: one concatenated batch (mean 6) would not give these
+    torch.testing.assert_close(out_s.flatten(), torch.tensor([-1.0, 1.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out_t.flatten(), torch.tensor([-1.0, 1.0]), atol=1e-4, rtol=0)
+    assert bn.running_mean.item() == pytest.approx(running_mean)

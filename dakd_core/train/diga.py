@@ -29,7 +29,9 @@ from dakd_core.models import create_model
 from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
-from dakd_core.train.uda_common import WithFeatures, ema_update, frozen_copy, launch, load_init, split_output
+from dakd_core.train.uda_common import (
+    WithFeatures, ema_update, forward_by_domain, frozen_copy, launch, load_init, split_output,
+)
 
 STAGE = "adapt"
 
@@ -114,10 +116,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             x_cdm = crdomix(strong_photometric(x_s), styled, class_mix_mask(y_s))
             images = [x_s, x_cdm] + ([x_t] if self_training else [])
             with engine.autocast(device, amp):
-                _, out = net(torch.cat(images))
+                # x_cdm is source content (source image, target colours): only x_t is a target batch
+                parts = [out for _, out in forward_by_domain(
+                    net, images, [False, False, True][:len(images)], cfg.bn_statistics)]
                 with torch.no_grad():
                     t_out = teacher(torch.cat([x_s, x_cdm]))
-            parts = split_output(out, [im.shape[0] for im in images])
             t_clean, t_strong = split_output(t_out, [n, n])
             terms = engine.source_seg_terms(parts[0], y_s)
             terms["distil"] = symmetric_distillation(parts[0].main, parts[1].main, t_clean.main, t_strong.main, cfg.diga_alpha)

@@ -27,7 +27,7 @@ from dakd_core.models import create_model
 from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
-from dakd_core.train.uda_common import WithFeatures, frozen_copy, launch, load_init, split_output
+from dakd_core.train.uda_common import WithFeatures, forward_by_domain, frozen_copy, launch, load_init
 
 STAGE = "adapt"
 
@@ -96,13 +96,12 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         for step in keeper.steps(start):
             src = engine.to_device(source.next(), device)
             tgt = engine.to_device(target.next(), device)
-            n = src["image"].shape[0]
             with engine.autocast(device, amp):
-                feats, out = net(torch.cat([src["image"], tgt["image"]]))
+                (feats_s, out_s), (feats_t, _) = forward_by_domain(
+                    net, [src["image"], tgt["image"]], [False, True], cfg.bn_statistics)
                 with torch.no_grad():
                     frozen_t = reference.forward_features(tgt["image"])[level]
-            out_s, _ = split_output(out, [n, tgt["image"].shape[0]])
-            last_s, last_t = feats[level][:n], feats[level][n:]
+            last_s, last_t = feats_s[level], feats_t[level]
             terms = engine.source_seg_terms(out_s, src["label"])
             terms["dist"] = target_guided_distillation(last_t, frozen_t)
             terms["spt"] = spatial_aware_loss(c_net, last_s, last_t)

@@ -9,6 +9,7 @@ from torch import nn
 
 from dakd_core.errors import TrainingError
 from dakd_core.models.checkpoint import load_checkpoint, load_state_into
+from dakd_core.train.engine import bn_running_stats_frozen
 from dakd_core.train.engine import launch  # noqa: F401  (the ROAD/DiGA/SFDA loops import it from here)
 
 
@@ -50,6 +51,18 @@ class WithFeatures(nn.Module):
     def forward(self, x: torch.Tensor):
         feats = self.model.forward_features(x)
         return feats, self.model.forward_head(feats)
+
+
+def forward_by_domain(net: nn.Module, batches: list[torch.Tensor], is_target: list[bool], bn_statistics: str) -> list:
+    """`net` on each batch separately: BatchNorm normalises every domain with its own batch
+    statistics, and with `bn_statistics` "target" only target batches move the running averages
+    that evaluation uses (source and source-made batches run with them frozen; adapt.py does the
+    same). One concatenated forward would normalise source and target with mixed statistics."""
+    outs = []
+    for x, target in zip(batches, is_target):
+        with bn_running_stats_frozen(net, bn_statistics == "target" and not target):
+            outs.append(net(x))
+    return outs
 
 
 def split_output(out, sizes: list[int]):
