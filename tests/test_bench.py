@@ -10,6 +10,7 @@ import pytest
 from dakd_core.bench import report, results
 from dakd_core.bench.perf import PerfRow, markdown_table, perf_rows
 from dakd_core.cli import main as dakd_main
+from dakd_core.errors import ConfigError
 from dakd_core.labels import CLASS_NAMES
 from dakd_core.models.checkpoint import load_checkpoint
 
@@ -84,6 +85,17 @@ def test_weather_rows_summarised_per_condition():
     assert "| teacher, adapted (AdaptSegNet) (`teacher_adapted`) | 25.00 ± 7.07 | 10.00 ± 0.00 |" in report.markdown_weather(doc)
 
 
+def test_select_rows_keeps_the_baselines_and_names_unknown_groups():
+    rows = results.select_rows(("method",))
+    assert {r.group for r in rows} == {"baseline", "method"}
+    assert [r.key for r in rows if r.group == "method"] == [
+        "student_advent", "student_road", "student_diga", "student_sfda"]
+    assert len([r for r in rows if r.group == "baseline"]) == 6
+    assert results.select_rows(None) == results.ROWS
+    with pytest.raises(ConfigError, match="--groups: realtim not among baseline, paradigm"):
+        results.select_rows(("paradigm", "realtim"))
+
+
 def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     """`dakd bench results --size tiny` trains, evaluates on val and writes JSON, Markdown, plots.
 
@@ -91,9 +103,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     short; every other row is a DistillConfig override of the same code path."""
     rows = tuple(r for r in results.ROWS if r.group == "baseline" and r.key != "student_photometric"
                  or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd"))
-    monkeypatch.setattr(results, "ROWS", rows)
-    monkeypatch.setattr(results, "run_seed",
-                        lambda *a, _orig=results.run_seed, **k: _orig(*a, rows=rows, **k))
+    monkeypatch.setattr(results, "ROWS", rows)  # select_rows(None): every row of ROWS
     docs, js = tmp_path / "docs", tmp_path / "docs" / "results.json"
     argv = ["bench", "results", "--size", "tiny", "--seeds", "1", "--out", str(tmp_path / "work"),
             "--docs", str(docs), "--json", str(js)]

@@ -133,6 +133,17 @@ WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d"
 # makes every adaptation gain look larger than it is).
 SOURCE_VAL_ROWS = ("teacher_source_only", "student_source_only")
 ROW_KEYS = tuple(r.key for r in ROWS)
+GROUPS = tuple(dict.fromkeys(r.group for r in ROWS))
+
+
+def select_rows(groups: tuple[str, ...] | None) -> tuple[Row, ...]:
+    """The rows of `groups` (None: all); the baselines always run, every claim is stated against them."""
+    if groups is None:
+        return ROWS
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"--groups: {', '.join(unknown)} not among {', '.join(GROUPS)}")
+    return tuple(r for r in ROWS if r.group == "baseline" or r.group in groups)
 
 
 @dataclass
@@ -145,6 +156,7 @@ class ResultsRun:
     command: str = "dakd bench results"
     device: str = "cpu"
     jobs: int = 1  # seeds trained in parallel processes (one torch thread each when > 1)
+    groups: tuple[str, ...] | None = None  # row groups to run (select_rows); None: every row
 
 
 def _done(out_uri: str, cfg) -> str | None:
@@ -299,7 +311,7 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
 
 
 def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,
-             threads: int | None) -> dict[str, dict]:
+             threads: int | None, rows=ROWS) -> dict[str, dict]:
     """Train and evaluate one seed (a worker process when seeds run in parallel)."""
     if threads:
         import torch
@@ -307,7 +319,7 @@ def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         torch.set_num_threads(threads)
         # one SQLite MLflow DB per worker: concurrent writers would hit "database is locked"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlruns_seed{seed}.db"
-    ckpt = run_seed(p, seed, manifests, store, device)
+    ckpt = run_seed(p, seed, manifests, store, device, rows)
     return evaluate_seed(p, seed, ckpt, manifests, out, device)
 
 
@@ -318,6 +330,7 @@ def run_results(run: ResultsRun) -> dict:
     if run.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {run.seeds}")
     p = PRESETS[run.size]
+    rows = select_rows(run.groups)
     run.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{run.out.resolve()}/mlruns.db")
     store = (run.out.resolve() / "store").as_uri()
@@ -328,17 +341,18 @@ def run_results(run: ResultsRun) -> dict:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(run.jobs, run.seeds), mp_context=mp.get_context("spawn")) as pool:
-            futures = {s: pool.submit(seed_job, p, s, manifests, store, run.out, run.device, 1)
+            futures = {s: pool.submit(seed_job, p, s, manifests, store, run.out, run.device, 1, rows)
                        for s in range(run.seeds)}
             per_seed = {s: f.result() for s, f in futures.items()}
     else:
-        per_seed = {s: seed_job(p, s, manifests, store, run.out, run.device, None) for s in range(run.seeds)}
+        per_seed = {s: seed_job(p, s, manifests, store, run.out, run.device, None, rows) for s in range(run.seeds)}
     from dakd_core.bench.report import summarise, write_report
 
-    doc = summarise(per_seed, ROWS)
+    doc = summarise(per_seed, rows)
     doc["class_pixel_shares"] = {domain: class_pixel_shares(manifests[key])
                                  for domain, key in (("source", "source"), ("target", "target_labelled"))}
     doc.update(size=run.size, preset=asdict(p), seeds=list(range(run.seeds)), command=run.command,
+               groups=sorted({r.group for r in rows}),
                machine=machine_description(run.device), jobs=run.jobs, wall_seconds=round(time.perf_counter() - started, 1),
                val_manifest=manifests["val"], tune_manifest=manifests["tune"])
     # The JSON first, then the Markdown that cites it: a crash leaves no table without its data.

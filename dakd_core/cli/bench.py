@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
     r.add_argument("--docs", default="docs", help="directory receiving results.md and img/results_*.png")
     r.add_argument("--json", default="docs/results.json", help="results JSON path (default docs/results.json)")
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    r.add_argument("--groups", default=None,
+                   help="comma-separated row groups to run besides the baselines (paradigm, ablation, method, "
+                        "realtime; default all)")
     f = sub.add_parser("perf", help="every stage's performance ratio with its goal, in one table")
     f.add_argument("--quick", action="store_true", help="tiny inputs (a smoke run; ratios are not meaningful)")
     f.add_argument("--out", default="docs/performance.md", help="Markdown report path (default docs/performance.md)")
@@ -41,7 +44,8 @@ def run(args) -> int:
         doc = run_results(ResultsRun(
             size=args.size, seeds=args.seeds, out=Path(args.out), docs=Path(args.docs), json_path=Path(args.json),
             command=command or f"dakd bench results --size {args.size} --seeds {args.seeds} --jobs {args.jobs}",
-            device=args.device, jobs=args.jobs))
+            device=args.device, jobs=args.jobs,
+            groups=tuple(g.strip() for g in args.groups.split(",") if g.strip()) if args.groups else None))
         from dakd_core.bench.report import markdown_main_table
 
         print(markdown_main_table(doc))
