@@ -186,6 +186,14 @@ def test_deploy_from_the_registry_champion(mlflow_uri, tmp_path, monkeypatch, ca
         assert "cannot resolve registry model" in capsys.readouterr().err, unknown
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
+    # a registry artifact whose bytes changed is refused (its sha256 tag), nothing written
+    model_id = version.source.rsplit("/", 1)[-1]
+    (stored,) = [p for p in (tmp_path / "mlartifacts").rglob("*.onnx") if model_id in p.parts]
+    stored.write_bytes(stored.read_bytes()[:-1] + b"\0")
+    assert main(["deploy", "--model", f"{NAME}@champion", "--out", str(tmp_path / "tampered")]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "tampered").exists() or not any((tmp_path / "tampered").iterdir())
+
 
 def test_tensorrt_without_a_gpu_is_a_clear_error(exported_onnx, tmp_path, capsys):
     from dakd_core.deploy import tensorrt_unavailable
