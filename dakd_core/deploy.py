@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dakd_core.config import HW, StrictConfig
 from dakd_core.errors import ConfigError, DakdError
@@ -82,6 +82,14 @@ class DeployConfig(StrictConfig):
     trt_opt_hw: HW = Field((512, 1024), description="(H, W) TensorRT optimises for")
     trt_max_hw: HW = Field((1024, 2048), description="largest (H, W) the TensorRT engine accepts")
     log_mlflow: bool = Field(True, description="log the repository with the registry version and tag it")
+
+    @model_validator(mode="after")
+    def _trt_sizes_ordered(self) -> "DeployConfig":
+        for i, axis in enumerate(("height", "width")):
+            if not self.trt_min_hw[i] <= self.trt_opt_hw[i] <= self.trt_max_hw[i]:
+                raise ValueError(f"trt_min_hw <= trt_opt_hw <= trt_max_hw must hold for the {axis}, got "
+                                 f"{self.trt_min_hw[i]}, {self.trt_opt_hw[i]}, {self.trt_max_hw[i]}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,10 @@ def tensorrt_unavailable() -> str | None:
         return "no CUDA GPU is visible"
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package is not installed"
+    try:
+        import tensorrt  # noqa: F401  (its CUDA libraries load here)
+    except (ImportError, OSError) as e:
+        return f"tensorrt does not import: {e}"
     return None
 
 
@@ -242,20 +254,24 @@ def build_tensorrt_plan(onnx_bytes: bytes, inputs: list[TensorSpec], cfg: Deploy
     """A serialized TensorRT engine of the ONNX model, one optimisation profile over batch
     1..max_batch_size and (H, W) trt_min_hw..trt_max_hw.
 
-    The network is strongly typed where TensorRT supports it (10.x and later): the FP16 ONNX graph
-    already says which layers run in float16, and TensorRT keeps exactly those types."""
+    The network is strongly typed: the FP16 ONNX graph already says which layers run in float16
+    and TensorRT keeps exactly those types (TensorRT 11 has no other mode; 9-10 need the
+    STRONGLY_TYPED flag; 8 knows only the weak FP16 builder flag)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    creation = trt.NetworkDefinitionCreationFlag
+    flag = getattr(creation, "STRONGLY_TYPED", None)
+    if flag is None:
+        flag = getattr(creation, "EXPLICIT_BATCH", None)  # TensorRT 8: ONNX networks need it
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise DakdError(f"TensorRT cannot parse the ONNX model: {errors}")
     config = builder.create_builder_config()
-    if strongly_typed is None:
+    if not hasattr(creation, "STRONGLY_TYPED") and hasattr(trt.BuilderFlag, "FP16"):
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for spec in inputs:

@@ -255,3 +255,20 @@ def test_config_text_parses_against_tritons_schema():
     assert [list(t.dims) for t in (*config.input, *config.output)] == [[3, -1, -1], [3, -1, -1]]
     with pytest.raises(DakdError, match="control characters"):
         model_config_text("bad\nname", "onnxruntime_onnx", 1, inputs, outputs, 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "not a reference"], "field 'model': 'not a reference' is neither NAME@ALIAS"),
+    (["--model", "m@champion", "--name", "../escape"], "field 'name': '../escape' is not a valid Triton model name"),
+    (["--model", "m@champion", "--trt-min-hw", "2048", "256"], "trt_min_hw <= trt_opt_hw <= trt_max_hw must hold for the height"),
+    (["--model", "m@champion", "--max-batch-size", "0"], "max_batch_size"),
+])
+def test_bad_arguments_are_errors_naming_the_field(argv, message, tmp_path, capsys):
+    assert main(["deploy", "--out", str(tmp_path / "repo"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_out_must_be_a_local_directory(exported_onnx, capsys):
+    assert main(["deploy", "--model", exported_onnx, "--out", "s3://bucket/triton"]) == 2
+    assert "field 'out': 's3://bucket/triton' is not a local directory" in capsys.readouterr().err
