@@ -346,7 +346,8 @@ def _check_destination(target: Path, overwrite: bool) -> None:
 
 def _swap_into_place(staged: Path, target: Path, overwrite: bool) -> None:
     """Rename the staged model directory to `target`; an old one is moved aside first and removed
-    after, so `target` is at every moment either the old repository or the new one."""
+    after. `target` is never a mix of both: it holds the whole old repository, then (for the
+    instant between the two renames) nothing, then the whole new one."""
     _check_destination(target, overwrite)  # again: another deploy may have written it meanwhile
     old = None
     if target.is_dir() and any(target.iterdir()):
