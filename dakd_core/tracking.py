@@ -22,8 +22,10 @@ What a stage run records
   ``dakd.kfp_run_id`` (``DAKD_KFP_RUN_ID``), ``dakd.kfp_task`` (``DAKD_KFP_TASK``), those of
   ``DAKD_RUN_TAGS`` (``dakd.role``, ``dakd.method``, ``dakd.paradigm``), the parent run's
   ``INHERITED_TAGS`` (``dakd.dataset_pair``, ...), ``dakd.git_commit`` and
-  ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or ``git rev-parse HEAD``). System metrics (CPU/GPU/memory) when ``psutil`` is installed, unless
-  ``DAKD_SYSTEM_METRICS=0``.
+  ``mlflow.source.git.commit`` (``DAKD_GIT_COMMIT`` or ``git rev-parse HEAD``). System metrics
+  (``system/...``: CPU, memory, disk, network) when ``psutil`` is installed, unless
+  ``DAKD_SYSTEM_METRICS=0``; per-GPU utilisation, memory and power too where ``pynvml``
+  (nvidia-ml-py, in the CUDA image: requirements/cuda.txt) imports and NVML finds a GPU.
 
 Helpers (``log_metrics``, ``log_dict``, ...) log to the active run and raise ``DakdError`` when
 there is none, so a stage that forgot ``stage_run`` fails loudly instead of losing its metrics.
@@ -310,6 +312,10 @@ def _git_commit() -> str:
 
 
 def _system_metrics() -> bool:
+    """Whether stage runs log system metrics. MLflow's monitor needs psutil (CPU, memory, disk,
+    network) and adds a GPU monitor by itself when pynvml imports and NVML initialises; without
+    a GPU it skips that one and logs the rest, so the CUDA image needs nothing more than the
+    package."""
     if os.environ.get("DAKD_SYSTEM_METRICS", "1") == "0":
         return False
     return importlib.util.find_spec("psutil") is not None

@@ -398,3 +398,64 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
     parent = client.get_run(parent_id).data
     assert parent.tags["dakd.promotion"] == "promoted" and parent.tags["dakd.champion"] == str(version)
     assert parent.tags["dakd.registered_version"] == f"dakd-gta5-to-cityscapes/{version}"
+
+
+# ------------------------------------------------------------------------ system metrics
+
+
+def _nvml_gpu() -> str | None:
+    """Why NVML cannot report a GPU here (None: it can)."""
+    try:
+        import pynvml
+    except ImportError:
+        return "nvidia-ml-py is not installed (the CUDA image has it: requirements/cuda.txt)"
+    try:
+        pynvml.nvmlInit()
+        return None if pynvml.nvmlDeviceGetCount() > 0 else "NVML finds no GPU"
+    except pynvml.NVMLError as e:
+        return f"NVML: {e}"
+
+
+def _system_metrics_run(monkeypatch, seconds: float) -> dict:
+    """The metrics of a stage run that lasted `seconds`, MLflow sampling every 0.2 s."""
+    import time
+
+    monkeypatch.delenv("DAKD_SYSTEM_METRICS", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    with tracking.stage_run("pretrain") as run:
+        time.sleep(seconds)
+    return mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+
+
+def test_stage_runs_log_system_metrics(mlflow_uri, monkeypatch):
+    metrics = _system_metrics_run(monkeypatch, 1.0)
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in metrics and metrics[key] >= 0, key
+    monkeypatch.setenv("DAKD_SYSTEM_METRICS", "0")
+    with tracking.stage_run("pretrain") as run:
+        pass
+    assert not [k for k in mlflow.MlflowClient().get_run(run.info.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_stage_runs_log_gpu_metrics_where_nvml_sees_a_gpu(mlflow_uri, monkeypatch):
+    if (reason := _nvml_gpu()) is not None:
+        pytest.skip(reason)
+    metrics = _system_metrics_run(monkeypatch, 1.0)
+    assert 0 <= metrics["system/gpu_0_utilization_percentage"] <= 100
+    assert metrics["system/gpu_0_memory_usage_megabytes"] > 0
+
+
+def test_cuda_image_installs_nvidia_ml_py_pinned():
+    """GPU system metrics come from MLflow importing pynvml: the CUDA image installs the exact
+    pin of requirements/cuda.txt and imports pynvml at build time; the CPU image does not."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pins = [line.split("#")[0].strip() for line in (root / "requirements" / "cuda.txt").read_text().splitlines()]
+    nvml = [p for p in pins if p.startswith("nvidia-ml-py")]
+    assert len(nvml) == 1 and re.fullmatch(r"nvidia-ml-py==\d+(\.\d+)+", nvml[0]), nvml
+    cuda, cpu = ((root / "docker" / f"Dockerfile.{v}").read_text() for v in ("cuda", "cpu"))
+    assert re.search(r"pip install -c requirements/constraints\.txt -r requirements/runtime\.txt -r requirements/cuda\.txt", cuda)
+    assert re.search(r"python -c \"import [^\"]*\bpynvml\b", cuda)
+    assert "cuda.txt" not in cpu

@@ -163,8 +163,8 @@ def download_onnx(uri: str) -> bytes:
         raise DakdError(f"cannot download MLflow model {uri}: {e.message}") from None
 
 
-def _download_registry_onnx(uri: str) -> tuple[bytes, str | None, str]:
-    """(model bytes, artifact_sha256 tag, source) of a `models:/` registry URI."""
+def resolve_registry_version(uri: str):
+    """The MLflow ModelVersion a `models:/NAME@alias` or `models:/NAME/VERSION` URI names."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -173,13 +173,22 @@ def _download_registry_onnx(uri: str) -> tuple[bytes, str | None, str]:
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = ref.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except MlflowException as e:
-        raise DakdError(f"cannot resolve registry model {uri}: {e.message}") from None
-    return download_onnx(uri), version.tags.get("artifact_sha256"), f"{uri} (version {version.version})"
+            return client.get_model_version_by_alias(name, alias)
+        name, number = ref.rsplit("/", 1)
+        return client.get_model_version(name, number)
+    except (MlflowException, ValueError) as e:
+        raise DakdError(f"cannot resolve registry model {uri}: {getattr(e, 'message', e)}") from None
+
+
+def download_registry_onnx(uri: str, expected_sha256: str | None = None) -> tuple[bytes, object, str]:
+    """(model bytes checked against `expected_sha256`, default the version's artifact_sha256 tag;
+    the ModelVersion; source) of a `models:/` registry URI. The version is resolved once and downloaded by number, so an
+    alias moved meanwhile cannot mix two versions."""
+    version = resolve_registry_version(uri)
+    source = f"{uri} (version {version.version})"
+    data = download_onnx(f"models:/{version.name}/{version.version}")
+    verify_sha256(data, expected_sha256 or version.tags.get("artifact_sha256"), source)
+    return data, version, source
 
 
 def load_predictor(
@@ -187,8 +196,7 @@ def load_predictor(
 ) -> TorchPredictor | OnnxPredictor:
     """A predictor for a checkpoint, an ONNX artifact or a registry model version."""
     if uri.startswith("models:/"):
-        data, tagged, source = _download_registry_onnx(uri)
-        verify_sha256(data, expected_sha256 or tagged, source)
+        data, _version, source = download_registry_onnx(uri, expected_sha256)
         return OnnxPredictor(data, device, source)
     if uri.lower().endswith(".onnx"):
         from dakd_core.storage import read_bytes
