@@ -32,7 +32,7 @@ BASELINE_SAFE_SYSCTLS = {
 # Restricted: the only volume sources allowed (hostPath, nfs, the in-tree cloud disks... are not).
 RESTRICTED_VOLUME_SOURCES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-    "projected", "secret", "image",
+    "projected", "secret",
 }
 SECCOMP_CONFINED = {"RuntimeDefault", "Localhost"}
 APPARMOR_TYPES = {"RuntimeDefault", "Localhost"}
