@@ -1,13 +1,19 @@
 """Build (and optionally push) the dakd images with the docker SDK.
 
-    python docker/build.py                       # both variants, tagged by git commit
+    python docker/build.py                       # every variant, tagged by git commit
     python docker/build.py --variant cuda --push --registry ghcr.io/me
     DAKD_IMAGE=$(python docker/build.py --print-tag --variant cuda) dakd compile
+    python docker/build.py --version-tag --push && dakd compile --images docker/images.lock.json
 
-Tags: `{registry}/dakd:{commit}` (CUDA) and `{registry}/dakd:{commit}-cpu`, where commit is the
+Tags: `{registry}/dakd:{commit}` (CUDA), `{registry}/dakd:{commit}-cpu` and
+`{registry}/dakd:{commit}-mlflow` (the MLflow server of k8s/mlflow), where commit is the
 12-character HEAD hash, suffixed `-dirty` when tracked files have uncommitted changes (so an image is
 never mistaken for the commit it is not); `--version-tag` also tags the package version
-(`0.1.0`, `0.1.0-cpu`), the tag the committed pipeline YAML refers to by default.
+(`0.1.0`, `0.1.0-cpu`, `0.1.0-mlflow`), the tags the committed pipeline YAML and k8s/ refer to.
+
+After a push, the digest the registry returned for each tag is recorded in the lock file
+(`--lock`, default docker/images.lock.json, merged with what it already holds):
+{"<name>:<tag>": "<name>@sha256:..."}. `dakd compile --images <lock>` pins the pipeline to them.
 
 The build context is a tar of the git-tracked files (plus untracked, not ignored ones), built here,
 so .venv, demo_out and secrets in ignored files can never enter an image.
@@ -18,7 +24,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import re
 import subprocess
+import tempfile
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -27,7 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REGISTRY = "ghcr.io/dakd"
 IMAGE_NAME = "dakd"
-VARIANTS = {"cuda": ("docker/Dockerfile.cuda", ""), "cpu": ("docker/Dockerfile.cpu", "-cpu")}
+DEFAULT_LOCK = REPO / "docker" / "images.lock.json"
+VARIANTS = {"cuda": ("docker/Dockerfile.cuda", ""), "cpu": ("docker/Dockerfile.cpu", "-cpu"),
+            "mlflow": ("docker/Dockerfile.mlflow", "-mlflow")}
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class BuildError(Exception):
@@ -96,8 +108,8 @@ def build_context(repo: Path = REPO) -> io.BytesIO:
     return buf
 
 
-def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False) -> list[str]:
-    """Build one image through a docker SDK client; returns the tags built (and pushed)."""
+def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False) -> dict[str, str | None]:
+    """Build one image through a docker SDK client: {tag built: digest reference once pushed}."""
     context.seek(0)
     try:
         built, logs = client.images.build(
@@ -112,13 +124,45 @@ def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False) -> 
     for tag in image.tags[1:]:
         repo, _, name = tag.rpartition(":")
         built.tag(repo, tag=name)
-    if push:
-        for tag in image.tags:
-            repo, _, name = tag.rpartition(":")
-            for line in client.images.push(repo, tag=name, stream=True, decode=True):
-                if "error" in line:
-                    raise BuildError(f"pushing {tag} failed: {line['error']}")
-    return image.tags
+    return {tag: push_tag(client, tag) if push else None for tag in image.tags}
+
+
+def push_tag(client, tag: str) -> str:
+    """Push one tag; returns `name@sha256:...`, the digest the registry reported for it (the
+    push stream's `aux` record), which pulls exactly these bytes whatever the tag later points to."""
+    repo, _, name = tag.rpartition(":")
+    digest = None
+    for line in client.images.push(repo, tag=name, stream=True, decode=True):
+        if "error" in line:
+            raise BuildError(f"pushing {tag} failed: {line['error']}")
+        digest = (line.get("aux") or {}).get("Digest") or digest
+    if digest is None or not _DIGEST.fullmatch(digest):
+        raise BuildError(f"pushing {tag}: the registry reported no sha256 digest (got {digest!r})")
+    return f"{repo}@{digest}"
+
+
+def write_lock(path: Path, digests: dict[str, str]) -> dict[str, str]:
+    """Merge {tag: digest reference} into the lock file, atomically (a failed write leaves the old
+    file); returns the merged content."""
+    merged = {}
+    if path.exists():
+        try:
+            merged = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise BuildError(f"{path}: existing image lock is not JSON ({e}); remove it or fix it") from None
+        if not isinstance(merged, dict):
+            raise BuildError(f"{path}: existing image lock is not a JSON object; remove it or fix it")
+    merged.update(digests)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(sorted(merged.items())), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return merged
 
 
 def main(argv: list[str] | None = None, client=None) -> int:
@@ -130,6 +174,8 @@ def main(argv: list[str] | None = None, client=None) -> int:
     p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime")
     p.add_argument("--print-tag", action="store_true", help="print the commit tag(s) and exit")
+    p.add_argument("--lock", type=Path, default=DEFAULT_LOCK,
+                   help="where --push records the pushed digests (default: docker/images.lock.json)")
     args = p.parse_args(argv)
 
     buildargs = {}
@@ -153,11 +199,19 @@ def main(argv: list[str] | None = None, client=None) -> int:
             except docker.errors.DockerException as e:
                 raise BuildError(f"no docker engine reachable: {e}") from None
         context = build_context()
-        built = [tag for pl in plans for tag in build(client, pl, context, push=args.push)]
+        built = {}
+        for pl in plans:
+            tags = build(client, pl, context, push=args.push)
+            if args.push:  # recorded image by image: what was pushed is in the lock even if a later build fails
+                write_lock(args.lock, tags)
+            built.update(tags)
     except BuildError as e:
         print(f"docker/build.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"built": built, "pushed": args.push}))
+    report = {"built": list(built), "pushed": args.push}
+    if args.push:
+        report.update(digests=built, lock=str(args.lock))
+    print(json.dumps(report))
     return 0
 
 

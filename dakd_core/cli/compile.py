@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 NAME = "compile"
-HELP = "compile the Kubeflow pipeline to IR YAML (images from DAKD_IMAGE / DAKD_CPU_IMAGE)"
+HELP = "compile the Kubeflow pipeline to IR YAML (images from DAKD_IMAGE / DAKD_CPU_IMAGE, or --images)"
 
 
 def add_arguments(p) -> None:
     p.add_argument("--output", "-o", help="YAML path (default: pipelines/dakd_pipeline.yaml)")
+    p.add_argument("--images", metavar="LOCK",
+                   help="pin the images to the digests `docker/build.py --push` recorded in LOCK "
+                        "(docker/images.lock.json): components use name@sha256:... instead of tags")
 
 
 def run(args) -> int:
     from dakd_core.orchestration.kfp_client import compile_pipeline, default_yaml_path
 
-    path = compile_pipeline(args.output or default_yaml_path())
+    images = None
+    if args.images:
+        from dakd_core.orchestration.images import pinned_environ
+
+        images = pinned_environ(args.images)
+    path = compile_pipeline(args.output or default_yaml_path(), images=images)
     print(path)
     return 0

@@ -12,10 +12,6 @@ from pathlib import Path
 from dakd_core.errors import ConfigError, DakdError
 from dakd_core.orchestration.params import PipelineParams
 
-# Environment that selects images at compile time (components/_base.py).
-IMAGE_ENV = ("DAKD_IMAGE", "DAKD_CPU_IMAGE")
-
-
 def default_yaml_path() -> Path:
     """pipelines/dakd_pipeline.yaml next to the pipeline module (the committed IR)."""
     import pipelines
@@ -23,9 +19,21 @@ def default_yaml_path() -> Path:
     return Path(next(iter(pipelines.__path__))) / "dakd_pipeline.yaml"
 
 
-def compile_pipeline(output: str | os.PathLike) -> Path:
+def compile_pipeline(output: str | os.PathLike, images: dict[str, str] | None = None) -> Path:
+    """`images`: DAKD_IMAGE / DAKD_CPU_IMAGE values to compile with (e.g. pinned digests)."""
     from kfp import compiler
 
+    from dakd_core.orchestration.images import component_images
+
+    if images:
+        # The components read the images when first imported: set them before, and refuse to
+        # compile with other images than asked for if that already happened in this process.
+        os.environ.update(images)
+        from components import _base
+
+        if (_base.IMAGE, _base.CPU_IMAGE) != component_images(images):
+            raise RuntimeError(f"components were imported with images {_base.IMAGE}, {_base.CPU_IMAGE} "
+                               "before the images to compile with were chosen")
     from pipelines.dakd_pipeline import dakd_pipeline
 
     output = Path(output)
