@@ -8,8 +8,9 @@ before anything runs.
 One parameter, one place: a parameter that sets a stage config field is declared with `_from`,
 which takes the field's type, bounds, description and default from the stage config (the text
 `dakd <stage> --help` prints too); dakd_core/orchestration/plan.py passes it to every stage whose
-config has the field of that name. Only what has no stage field of its own (dataset roots, the
-per-network and per-stage splits of one field, H and W of a size) is declared here.
+config has the field of that name. Only what no stage field is as it stands (datasets, store and
+tracking names, the per-network and per-stage splits of one field, H and W of a size) is declared
+here with its own text.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ def _from(config: type[StrictConfig], field: str, *, default=_STAGE_DEFAULT, uns
     annotation = without_none(info.annotation)
     if unset is not None and typing.get_origin(annotation) is Literal:
         annotation = Literal[(unset, *typing.get_args(annotation))]
-    value = unset if unset is not None else info.default if default is _STAGE_DEFAULT else default
+    if unset is not None:
+        default = unset
+    elif default is _STAGE_DEFAULT:
+        default = info.default
     constraints = [_admitting(c, unset) for c in info.metadata]
-    return Annotated[(annotation, *constraints, Field(value, description=source.description), source)]
+    return Annotated[(annotation, *constraints, Field(default, description=source.description), source)]
 
 
 def stage_fields() -> dict[str, StageField]:
