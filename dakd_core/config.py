@@ -8,6 +8,8 @@ holding one mapping without duplicate keys (`load_yaml`).
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +37,15 @@ class StrictConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, frozen=False,
                               allow_inf_nan=False)
+
+
+def without_none(annotation):
+    """`T | None` -> T (an optional field's type where a value is given: a CLI flag, a form field)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

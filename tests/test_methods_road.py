@@ -128,6 +128,31 @@ def test_road_reference_defaults_to_imagenet_and_needs_backbone_weights(data, tm
         road.reference_model(method_config(data, tmp_path, "road", model="swiftnet_thin", backbone_weights=str(weights)))
 
 
+def test_pipeline_road_reference_is_built_with_each_networks_backbone_weights(tmp_path):
+    """A pipeline run with adaptation_method road: the adapt stage's settings from the plan build
+    an AdaptConfig whose ROAD reference model (road_reference 'imagenet') holds that network's
+    backbone weights, the teacher's and the student's each their own."""
+    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.plan import build_plan, stage_settings
+
+    files = {}
+    for seed, role in enumerate(("teacher", "student")):
+        torch.manual_seed(seed)
+        files[role] = tmp_path / f"{role}.pt"
+        torch.save(create_model("deeplabv2_tiny").backbone.state_dict(), files[role])
+    plan = build_plan(PipelineParams(adaptation_method="road", teacher_model="deeplabv2_tiny",
+                                     student_model="deeplabv2_tiny", teacher_weights=str(files["teacher"]),
+                                     student_weights=str(files["student"])))
+    for role, path in files.items():
+        fields, _ = stage_settings(plan[f"adapt_{role}"])
+        cfg = build_config(AdaptConfig, **fields, source_manifest="s", target_manifest="t", init="i", out="o")
+        assert (cfg.method, cfg.road_reference, cfg.backbone_weights) == ("road", "imagenet", str(path))
+        reference = road.reference_model(cfg).backbone.state_dict()
+        saved = torch.load(path)
+        assert all(torch.equal(reference[k], v) for k, v in saved.items()), role
+    assert not torch.equal(torch.load(files["teacher"])["conv1.0.weight"], torch.load(files["student"])["conv1.0.weight"])
+
+
 def test_road_distils_target_features_towards_the_given_reference(data, tmp_path, mlflow_uri, monkeypatch):
     """One step with road_reference = another checkpoint: z in L_dist is that checkpoint's eval-mode
     dense features on the target crops, and the logged train/dist is the mean over positions of

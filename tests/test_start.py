@@ -103,3 +103,35 @@ def test_plan_maps_parameters_onto_stage_fields():
     # the network's recipe when lr / optimizer are left at 0 / "network"
     default = build_plan(PipelineParams())["pretrain_student"]
     assert "lr" not in default and "optimizer" not in default
+
+
+@pytest.mark.parametrize(("weights", "names"), [
+    ({}, "field 'teacher_weights' and 'student_weights': adaptation_method 'road'"),
+    ({"teacher_weights": "s3://w/r101.pt"}, "field 'student_weights': adaptation_method 'road'"),
+    ({"student_weights": "timm:resnet18.a1_in1k"}, "field 'teacher_weights': adaptation_method 'road'"),
+])
+def test_road_without_backbone_weights_fails_at_start_naming_the_fields(roots, weights, names):
+    """ROAD's reference model is the ImageNet-pretrained network (road_reference 'imagenet'): a
+    road run without both networks' weights stops at start, naming the form's fields."""
+    with pytest.raises(ConfigError, match=names):
+        _start(**roots, adaptation_method="road", **weights)
+
+
+def test_road_adapt_stages_get_each_networks_backbone_weights(roots):
+    """Under road, each adapt stage gets its network's weights (its ROAD reference model is built
+    with them) and its config builds; other methods start adapt from the pretrain checkpoint only,
+    so their adapt settings (and cache keys) carry no weights."""
+    import json
+
+    from dakd_core.orchestration.plan import plan_run
+
+    weights = {"teacher_weights": "s3://w/r101.pt", "student_weights": "timm:resnet18.a1_in1k"}
+    _, plan = plan_run({**roots, **weights, "adaptation_method": "road"})
+    settings = {stage: json.loads(text) for stage, text in plan.items()}
+    for role in ("teacher", "student"):
+        for stage in (f"pretrain_{role}", f"adapt_{role}"):
+            assert settings[stage]["backbone_weights"] == weights[f"{role}_weights"], stage
+    assert settings["adapt_teacher"]["method"] == "road" and "road_reference" not in settings["adapt_teacher"]
+    assert not any("backbone_weights" in settings[s] for s in ("distill_first", "distill_second"))
+    _, plan = plan_run({**roots, **weights, "adaptation_method": "advent"})
+    assert not any("backbone_weights" in json.loads(plan[s]) for s in ("adapt_teacher", "adapt_student"))

@@ -6,26 +6,17 @@ field it sets: `--field-name VALUE` per field (tuples take one value per element
 from __future__ import annotations
 
 import argparse
-import types
 import typing
 from typing import Literal
 
-from dakd_core.config import StrictConfig, build_config
-
-
-def _strip_optional(annotation):
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
+from dakd_core.config import StrictConfig, build_config, without_none
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (flags override it)")
     for name, info in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        annotation = _strip_optional(info.annotation)
+        annotation = without_none(info.annotation)
         default = info.default if not info.is_required() else "required"
         # the field's description is the one text of a parameter: CLI help, pipeline form, docs
         help_text = f"{info.description} (default: {default})" if info.description else f"(default: {default})"

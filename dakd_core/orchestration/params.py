@@ -4,26 +4,88 @@
 `RunConfig` (pipeline parameters plus local settings) from YAML, and `dakd submit --params` checks
 its file against `PipelineParams`, so a typo in a parameter name is an error naming the field
 before anything runs.
+
+One parameter, one place: a parameter that sets a stage config field is declared with `_from`,
+which takes the field's type, bounds, description and default from the stage config (the text
+`dakd <stage> --help` prints too); dakd_core/orchestration/plan.py passes it to every stage whose
+config has the field of that name. Only what no stage field is as it stands (datasets, store and
+tracking names, the per-network and per-stage splits of one field, H and W of a size) is declared
+here with its own text.
 """
 
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import annotated_types
 from pydantic import Field
 
-from dakd_core.config import MAX_LR, StrictConfig, build_config
-from dakd_core.train.configs import AdaptConfig
-
-AdaptMethod = AdaptConfig.model_fields["method"].annotation  # the choices are the adapt stage's
+from dakd_core.config import StrictConfig, build_config, without_none
+from dakd_core.registry import PromoteConfig
+from dakd_core.train.configs import AdaptConfig, TrainConfig
+from dakd_core.train.distill_config import DistillConfig
 
 RUN_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
+_STAGE_DEFAULT = object()  # `_from` without `default`: the stage field's
 
 
 def _field(default, description: str, **constraints):
     """A pipeline parameter: its default, its one description (CLI help, KFP form, docs), its bounds."""
     return Field(default, description=description, **constraints)
+
+
+@dataclass(frozen=True)
+class StageField:
+    """The stage config field a pipeline parameter is (`_from`), kept in the parameter's metadata.
+
+    `unset`: the parameter's value that leaves the field unset, so the stage takes the network's
+    recipe (a form field always has a value; None: every value is passed on). `note`: what the
+    pipeline adds to the field's description."""
+
+    config: type[StrictConfig]
+    field: str
+    unset: object = None
+    note: str = ""
+
+    @property
+    def description(self) -> str:
+        text = self.config.model_fields[self.field].description
+        return f"{text}; {self.note}" if self.note else text
+
+
+def _admitting(constraint, unset):
+    """A bound `> unset` becomes `>= unset`, so the form's unset value passes (lr 0: the recipe's)."""
+    if unset is not None and isinstance(constraint, annotated_types.Gt) and constraint.gt == unset:
+        return annotated_types.Ge(unset)
+    return constraint
+
+
+def _from(config: type[StrictConfig], field: str, *, default=_STAGE_DEFAULT, unset=None, note: str = ""):
+    """The type of a parameter that is the stage config field `config.field`: its annotation (a
+    form field has a value: `T | None` is T), bounds and description, and its default unless the
+    pipeline's differs (`default`; with `unset`, the default is `unset` and a Literal offers it
+    as one more choice). Used as the annotation: `lambda_kl: _from(DistillConfig, "lambda_kl")`."""
+    info = config.model_fields[field]
+    if not info.description:
+        raise TypeError(f"{config.__name__}.{field} has no description: the pipeline form shows it")
+    source = StageField(config, field, unset, note)
+    annotation = without_none(info.annotation)
+    if unset is not None and typing.get_origin(annotation) is Literal:
+        annotation = Literal[(unset, *typing.get_args(annotation))]
+    if unset is not None:
+        default = unset
+    elif default is _STAGE_DEFAULT:
+        default = info.default
+    constraints = [_admitting(c, unset) for c in info.metadata]
+    return Annotated[(annotation, *constraints, Field(default, description=source.description), source)]
+
+
+def stage_fields() -> dict[str, StageField]:
+    """Parameter name -> the stage config field it is, for the parameters declared with `_from`."""
+    return {name: meta for name, info in PipelineParams.model_fields.items() for meta in info.metadata
+            if isinstance(meta, StageField)}
 
 
 class PipelineParams(StrictConfig):
@@ -66,59 +128,50 @@ class PipelineParams(StrictConfig):
     student_batch_size: int = _field(1, "student training batch per GPU process", gt=0)
     gpus_per_task: int = _field(1, "GPUs of each training task (its accelerator limit); N > 1 runs the stage as N "
                                 "torchrun processes, each with its own batch", ge=1)
-    # the segmenter's recipe: "network" / 0 take each network's own (dakd_core/train/recipes.py)
-    optimizer: Literal["network", "sgd", "adamw"] = _field(
-        "network", "segmenter optimiser; network: the network's own recipe (the paper's SGD for DeepLab, "
-        "AdamW + cosine for the CPU-scale networks)")
-    lr: float = _field(0.0, "base learning rate of the segmenter; 0: the network's recipe", ge=0,
-                       le=MAX_LR)
-    eval_every: int = _field(2000, "iterations between checkpoints and validation", gt=0)
-    num_workers: int = _field(2, "DataLoader worker processes per training task", ge=0)
-    # adaptation (AdaptSegNet / ADVENT)
-    adaptation_method: AdaptMethod = _field(
-        "adaptsegnet", "unsupervised adaptation of teacher and student before distillation")
+    # the segmenter's recipe: "network" / 0 leave the field to each network's own (dakd_core/train/recipes.py)
+    optimizer: _from(TrainConfig, "optimizer", unset="network", note="network: the network's own recipe (the "
+                     "paper's SGD for DeepLab, AdamW + cosine for the CPU-scale networks)")
+    lr: _from(TrainConfig, "lr", unset=0.0, note="0: the network's recipe")
+    eval_every: _from(TrainConfig, "eval_every", default=2000, note="the pipeline sets no select_manifest: there, the "
+                      "checkpoint interval")
+    num_workers: _from(TrainConfig, "num_workers")
+    # adaptation of teacher and student before distillation
+    adaptation_method: _from(AdaptConfig, "method")
     # distillation keeps an output-space alignment whatever method adapted the networks
-    distill_adversarial_method: Literal["adaptsegnet", "advent"] = _field(
-        "adaptsegnet", "the student's own adversarial adaptation loss while distilling")
-    lambda_adv_main: float = _field(1e-3, "weight of the adversarial loss on the main output", ge=0)
-    lambda_adv_aux: float = _field(2e-4, "weight of the adversarial loss on the auxiliary output", ge=0)
+    distill_adversarial_method: _from(DistillConfig, "method")
+    lambda_adv_main: _from(AdaptConfig, "lambda_adv_main")
+    lambda_adv_aux: _from(AdaptConfig, "lambda_adv_aux")
     # On CPU a 64-wide D costs more than a small student.
-    discriminator_width: int = _field(64, "channels of the discriminators' first layer (AdaptSegNet: 64)", gt=0)
+    discriminator_width: _from(AdaptConfig, "d_ndf")
     # distillation (DAKD)
-    paradigm: Literal["a", "b", "c", "d"] = _field(
-        "d", "DAKD paradigm: a distils on source, b on target, c on both, d is b started from a c checkpoint")
-    lambda_kl: float = _field(0.1, "weight of the KL distillation loss on the main output", ge=0)
-    lambda_kl_aux: float = _field(0.01, "weight of the KL distillation loss on the auxiliary output", ge=0)
-    lambda_mse: float = _field(0.01, "weight of the MSE distillation loss between output maps", ge=0)
-    lambda_pseudo: float = _field(1.0, "weight of the cross-entropy on the teacher's target pseudo-labels", ge=0)
-    lambda_target: float = _field(1.0, "weight of the target-domain distillation terms", ge=0)
-    temperature: float = _field(1.0, "softmax temperature of the KL distillation", gt=0)
-    kl_reduction: Literal["class_mean", "class_sum"] = _field(
-        "class_sum", "how KL(teacher || student) reduces over the classes: class_sum (the measured setting of "
-        "docs/results.md) or class_mean (the reference code's scale of lambda_kl)")
-    # real-time students (issue 9; DistillConfig)
-    seg_loss: Literal["ce", "border_focal"] = _field(
-        "ce", "the student's source segmentation loss: cross-entropy or border-weighted focal")
-    focal_gamma: float = _field(2.0, "focusing exponent of the border focal loss", ge=0)
-    lambda_border_kl: float = _field(0.0, "weight of the border-weighted KL distillation", ge=0)
-    lambda_l2_feature: float = _field(0.0, "weight of the L2 feature distillation (needs teacher_online)", ge=0)
-    lambda_cwd: float = _field(0.0, "weight of channel-wise distillation (needs teacher_online)", ge=0)
-    cwd_tau: float = _field(4.0, "temperature of channel-wise distillation", gt=0)
-    lambda_lad: float = _field(0.0, "weight of the LAD feature distillation (needs teacher_online)", ge=0)
-    feature_level: str = _field("last", "backbone level the feature losses compare", min_length=1)
-    teacher_online: bool = _field(False, "run the teacher live instead of reading its cache (required by the "
-                                  "feature losses)")
+    paradigm: _from(DistillConfig, "paradigm", default="d")
+    lambda_kl: _from(DistillConfig, "lambda_kl")
+    lambda_kl_aux: _from(DistillConfig, "lambda_kl_aux", default=0.01)
+    lambda_mse: _from(DistillConfig, "lambda_mse")
+    lambda_pseudo: _from(DistillConfig, "lambda_pseudo")
+    lambda_target: _from(DistillConfig, "lambda_target")
+    temperature: _from(DistillConfig, "temperature")
+    kl_reduction: _from(DistillConfig, "kl_reduction")
+    # real-time students (issue 9)
+    seg_loss: _from(DistillConfig, "seg_loss")
+    focal_gamma: _from(DistillConfig, "focal_gamma")
+    lambda_border_kl: _from(DistillConfig, "lambda_border_kl")
+    lambda_l2_feature: _from(DistillConfig, "lambda_l2_feature")
+    lambda_cwd: _from(DistillConfig, "lambda_cwd")
+    cwd_tau: _from(DistillConfig, "cwd_tau")
+    lambda_lad: _from(DistillConfig, "lambda_lad")
+    feature_level: _from(DistillConfig, "feature_level")
+    teacher_online: _from(DistillConfig, "teacher_online")
     # evaluation / export
     eval_resize_h: int = _field(512, "height of evaluation, export and latency inputs", gt=0)
     eval_resize_w: int = _field(1024, "width of evaluation, export and latency inputs", gt=0)
-    seed: int = _field(1234, "random seed of every training stage", ge=0)
+    seed: _from(TrainConfig, "seed")
     # tracking / registry
     mlflow_experiment: str = _field("dakd", "MLflow experiment of the parent run and the stage runs",
                                     min_length=1)
     registered_model: str = _field("", "MLflow registered model name; empty: dakd-<source_format>-to-"
                                    "<target_format>")
-    promotion_min_gain: float = _field(
-        0.001, "smallest mIoU gain over the champion that moves the champion alias (0.001 = 0.1 point)", ge=0)
+    promotion_min_gain: _from(PromoteConfig, "min_gain")
 
 
 def form_description(name: str) -> str:

@@ -4,8 +4,9 @@ The one mapping from the KFP form (PipelineParams) to the stage config models (P
 AdaptConfig, DistillConfig, ExportConfig, EvalConfig, RegisterConfig, PromoteConfig). Each stage's
 settings travel to its task as one JSON string; the task adds only what upstream tasks produce
 (manifests, checkpoints, the cache index) and its output folder. Adding a stage setting is then
-adding its config field and, if it is a UI parameter, a PipelineParams field and one line here;
-no component or task signature lists it.
+adding its config field and, if it is a UI parameter, one `_from` line in PipelineParams (and the
+pipeline signature): a parameter named as its field reaches every stage whose config has that
+field without a line here; no component or task signature lists it.
 
 `check_plan` builds every stage's config from the plan with placeholders for the upstream outputs,
 so a bad value fails in the first (CPU) task, in seconds, naming the field, not in the distill task
@@ -19,7 +20,9 @@ import os
 from pathlib import Path
 
 from dakd_core.errors import ConfigError, DataError
-from dakd_core.orchestration.params import PipelineParams
+from dakd_core.orchestration.params import PipelineParams, stage_fields
+from dakd_core.train.configs import AdaptConfig, PretrainConfig
+from dakd_core.train.distill_config import DistillConfig
 
 # The stages whose settings the plan holds, in pipeline order (start's outputs, one JSON each).
 STAGES = ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "cache_teacher",
@@ -27,6 +30,7 @@ STAGES = ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_studen
 # The training stages' settings also hold how many processes run them (dakd_core/orchestration/
 # launch.py run_stage: torchrun when > 1); the task takes it out before building the stage config.
 LAUNCH_FIELD = "gpus_per_task"
+ROLES = ("teacher", "student")
 TRAINING_STAGES = ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "distill_first",
                    "distill_second")
 # Where `check_plan` stands in for a value an upstream task produces.
@@ -37,47 +41,57 @@ def _hw(h: int, w: int) -> list[int]:
     return [h, w]
 
 
-def _training(p: PipelineParams, role: str, iterations: int) -> dict:
-    """TrainConfig fields of one network's training stage. `lr` 0 and `optimizer` "network"
-    leave those fields to the network's recipe (dakd_core/train/recipes.py)."""
-    fields = dict(model=getattr(p, f"{role}_model"), source_resize=_hw(p.source_resize_h, p.source_resize_w),
-                  crop=_hw(p.crop_h, p.crop_w), batch_size=getattr(p, f"{role}_batch_size"), iterations=iterations,
-                  seed=p.seed, eval_every=p.eval_every, checkpoint_every=p.eval_every, num_workers=p.num_workers,
-                  **{LAUNCH_FIELD: p.gpus_per_task})
-    if p.lr:
-        fields["lr"] = p.lr
-    if p.optimizer != "network":
-        fields["optimizer"] = p.optimizer
-    return fields
+def _same_named(p: PipelineParams, config: type) -> dict:
+    """The parameters that are fields of `config` under their own name (PipelineParams `_from`),
+    passed through as they are; one at its `unset` value ("network", 0) is left out, so the
+    stage takes the network's recipe (dakd_core/train/recipes.py)."""
+    return {name: getattr(p, name) for name, source in stage_fields().items()
+            if source.field == name and issubclass(config, source.config) and getattr(p, name) != source.unset}
+
+
+def _training(p: PipelineParams, role: str, iterations: int, config: type) -> dict:
+    """TrainConfig fields of one network's training stage: the same-named parameters plus what
+    the form splits per network, per stage or into H and W."""
+    return dict(_same_named(p, config), model=getattr(p, f"{role}_model"),
+                source_resize=_hw(p.source_resize_h, p.source_resize_w), crop=_hw(p.crop_h, p.crop_w),
+                batch_size=getattr(p, f"{role}_batch_size"), iterations=iterations,
+                checkpoint_every=p.eval_every, **{LAUNCH_FIELD: p.gpus_per_task})
 
 
 def _adversarial(p: PipelineParams, method: str) -> dict:
-    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method,
-                lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux, d_ndf=p.discriminator_width)
+    """AdaptConfig fields whose parameters are named otherwise (or are H and W)."""
+    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method, d_ndf=p.discriminator_width)
 
 
 def _distill(p: PipelineParams, paradigm: str) -> dict:
-    return dict(
-        _training(p, "student", p.distill_iterations), **_adversarial(p, p.distill_adversarial_method),
-        paradigm=paradigm, lambda_kl=p.lambda_kl, lambda_kl_aux=p.lambda_kl_aux, lambda_mse=p.lambda_mse,
-        lambda_pseudo=p.lambda_pseudo, lambda_target=p.lambda_target, temperature=p.temperature,
-        kl_reduction=p.kl_reduction,
-        seg_loss=p.seg_loss, focal_gamma=p.focal_gamma, lambda_border_kl=p.lambda_border_kl,
-        lambda_l2_feature=p.lambda_l2_feature, lambda_cwd=p.lambda_cwd, cwd_tau=p.cwd_tau,
-        lambda_lad=p.lambda_lad, feature_level=p.feature_level, teacher_online=p.teacher_online)
+    return {**_training(p, "student", p.distill_iterations, DistillConfig),
+            **_adversarial(p, p.distill_adversarial_method), "paradigm": paradigm}
+
+
+def check_road_weights(p: PipelineParams) -> None:
+    """ROAD's reference model z is the network built with ImageNet backbone weights (AdaptConfig
+    road_reference 'imagenet', which the pipeline keeps): under adaptation_method road both
+    networks need them. Checked on the parameters, so the error names the form's fields."""
+    missing = [f"'{role}_weights'" for role in ROLES if not getattr(p, f"{role}_weights")]
+    if p.adaptation_method == "road" and missing:
+        raise ConfigError(f"field {' and '.join(missing)}: adaptation_method 'road' needs the ImageNet backbone "
+                          "weights of both networks (ROAD's reference model, road_reference 'imagenet', is the "
+                          "network built with them): a store URI of a state dict or timm:TAG")
 
 
 def build_plan(p: PipelineParams) -> dict[str, dict]:
     """Every stage's settings from the parameters (paradigm d: distill c first, then d from it;
     other paradigms: one distill stage, `distill_second` empty and never run)."""
     plan: dict[str, dict] = {}
-    for role in ("teacher", "student"):
-        pretrain = _training(p, role, p.pretrain_iterations)
+    for role in ROLES:
+        pretrain = _training(p, role, p.pretrain_iterations, PretrainConfig)
+        adapt = {**_training(p, role, p.adapt_iterations, AdaptConfig), **_adversarial(p, p.adaptation_method)}
         weights = getattr(p, f"{role}_weights")
         if weights:
             pretrain["backbone_weights"] = weights
-        plan[f"pretrain_{role}"] = pretrain
-        plan[f"adapt_{role}"] = {**_training(p, role, p.adapt_iterations), **_adversarial(p, p.adaptation_method)}
+            if p.adaptation_method == "road":  # the reference model (check_road_weights); others start from init
+                adapt["backbone_weights"] = weights
+        plan[f"pretrain_{role}"], plan[f"adapt_{role}"] = pretrain, adapt
     plan["distill_first"] = _distill(p, "c" if p.paradigm == "d" else p.paradigm)
     # The teacher is cached at the resizes the distill stage gives the student's source and target
     # streams (in the cache's manifest order: source train, target train), so every cached map is
@@ -100,8 +114,6 @@ def _config_classes() -> dict[str, tuple[type, dict]]:
     from dakd_core.evaluation.evaluate import EvalConfig
     from dakd_core.export import ExportConfig
     from dakd_core.registry import PromoteConfig, RegisterConfig
-    from dakd_core.train.configs import AdaptConfig, PretrainConfig
-    from dakd_core.train.distill_config import DistillConfig
 
     up = {k: _UPSTREAM.format(k) for k in ("source_manifest", "target_manifest", "init", "teacher", "teacher_cache",
                                            "out", "model", "manifest", "export", "metrics", "name")}
@@ -205,6 +217,7 @@ def plan_run(params: dict) -> tuple[PipelineParams, dict[str, str]]:
         if getattr(p, field) not in FORMATS:
             raise ConfigError(f"field '{field}': unknown dataset format {getattr(p, field)!r} "
                               f"(known: {', '.join(FORMATS)})")
+    check_road_weights(p)
     plan = build_plan(p)
     check_plan(plan)
     check_dataset_root("source_uri", p.source_uri)

@@ -50,7 +50,7 @@ class TrainConfig(StrictConfig):
                            "(the first thing a practitioner tries against an appearance shift)")
     select_resize: Size | None = (512, 1024)
     batch_size: int = Field(1, gt=0)  # per process (DDP: global batch = batch_size x world size)
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes of each training process")
     # optimisation (segmenter). Fields the config leaves unset take the network's recipe
     # (dakd_core/train/recipes.py); the defaults below are the paper's SGD recipe.
     iterations: int = Field(250_000, gt=0)
@@ -63,12 +63,14 @@ class TrainConfig(StrictConfig):
     warmup_iterations: int = Field(0, ge=0, description="linear learning-rate warm-up from 0")
     aux_weight: float = Field(0.1, ge=0)  # weight of the auxiliary head's segmentation loss
     amp: bool = True  # float16 autocast + GradScaler; only ever used on CUDA
-    seed: int = Field(1234, ge=0)
+    seed: int = Field(1234, ge=0, description="random seed of initialisation, data order and augmentation "
+                                            "(each DDP process adds its rank)")
     device: str | None = None  # "cuda" / "cpu"; None: dakd_core.train.engine.default_device()
     # outputs
     out: str = Field(..., min_length=1)  # output prefix URI, e.g. {store}/runs/{run}/pretrain_teacher
     checkpoint_every: int = Field(1000, gt=0)
-    eval_every: int = Field(1000, gt=0)
+    eval_every: int = Field(1000, gt=0, description="iterations between validations on select_manifest (the "
+                                                 "best-checkpoint selection)")
     log_every: int = Field(50, gt=0)
 
     @model_validator(mode="after")
@@ -110,7 +112,9 @@ class AdaptConfig(TrainConfig):
     ADVENT) or ROAD / DiGA / source-free SFDA (their `road_*` / `diga_*` / `sfda_*` fields;
     defaults from the papers, see dakd_core/losses/{road,diga,sfda}.py)."""
 
-    method: Literal["adaptsegnet", "advent", "road", "diga", "sfda"] = "adaptsegnet"
+    method: Literal["adaptsegnet", "advent", "road", "diga", "sfda"] = Field(
+        "adaptsegnet", description="unsupervised adaptation method: adaptsegnet / advent (output-space adversarial), "
+        "road, diga, or sfda (source-free: no source images)")
     # required by every method but the source-free sfda, which never reads it
     source_manifest: str | None = Field(None, min_length=1)
     init: str = Field(..., min_length=1)  # checkpoint URI (usually the pretrain stage's best.pt)
@@ -121,11 +125,11 @@ class AdaptConfig(TrainConfig):
         "export use: 'target' (source batches are normalised with their own statistics but leave the "
         "running averages alone, so the adapted model normalises target images with target statistics) "
         "or 'both' (every forward pass; the same as 'target' for networks with frozen BatchNorm)")
-    lambda_adv_main: float = Field(1e-3, ge=0)
-    lambda_adv_aux: float = Field(2e-4, ge=0)
+    lambda_adv_main: float = Field(1e-3, ge=0, description="weight of the adversarial loss on the main output")
+    lambda_adv_aux: float = Field(2e-4, ge=0, description="weight of the adversarial loss on the auxiliary output")
     d_lr: float = Field(1e-4, gt=0, le=MAX_LR)
     d_betas: tuple[float, float] = (0.9, 0.99)
-    d_ndf: int = Field(64, gt=0)
+    d_ndf: int = Field(64, gt=0, description="channels of the discriminators' first layer (AdaptSegNet: 64)")
     # ROAD (seed 003): L = L_seg + road_lambda_dist * L_dist + road_lambda_spt * L_spt, rows x cols regions
     road_lambda_dist: float = Field(0.1, ge=0)
     road_lambda_spt: float = Field(0.01, ge=0)

@@ -19,22 +19,28 @@ PARADIGM_DOMAINS = {"a": ("source",), "b": ("target",), "c": ("source", "target"
 class DistillConfig(AdaptConfig):
     """AdaptConfig (`init` = the student's own adapted checkpoint) plus distillation settings."""
 
-    method: Literal["adaptsegnet", "advent"] = "adaptsegnet"  # the student's own (adversarial) DA
-    paradigm: Literal["a", "b", "c", "d"] = "c"
+    method: Literal["adaptsegnet", "advent"] = Field(
+        "adaptsegnet", description="the student's own adversarial adaptation loss while distilling")
+    paradigm: Literal["a", "b", "c", "d"] = Field(
+        "c", description="DAKD paradigm: a distils on source, b on target, c on both, d is b started from a c "
+        "checkpoint")
     teacher: str | None = None  # teacher checkpoint URI (required with teacher_online or a gate)
     teacher_cache: str | None = None  # index.parquet URI written by `dakd cache-teacher`
-    teacher_online: bool = False  # run the live teacher on every batch instead of the cache
-    temperature: float = Field(1.0, gt=0)
+    teacher_online: bool = Field(False, description="run the teacher live on every batch instead of reading its "
+                                 "cache (required by the feature losses)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the KL distillation")
     kl_reduction: Literal["class_mean", "class_sum"] = Field(
         "class_sum", description="reduction of KL(teacher || student) over the classes: class_sum = the per-pixel "
         "KL (the default: every results row in docs/results.md was measured with it; C times the reference code's "
         "scale at the same lambda_kl); class_mean = per-pixel KL / C, the DAKD reference code's element mean that "
         "lambda_kl 0.1 was tuned at (the bench's kl_class_mean row)")
-    lambda_kl: float = Field(0.1, ge=0)
-    lambda_kl_aux: float | None = Field(None, ge=0)  # None: lambda_kl / 10 (paper)
-    lambda_mse: float = Field(0.01, ge=0)
-    lambda_pseudo: float = Field(1.0, ge=0)
-    lambda_target: float = Field(1.0, ge=0)
+    lambda_kl: float = Field(0.1, ge=0, description="weight of the KL distillation loss on the main output")
+    lambda_kl_aux: float | None = Field(None, ge=0, description="weight of the KL distillation loss on the auxiliary "
+                                        "output (DAKD: lambda_kl / 10, which an unset value takes)")
+    lambda_mse: float = Field(0.01, ge=0, description="weight of the MSE distillation loss between output maps")
+    lambda_pseudo: float = Field(1.0, ge=0, description="weight of the cross-entropy on the teacher's target "
+                                 "pseudo-labels")
+    lambda_target: float = Field(1.0, ge=0, description="weight of the target-domain distillation terms")
     pseudo_threshold: float = Field(0.0, ge=0, lt=1)  # teacher confidence below it -> ignored
     target_augment: bool = False  # random scale + flip on target crops too (off: crop only)
     gate_manifest: str | None = None  # labelled target tuning split for the teacher-quality gate
@@ -42,17 +48,24 @@ class DistillConfig(AdaptConfig):
     gate_resize: Size | None = (512, 1024)
     gate_max_images: int = Field(100, gt=0)  # target images for the unsupervised proxies
     # Real-time students under adverse weather (seed 004, thesis eqs. 3.3-3.9); all off by default.
-    seg_loss: Literal["ce", "border_focal"] = "ce"  # supervised source loss of both heads
-    focal_gamma: float = Field(2.0, ge=0)  # gamma of the border-focal loss (eq. 3.3)
-    lambda_border_kl: float = Field(0.0, ge=0)  # border-weighted KL on the main head (eq. 3.5)
+    seg_loss: Literal["ce", "border_focal"] = Field(  # eq. 3.3
+        "ce", description="the student's source segmentation loss (both heads): cross-entropy or border-weighted "
+        "focal")
+    focal_gamma: float = Field(2.0, ge=0, description="focusing exponent of the border focal loss")
+    lambda_border_kl: float = Field(0.0, ge=0, description="weight of the border-weighted KL distillation on the "
+                                    "main output")  # eq. 3.5
     # Feature distillation on `feature_level` (a key of both networks' forward_features); needs the
     # live teacher (the cache stores output maps only). A 1x1 FeatureAdapter maps the student's
     # channels to the teacher's when they differ; it is trained with the student and checkpointed.
-    lambda_l2_feature: float = Field(0.0, ge=0)  # eq. 3.6
-    lambda_cwd: float = Field(0.0, ge=0)  # channel-wise distillation, eqs. 3.7-3.8
-    cwd_tau: float = Field(4.0, gt=0)
-    lambda_lad: float = Field(0.0, ge=0)  # layer-normalised feature distance, eq. 3.9
-    feature_level: str = Field("last", min_length=1)
+    lambda_l2_feature: float = Field(0.0, ge=0, description="weight of the L2 feature distillation (needs "
+                                     "teacher_online)")  # eq. 3.6
+    lambda_cwd: float = Field(0.0, ge=0, description="weight of channel-wise distillation (needs "
+                              "teacher_online)")  # eqs. 3.7-3.8
+    cwd_tau: float = Field(4.0, gt=0, description="temperature of channel-wise distillation")
+    lambda_lad: float = Field(0.0, ge=0, description="weight of the LAD feature distillation, a layer-normalised "
+                              "feature distance (needs teacher_online)")  # eq. 3.9
+    feature_level: str = Field("last", min_length=1, description="backbone level the feature losses compare (a "
+                               "key of both networks' forward_features)")
 
     @field_validator("gate_resize")
     @classmethod
