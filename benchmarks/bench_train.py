@@ -2,11 +2,13 @@
 
 Both sides train the same network from the same seed on the same images (batch, crop), with the
 stage's optimiser and schedule (the network's recipe), CE on the main and aux heads and, on CUDA,
-float16 autocast with a GradScaler (dakd's AMP). The bare loop
-keeps its batches in memory and does nothing else; dakd reads PNGs from the store through the
-DataLoader, augments, runs the NaN guard, logs to MLflow and writes its final checkpoint. Rates
-vary 20-30% run to run on shared machines, so both are measured in one run, alternating
-bare / dakd / bare, and the ratio is reported (goal >= 0.9).
+float16 autocast with a GradScaler (dakd's AMP). Both read and decode the same PNG files every
+step through a DataLoader with the same worker count (the limit: a minimal torch Dataset, PIL
+decode, normalise, random flip; reading the data is part of a step's work, and on 2 cores a
+DataLoader worker takes cycles from the training threads); dakd adds its store layer, scale/crop
+augmentation, the NaN guard, MLflow logging and its final checkpoint. Rates vary 20-30% run to
+run on shared machines, so both are measured in one run, alternating bare / dakd / bare, and the
+ratio is reported (goal 0.9 to 1.2).
 
     .venv/bin/python benchmarks/bench_train.py --models deeplabv2_tiny deeplabv2_resnet18 --iters 20
 """
@@ -23,7 +25,9 @@ from pathlib import Path
 os.environ.setdefault("DAKD_NO_PROGRESS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from dakd_core.bench.data import write_split  # noqa: E402
 from dakd_core.config import build_config  # noqa: E402
@@ -33,17 +37,50 @@ from dakd_core.train import engine, pretrain  # noqa: E402
 from dakd_core.train.configs import PretrainConfig  # noqa: E402
 
 
-def bare_rate(cfg: PretrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], device) -> float:
-    """Steps/s of the plain loop: the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler."""
+class PngPairs(torch.utils.data.Dataset):
+    """The manifest's (image, label) PNGs decoded with PIL: the least a training step must read."""
+
+    def __init__(self, manifest_uri: str):
+        from dakd_core.data.manifest import read_manifest
+
+        local = lambda uri: uri.removeprefix("file://")  # noqa: E731  (write_split's store is a local directory)
+        self.rows = [(local(r["image_uri"]), local(r["label_uri"])) for r in read_manifest(manifest_uri)]
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image_path, label_path = self.rows[i]
+        image = torch.from_numpy(np.array(Image.open(image_path).convert("RGB"))).permute(2, 0, 1)
+        label = torch.from_numpy(np.array(Image.open(label_path), dtype=np.int64))
+        image = (image.float() / 255 - self.mean) / self.std
+        if torch.rand(()) < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        return image, label
+
+
+def bare_rate(cfg: PretrainConfig, device) -> float:
+    """Steps/s of the plain loop: the same PNGs through a DataLoader with the stage's worker count,
+    the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=cfg.num_classes).to(device).train()
     opt = engine.build_optimizer(cfg, model)
     sched = engine.lr_schedule(opt, cfg.iterations, cfg.schedule, cfg.poly_power, cfg.warmup_iterations)
     amp = engine.amp_enabled(cfg, device)  # dakd's steps run under AMP on CUDA: so does the limit
     scaler = engine.make_scaler(device, amp)
-    start = time.perf_counter()
-    for step in range(cfg.iterations):
-        image, label = batches[step % len(batches)]
+    loader = torch.utils.data.DataLoader(PngPairs(cfg.source_manifest), batch_size=cfg.batch_size, shuffle=True,
+                                         drop_last=True, num_workers=cfg.num_workers,
+                                         persistent_workers=cfg.num_workers > 0)
+    start = time.perf_counter()  # like dakd's rate: from the first request for data to the last step
+    batches, step = iter(loader), 0
+    while step < cfg.iterations:
+        try:
+            image, label = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            continue
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         with engine.autocast(device, amp):
             out = model(image)
@@ -53,6 +90,7 @@ def bare_rate(cfg: PretrainConfig, batches: list[tuple[torch.Tensor, torch.Tenso
         scaler.step(opt)
         scaler.update()
         sched.step()
+        step += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
     return cfg.iterations / (time.perf_counter() - start)
@@ -82,12 +120,10 @@ def measure(argv=None) -> dict:
             num_workers=args.workers, checkpoint_every=args.iters, eval_every=args.iters, log_every=10,
             out=(tmp / name).as_uri(),
         )
-        ds = pretrain.engine.image_stream(cfg, engine.Dist(0, 1, device), manifest, cfg.source_resize, True, "bench")
-        batches = [(b["image"], b["label"]) for b in (ds.next() for _ in range(4))]
-        bare = [bare_rate(cfg, batches, device)]
+        bare = [bare_rate(cfg, device)]
         result = pretrain.run(cfg)
         dakd = result.metrics["steps_per_second"]
-        bare.append(bare_rate(cfg, batches, device))
+        bare.append(bare_rate(cfg, device))
         bare_mean = sum(bare) / len(bare)
         print(f"{name:<24}{bare_mean * args.batch:>12.2f}{dakd * args.batch:>12.2f}{dakd / bare_mean:>8.2f}")
         rows.append({"model": name, "bare_img_s": bare_mean * args.batch, "dakd_img_s": dakd * args.batch,

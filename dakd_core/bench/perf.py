@@ -38,12 +38,16 @@ def load_benchmark(name: str):
 # Arguments of each benchmark: full (docs/performance.md, <= 10 min on 2 shared cores; the results
 # bench's demo pair deeplabv2_thin -> deeplabv2_tiny) and quick (a smoke).
 ARGS = {
+    # 32 images and 60 steps: with 16 images the process pool's start-up, with 10 steps the first
+    # batch and the final checkpoint weighed as much as the per-image / per-step work being compared
+    # (measured 2026-12-02: process-pool scaling 0.73-0.80x at 16 images, 0.99x at 32; pretrain /
+    # bare loop 0.64-0.72x at 10 steps, 0.92-1.00x at 60).
     "full": {
-        "ingest": ["--n", "16", "--size", "512", "256", "--workers", "2", "--repeats", "3",
+        "ingest": ["--n", "32", "--size", "512", "256", "--workers", "2", "--repeats", "3",
                    "--formats", "cityscapes", "bdd100k"],
         "loader": ["--size", "256", "512", "--crop", "256", "512", "--images", "8", "--batches", "10",
                    "--workers", "1", "2", "--repeats", "3"],
-        "train": ["--models", "deeplabv2_tiny", "deeplabv2_thin", "--iters", "10", "--batch", "2",
+        "train": ["--models", "deeplabv2_tiny", "deeplabv2_thin", "--iters", "60", "--batch", "2",
                   "--size", "64", "128", "--workers", "1"],
         "distill": ["--teacher-model", "deeplabv2_thin", "--student-model", "deeplabv2_tiny",
                     "--size", "64", "128", "--iterations", "6", "--images", "4"],
@@ -222,8 +226,8 @@ Where the table comes from:
 - loader: the training batch stream (`engine.image_stream`: store reads, decode, scale, crop, flip)
   with 1 and N DataLoader workers.
 - train: `dakd pretrain` steps (store reads, DataLoader, augmentation, NaN guard, MLflow, checkpoint)
-  against a bare PyTorch loop over in-memory batches, same network, optimiser, schedule and (on
-  CUDA) AMP.
+  against a bare PyTorch loop reading the same PNGs through a DataLoader with as many workers
+  (PIL decode, normalise, flip), same network, optimiser, schedule and (on CUDA) AMP.
 - distill: median step time of `dakd distill` from the uint8 teacher cache, with the live teacher, and
   the student's own adaptation loop alone (same data, no augmentation on either side); cache bytes
   per image from `dakd cache-teacher`. The live / cached goal is stated for deeplabv2_resnet101 ->
