@@ -115,10 +115,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             styled = mean_std_style(x_s, x_t[torch.arange(n, device=device) % x_t.shape[0]])
             x_cdm = crdomix(strong_photometric(x_s), styled, class_mix_mask(y_s))
             images = [x_s, x_cdm] + ([x_t] if self_training else [])
+            is_target = [False, False] + ([True] if self_training else [])
             with engine.autocast(device, amp):
                 # x_cdm is source content (source image, target colours): only x_t is a target batch
                 parts = [out for _, out in forward_by_domain(
-                    net, images, [False, False, True][:len(images)], cfg.bn_statistics)]
+                    net, images, is_target, cfg.bn_statistics)]
                 with torch.no_grad():
                     t_out = teacher(torch.cat([x_s, x_cdm]))
             t_clean, t_strong = split_output(t_out, [n, n])
