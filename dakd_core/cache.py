@@ -240,7 +240,7 @@ def load_frozen_teacher(uri: str, device: torch.device) -> torch.nn.Module:
     from dakd_core.models.checkpoint import load_model
 
     teacher, _meta = load_model(uri, map_location=device)
-    teacher.to(device).eval()
+    teacher.to(device, memory_format=torch.channels_last).eval()  # the layout of the training batches
     teacher.requires_grad_(False)
     return teacher
 

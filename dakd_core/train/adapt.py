@@ -47,7 +47,8 @@ class OutputSpaceAdversary:
 
     def __init__(self, cfg: AdaptConfig, dist: engine.Dist):
         self.cfg, self.dist = cfg, dist
-        self.discs = {lvl: Discriminator(cfg.num_classes, cfg.d_ndf).to(dist.device) for lvl in LEVELS}
+        self.discs = {lvl: engine.channels_last(Discriminator(cfg.num_classes, cfg.d_ndf), dist.device)
+                      for lvl in LEVELS}
         self.optimizers = {
             lvl: torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas)) for lvl, d in self.discs.items()
         }

@@ -78,7 +78,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
     # The frozen real-style model is rebuilt from its source on a fresh run and on a resume alike.
-    reference = reference_model(cfg).to(device)
+    reference = engine.channels_last(reference_model(cfg), device)
     start = 0
     payload = keeper.resume()
     if payload is not None:

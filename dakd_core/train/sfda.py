@@ -113,7 +113,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         )
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
-    fixed = create_model(cfg.model, num_classes=cfg.num_classes).to(device)
+    fixed = engine.channels_last(create_model(cfg.model, num_classes=cfg.num_classes), device)
     load_init(fixed, cfg.init)
     fixed = frozen_copy(fixed)  # S~: the source model, BatchNorm on its source running statistics
     start = 0
