@@ -233,8 +233,11 @@ def write_plots(doc: dict, img_dir: Path) -> list[str]:
 def write_report(doc: dict, docs_dir: Path, json_path: Path) -> Path:
     """docs_dir/results.md + docs_dir/img/results_*.png (plots first, the page that shows them last)."""
     docs_dir.mkdir(parents=True, exist_ok=True)
+    from dakd_core.bench.results import ROWS
+
     images = write_plots(doc, docs_dir / "img")
     p = doc["preset"]
+    sfda_lr = next(r.overrides.get("lr", p["lr"]) for r in ROWS if r.key == "student_sfda")
     try:
         json_ref = json_path.resolve().relative_to(docs_dir.resolve())
     except ValueError:
@@ -270,7 +273,8 @@ teacher is cached once per seed; every distillation row reuses them; (d) starts 
 Ablations are on paradigm (c) (λ_target 1.0 is row (c) itself). The `method` rows adapt the student
 from the same source-only checkpoint with the same budget by ADVENT, ROAD, DiGA and source-free SFDA
 (`dakd adapt --method ...`, defaults of docs/adapt_methods.md; SFDA with {p.get('sfda_budget', 1.0):g} of the
-adapt budget: its step costs about 4x AdaptSegNet's); discriminators are {p.get('d_ndf', 64)} wide.
+adapt budget, its step costs about 4x AdaptSegNet's, and at lr {sfda_lr:g}: without a source loss, max squares
+at the networks' lr collapses); discriminators are {p.get('d_ndf', 64)} wide.
 The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only, then distil it in paradigm (c) from the same
 adapted teacher with DAKD's losses alone and with CWD, LAD (live teacher, `feature_level` last) or the
 border-focal CE + border-weighted KL added (`dakd distill --lambda-cwd/--lambda-lad/--seg-loss`).
