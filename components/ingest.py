@@ -3,9 +3,10 @@
 The source needs its labelled training split; the target its training split as UNLABELLED images
 (the adaptation setting: no target labels reach training) and its labelled validation split.
 
-The manifests also leave as Dataset artifacts (the KFP UI's lineage). Downstream tasks take the
-pinned manifest URIs, not the artifacts: ingest is uncached, so its artifacts are new objects in
-every run, and an artifact input would make every downstream cache key run-specific."""
+The manifests also leave as Dataset artifacts (the KFP UI's lineage; metadata: the pinned URI).
+Downstream tasks take the pinned manifest URIs, not the artifacts: ingest is uncached, so its
+artifacts are new objects in every run, and KFP's cache key holds an input artifact's identity
+(not its content), so an artifact input would make every downstream cache key run-specific."""
 
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ def ingest(
 ) -> NamedTuple("IngestOutputs", train_manifest=str, val_manifest=str):
     from collections import namedtuple
 
+    from dakd_core.orchestration.tasks.artifacts import publish
     from dakd_core.orchestration.tasks.ingest import ingest_task
 
     out = ingest_task(
@@ -32,8 +34,7 @@ def ingest(
         metrics.log_metric(f"num_samples_{split}", float(n))
     for split, artifact in (("train", train_dataset), ("val", val_dataset)):
         if out[f"{split}_manifest"]:
-            uri, _, sha256 = out[f"{split}_manifest"].partition("#sha256=")
-            artifact.uri = uri
-            artifact.metadata.update(format=fmt, domain=domain, split=split, sha256=sha256,
-                                     num_samples=out["num_samples"][split], root_uri=root_uri)
+            sha256 = out[f"{split}_manifest"].partition("#sha256=")[2]
+            publish(artifact, out[f"{split}_manifest"], format=fmt, domain=domain, split=split, sha256=sha256,
+                    num_samples=out["num_samples"][split], root_uri=root_uri)
     return namedtuple("IngestOutputs", "train_manifest val_manifest")(out["train_manifest"], out["val_manifest"])

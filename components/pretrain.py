@@ -15,12 +15,12 @@ def pretrain(
 ) -> NamedTuple("TrainOutputs", checkpoint=str):
     from collections import namedtuple
 
+    from dakd_core.orchestration.tasks.artifacts import publish
     from dakd_core.orchestration.tasks.common import log_metrics
     from dakd_core.orchestration.tasks.pretrain import pretrain_task
 
     out = pretrain_task(store_uri=store_uri, experiment=experiment, role=role, config=config,
                         source_manifest=source_manifest, kfp_task=kfp_task)
     log_metrics(metrics, out["metrics"])
-    model.uri = out["checkpoint"].split("#")[0]
-    model.metadata.update(network=out["network"], checkpoint=out["checkpoint"], stage="pretrain", role=role)
+    publish(model, out["checkpoint"], network=out["network"], stage="pretrain", role=role)
     return namedtuple("TrainOutputs", "checkpoint")(out["checkpoint"])

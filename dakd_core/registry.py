@@ -76,8 +76,9 @@ class PromoteConfig(StrictConfig):
     metric: str = Field("miou", description="evaluation metric compared, higher is better (a fraction)")
     min_gain: float = Field(
         0.001, ge=0,
-        description="smallest gain in `metric` over the champion that moves the champion alias "
-                    "(0.001 mIoU = 0.1 point: evaluation noise and ties never replace a champion)")
+        description="smallest gain over the champion in the promotion metric (mIoU as a fraction unless "
+                    "another is named; the pipeline: mIoU on the target validation split) that moves the champion "
+                    "alias (0.001 mIoU = 0.1 point: evaluation noise and ties never replace a champion)")
     version: str | None = Field(None, description="version to promote; default: the 'challenger' alias")
 
 

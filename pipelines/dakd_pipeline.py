@@ -16,6 +16,7 @@ Kubernetes settings (GPU, shm, tolerations, secrets) are ignored by kfp.local wi
 import os
 
 from kfp import dsl, kubernetes
+from kfp.dsl import Input, Model
 
 from components.adapt import adapt
 from components.cache_teacher import cache_teacher_index, cache_teacher_shard
@@ -89,10 +90,11 @@ def _cpu(task: dsl.PipelineTask, cache: bool = True, cpu: str = "2", memory: str
 
 
 @dsl.pipeline(name="cache-teacher", description="Teacher cache: one task per shard slice, then the index")
-def cache_teacher_fanout(config: str, teacher: str, source_manifest: str, target_manifest: str, store_uri: str,
-                         experiment: str) -> str:
+def cache_teacher_fanout(config: str, teacher: Input[Model], source_manifest: str, target_manifest: str,
+                         store_uri: str, experiment: str) -> str:
     # A sub-pipeline, so that inside the ParallelFor every upstream value is a pipeline input:
-    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item.
+    # kfp.local (2.17.3) replaces task-output inputs of a loop body with the loop item. `teacher`:
+    # the adapt teacher task's Model, handed to every shard and the index as an artifact.
     # `config` is the plan's cache_teacher settings: the distill stage's resizes (the teacher runs
     # at the student's training geometry).
     inputs = dict(config=config, teacher=teacher, manifests=[source_manifest, target_manifest],
@@ -201,18 +203,22 @@ def dakd_pipeline(
         src_train = src.outputs["train_manifest"]
         tgt_train, tgt_val = tgt.outputs["train_manifest"], tgt.outputs["val_manifest"]
 
-        # -- pretrain (source only) ∥, then adapt ∥
+        # -- pretrain (source only) ∥, then adapt ∥. Checkpoints travel as the producing task's Model
+        # artifact (lineage in the UI; the consumer reads the pinned URI from its metadata). The
+        # producers are cached, so a cache hit hands on the same artifact and the consumers' cache
+        # keys (which hold their input artifacts' identities) still match. Manifests stay strings:
+        # see components/ingest.py.
         pre, ada = {}, {}
         for role in ("teacher", "student"):
             pre[role] = _gpu(pretrain(role=role, config=plan[f"pretrain_{role}"], source_manifest=src_train, **stage),
                              gpus=gpus_per_task).set_display_name(f"pretrain {role}")
         for role in ("teacher", "student"):
-            ada[role] = _gpu(adapt(role=role, config=plan[f"adapt_{role}"], init=pre[role].outputs["checkpoint"],
+            ada[role] = _gpu(adapt(role=role, config=plan[f"adapt_{role}"], init=pre[role].outputs["model"],
                                    source_manifest=src_train, target_manifest=tgt_train, **stage),
                              gpus=gpus_per_task).set_display_name(f"adapt {role}")
 
         # -- teacher cache: a sub-pipeline fanning out over shard slices, then the index fan-in
-        teacher = ada["teacher"].outputs["checkpoint"]
+        teacher = ada["teacher"].outputs["model"]
         cache = cache_teacher_fanout(config=plan["cache_teacher"], teacher=teacher, source_manifest=src_train,
                                      target_manifest=tgt_train,
                                      store_uri=store_uri, experiment=mlflow_experiment)
@@ -221,26 +227,28 @@ def dakd_pipeline(
         # -- distill: the paradigm; for (d), (c) first and (d) initialised from it
         distill_inputs = dict(teacher=teacher, cache_index=cache.output, source_manifest=src_train,
                               target_manifest=tgt_train, **stage)
-        first = _gpu(distill(config=plan["distill_first"], init=ada["student"].outputs["checkpoint"],
+        first = _gpu(distill(config=plan["distill_first"], init=ada["student"].outputs["model"],
                              **distill_inputs), gpus=gpus_per_task).set_display_name("distill")
         with dsl.If(paradigm == "d", name="paradigm-d"):
-            second = _gpu(distill(config=plan["distill_second"], init=first.outputs["checkpoint"], **distill_inputs),
+            second = _gpu(distill(config=plan["distill_second"], init=first.outputs["model"], **distill_inputs),
                           gpus=gpus_per_task).set_display_name("distill (d) from (c)")
         with dsl.Else(name="paradigm-abc"):
-            kept = _cpu(passthrough(value=first.outputs["checkpoint"])).set_display_name("distilled student")
-        distilled = dsl.OneOf(second.outputs["checkpoint"], kept.output)
+            kept = _cpu(passthrough(model=first.outputs["model"])).set_display_name("distilled student")
+        # a OneOf of artifacts: `dakd run` adds what kfp.local 2.17.3 lacks for it (orchestration/local_compat.py)
+        distilled = dsl.OneOf(second.outputs["model"], kept.outputs["distilled"])
 
         # -- export → evaluate → register → promote
         exp = _gpu(export(config=plan["export"], checkpoint=distilled, val_manifest=tgt_val, **stage),
                    retries=1).set_display_name("export")
         ev = _gpu(evaluate(
-            config=plan["evaluate"], teacher_source_only=pre["teacher"].outputs["checkpoint"], teacher_adapted=teacher,
-            student_source_only=pre["student"].outputs["checkpoint"],
-            student_adapted=ada["student"].outputs["checkpoint"], student_distilled=distilled,
-            student_onnx_fp16=exp.outputs["onnx_fp16"], val_manifest=tgt_val, **stage),
+            config=plan["evaluate"], teacher_source_only=pre["teacher"].outputs["model"], teacher_adapted=teacher,
+            student_source_only=pre["student"].outputs["model"],
+            student_adapted=ada["student"].outputs["model"], student_distilled=distilled,
+            student_onnx_fp16=exp.outputs["onnx_model"], val_manifest=tgt_val, **stage),
             retries=1).set_display_name("evaluate")
         # registry writes are side effects: never served from cache. Register links the stage
-        # runs to the parent run by tags (the cached stages never see the parent run's id).
+        # runs to the parent run by tags (the cached stages never see the parent run's id); it gets
+        # the checkpoints' pinned URIs as strings (a dict parameter holds no artifacts).
         stage_outputs = {f"{name}_{role}": tasks[role].outputs["checkpoint"]
                          for name, tasks in (("pretrain", pre), ("adapt", ada)) for role in tasks}
         stage_outputs.update(cache_teacher=cache.output, distill_first=first.outputs["checkpoint"])  # OneOf: no dict member

@@ -487,3 +487,148 @@ def test_typed_artifacts_for_the_ui(spec):
     assert artifacts("comp-export")["onnx_model"] == "system.Model"
     assert artifacts("comp-evaluate") == {"metrics": "system.Metrics", "report": "system.Markdown",
                                           "confusion": "system.ClassificationMetrics"}
+
+
+def _dag_components(pipeline) -> dict:
+    return {"root": pipeline["root"], **pipeline["components"]}
+
+
+def _artifact_source(pipeline, task_name: str, key: str) -> tuple[str, str]:
+    """(producer task, output key) of a task's artifact input, followed up through the sub-DAGs
+    (condition branches, the cache fan-out and its loop) that hand it down."""
+    comps = _dag_components(pipeline)
+    parent_of = {task["componentRef"]["name"]: (name, task_name_)
+                 for name, comp in comps.items() for task_name_, task in comp.get("dag", {}).get("tasks", {}).items()}
+    comp = next(name for name, c in comps.items() if task_name in c.get("dag", {}).get("tasks", {}))
+    source = comps[comp]["dag"]["tasks"][task_name]["inputs"]["artifacts"][key]
+    while "componentInputArtifact" in source:
+        comp, task_name = parent_of[comp]
+        source = comps[comp]["dag"]["tasks"][task_name]["inputs"]["artifacts"][source["componentInputArtifact"]]
+    out = source["taskOutputArtifact"]
+    return out["producerTask"], out["outputArtifactKey"]
+
+
+def _dag_output_producers(pipeline, comp: str, key: str) -> list[tuple[str, str]]:
+    """The container tasks (and their output keys) a DAG output artifact selects from, in order."""
+    comps = _dag_components(pipeline)
+    found = []
+    for selector in comps[comp]["dag"]["outputs"]["artifacts"][key]["artifactSelectors"]:
+        sub = comps[comp]["dag"]["tasks"][selector["producerSubtask"]]["componentRef"]["name"]
+        if "dag" in comps[sub]:
+            found += _dag_output_producers(pipeline, sub, selector["outputArtifactKey"])
+        else:
+            found.append((selector["producerSubtask"], selector["outputArtifactKey"]))
+    return found
+
+
+def test_checkpoints_arrive_as_the_producing_tasks_model_artifacts(spec):
+    """Issue 14 (lineage in the UI): every checkpoint a task consumes is an Input[Model] fed by the
+    Model output of the task that trained it, through the cache fan-out and paradigm d's branches
+    (a OneOf of the second distill task's Model and the first one's handed on); manifests stay
+    pinned-URI parameters (ingest is uncached: see components/ingest.py)."""
+    pipeline, _ = spec
+    comps = pipeline["components"]
+
+    def model_inputs(task):
+        comp = comps[_find_task(pipeline, task)["componentRef"]["name"]]
+        return {name: a["artifactType"]["schemaTitle"] for name, a in comp["inputDefinitions"]["artifacts"].items()}
+
+    def role(task):
+        return _find_task(pipeline, task)["inputs"]["parameters"]["role"]["runtimeValue"]["constant"]
+
+    assert (role("pretrain"), role("adapt"), role("pretrain-2"), role("adapt-2")) == \
+        ("teacher", "teacher", "student", "student")
+    assert model_inputs("distill") == {"teacher": "system.Model", "init": "system.Model"}
+    assert _artifact_source(pipeline, "distill", "teacher") == ("adapt", "model")  # the adapted teacher
+    assert _artifact_source(pipeline, "distill", "init") == ("adapt-2", "model")  # the adapted student
+    assert _artifact_source(pipeline, "distill-2", "init") == ("distill", "model")  # d from c
+    assert _artifact_source(pipeline, "distill-2", "teacher") == ("adapt", "model")
+    for adapt, pretrain in (("adapt", "pretrain"), ("adapt-2", "pretrain-2")):
+        assert model_inputs(adapt) == {"init": "system.Model"}
+        assert _artifact_source(pipeline, adapt, "init") == (pretrain, "model")
+    for task in ("cache-teacher-shard", "cache-teacher-index"):
+        assert model_inputs(task) == {"teacher": "system.Model"}
+        assert _artifact_source(pipeline, task, "teacher") == ("adapt", "model")
+    assert _artifact_source(pipeline, "passthrough", "model") == ("distill", "model")
+
+    # export and evaluate get the distilled student from whichever paradigm branch ran
+    distilled = _artifact_source(pipeline, "evaluate", "student_distilled")
+    assert _artifact_source(pipeline, "export", "checkpoint") == distilled
+    assert _dag_output_producers(pipeline, f"comp-{distilled[0]}", distilled[1]) == \
+        [("distill-2", "model"), ("passthrough", "distilled")]
+    assert model_inputs("evaluate") == {name: "system.Model" for name in (
+        "teacher_source_only", "teacher_adapted", "student_source_only", "student_adapted", "student_distilled",
+        "student_onnx_fp16")}
+    assert {name: _artifact_source(pipeline, "evaluate", name) for name in (
+        "teacher_source_only", "teacher_adapted", "student_source_only", "student_adapted", "student_onnx_fp16")} == {
+        "teacher_source_only": ("pretrain", "model"), "teacher_adapted": ("adapt", "model"),
+        "student_source_only": ("pretrain-2", "model"), "student_adapted": ("adapt-2", "model"),
+        "student_onnx_fp16": ("export", "onnx_model")}
+
+    # caching: a cached task's artifact inputs come from cached tasks only (an uncached producer
+    # makes new artifacts in every run, and KFP's cache key holds the input artifacts' identities)
+    cached = {name for name, _ in _inputs_of_cached_tasks(pipeline)}
+    for task in cached:
+        for key in _find_task(pipeline, task)["inputs"].get("artifacts", {}):
+            producer, output = _artifact_source(pipeline, task, key)
+            if producer.startswith("condition-branches"):
+                producers = {name for name, _ in _dag_output_producers(pipeline, f"comp-{producer}", output)}
+            else:
+                producers = {producer}
+            assert producers <= cached, (task, key, producers)
+    # ... so no cached task takes ingest's Dataset artifacts: its manifests arrive as parameters
+    for task in ("pretrain", "adapt", "cache-teacher-shard", "distill", "export", "evaluate"):
+        comp = comps[_find_task(pipeline, task)["componentRef"]["name"]]["inputDefinitions"]
+        assert not {a["artifactType"]["schemaTitle"] for a in comp.get("artifacts", {}).values()} - {"system.Model"}
+        assert {k for k in comp["parameters"] if k.endswith(("manifest", "manifests"))}, task
+
+
+def test_local_run_resolves_an_artifact_oneof_from_the_branch_that_ran():
+    """kfp.local 2.17.3 refuses a DAG output with one artifact selector per branch; `dakd run`
+    resolves it for the run the way kfp.local resolves a parameter OneOf (and the KFP backend both)."""
+    from kfp.local import io
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from dakd_core.orchestration.local_compat import artifact_oneof
+
+    outputs = pipeline_spec_pb2.DagOutputsSpec()
+    for branch, key in (("condition-3", "distill-2-model"), ("condition-4", "passthrough-distilled")):
+        outputs.artifacts["oneof"].artifact_selectors.add(producer_subtask=branch, output_artifact_key=key)
+    store = io.IOStore()
+    store.put_task_output("condition-4", "passthrough-distilled", "the first distill's model")
+    with pytest.raises(ValueError, match="Expected 1 artifact in ArtifactSelectorSpec"):
+        OrchestratorUtils.get_dag_output_artifacts(outputs, store)  # what the patch is for
+    with artifact_oneof():
+        assert OrchestratorUtils.get_dag_output_artifacts(outputs, store) == {"oneof": "the first distill's model"}
+        store.put_task_output("condition-3", "distill-2-model", "the second distill's model")
+        with pytest.raises(ValueError, match="'oneof': 2 of its branches produced an artifact"):
+            OrchestratorUtils.get_dag_output_artifacts(outputs, store)
+    with pytest.raises(ValueError, match="Expected 1 artifact"):  # put back after the run
+        OrchestratorUtils.get_dag_output_artifacts(outputs, store)
+
+
+def test_component_wrappers_read_and_write_the_pinned_uri_of_an_artifact(tmp_path):
+    """A stage's Model keeps KFP's own URI (under the pipeline root, which KFP's launcher uploads to
+    and downloads from) and carries the pinned store URI in its metadata and file; the consumer
+    reads that URI back. Paradigm a-c's branch hands the first distill task's Model on as it is."""
+    from kfp.dsl import Model
+
+    from components.distill import passthrough
+    from dakd_core.errors import DataError
+    from dakd_core.orchestration.tasks.artifacts import PINNED_URI, pinned, publish
+
+    produced = Model(name="model", uri=str(tmp_path / "model"), metadata={})  # kfp.local's: a path
+    pinned_uri = "s3://dakd/store/stages/distill/abc/best.pt#sha256=" + "0" * 64
+    publish(produced, pinned_uri, network="deeplabv2_tiny", stage="distill", paradigm="c")
+    assert produced.uri == str(tmp_path / "model") and produced.metadata == {
+        PINNED_URI: pinned_uri, "network": "deeplabv2_tiny", "stage": "distill", "paradigm": "c"}
+    assert (tmp_path / "model").read_text() == pinned_uri + "\n"
+    assert pinned(produced) == pinned_uri
+
+    handed_on = Model(name="distilled", uri=str(tmp_path / "distilled"), metadata={})
+    passthrough.python_func(model=produced, distilled=handed_on)
+    assert handed_on.metadata == produced.metadata and pinned(handed_on) == pinned_uri
+
+    with pytest.raises(DataError, match="input artifact 'foreign' has no metadata 'pinned_uri'"):
+        pinned(Model(name="foreign", uri="s3://elsewhere/model.pt", metadata={"checkpoint": "x"}))

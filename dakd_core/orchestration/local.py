@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dakd_core.errors import DakdError, StoreError
 from dakd_core.orchestration.context import environ
+from dakd_core.orchestration.local_compat import artifact_oneof
 from dakd_core.orchestration.params import RunConfig
 from dakd_core.orchestration.run_output import (
     kfp_local_shared_state,
@@ -154,7 +155,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         progress = TaskProgress(log_path, terminal, total, names)
         start = time.perf_counter()
         try:
-            with kfp_local_shared_state(), progress:
+            with kfp_local_shared_state(), artifact_oneof(), progress:
                 dakd_pipeline(**params.model_dump())
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
             failure = strip_ansi(str(e))

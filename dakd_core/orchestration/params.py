@@ -8,9 +8,12 @@ before anything runs.
 One parameter, one place: a parameter that sets a stage config field is declared with `_from`,
 which takes the field's type, bounds, description and default from the stage config (the text
 `dakd <stage> --help` prints too); dakd_core/orchestration/plan.py passes it to every stage whose
-config has the field of that name. Only what no stage field is as it stands (datasets, store and
-tracking names, the per-network and per-stage splits of one field, H and W of a size) is declared
-here with its own text.
+config has the field of that name. A parameter that is one part of a stage field (the teacher's
+or the student's batch size, one stage's iterations, the height or width of a size: `side`) takes
+the field's text with a note naming the part; plan.py maps each of those explicitly. Only what is no
+stage field (datasets, store and tracking names, networks, GPUs) and the evaluation size (its
+ExportConfig / EvalConfig fields live in modules that import torch, which `dakd compile` must not)
+is declared here with its own text.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pydantic import Field
 
 from dakd_core.config import StrictConfig, build_config, without_none
 from dakd_core.registry import PromoteConfig
-from dakd_core.train.configs import AdaptConfig, TrainConfig
+from dakd_core.train.configs import AdaptConfig, PretrainConfig, TrainConfig
 from dakd_core.train.distill_config import DistillConfig
 
 RUN_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 _STAGE_DEFAULT = object()  # `_from` without `default`: the stage field's
+SIDES = ("height", "width")  # the parts of an (H, W) size field, in its order
 
 
 def _field(default, description: str, **constraints):
@@ -41,18 +45,20 @@ class StageField:
     """The stage config field a pipeline parameter is (`_from`), kept in the parameter's metadata.
 
     `unset`: the parameter's value that leaves the field unset, so the stage takes the network's
-    recipe (a form field always has a value; None: every value is passed on). `note`: what the
-    pipeline adds to the field's description."""
+    recipe (a form field always has a value; None: every value is passed on). `side`: the part of
+    an (H, W) size field the parameter is ("height" or "width"). `note`: what the pipeline adds to
+    the field's description (after "its <side>")."""
 
     config: type[StrictConfig]
     field: str
     unset: object = None
     note: str = ""
+    side: str = ""
 
     @property
     def description(self) -> str:
-        text = self.config.model_fields[self.field].description
-        return f"{text}; {self.note}" if self.note else text
+        parts = (self.config.model_fields[self.field].description, self.side and f"its {self.side}", self.note)
+        return "; ".join(part for part in parts if part)
 
 
 def _admitting(constraint, unset):
@@ -62,23 +68,41 @@ def _admitting(constraint, unset):
     return constraint
 
 
-def _from(config: type[StrictConfig], field: str, *, default=_STAGE_DEFAULT, unset=None, note: str = ""):
+def _side(annotation, index: int) -> tuple[type, list]:
+    """Type and bounds of one side of an (H, W) size annotation: the element's own (HW's
+    PositiveInt), else > 0, what the training configs' size validators check."""
+    element = typing.get_args(annotation)[index]
+    if typing.get_origin(element) is Annotated:
+        base, *bounds = typing.get_args(element)
+        return base, bounds
+    return element, [annotated_types.Gt(0)]
+
+
+def _from(config: type[StrictConfig], field: str, *, default=_STAGE_DEFAULT, unset=None, note: str = "",
+          side: str = ""):
     """The type of a parameter that is the stage config field `config.field`: its annotation (a
     form field has a value: `T | None` is T), bounds and description, and its default unless the
     pipeline's differs (`default`; with `unset`, the default is `unset` and a Literal offers it
-    as one more choice). Used as the annotation: `lambda_kl: _from(DistillConfig, "lambda_kl")`."""
+    as one more choice). With `side` ("height" / "width"), the parameter is that side of a size
+    field: the side's type, bounds and default. Used as the annotation:
+    `lambda_kl: _from(DistillConfig, "lambda_kl")`, `crop_h: _from(TrainConfig, "crop", side="height")`."""
     info = config.model_fields[field]
     if not info.description:
         raise TypeError(f"{config.__name__}.{field} has no description: the pipeline form shows it")
-    source = StageField(config, field, unset, note)
+    if side and side not in SIDES:
+        raise TypeError(f"side {side!r} of {config.__name__}.{field}: one of {', '.join(SIDES)}")
+    source = StageField(config, field, unset, note, side)
     annotation = without_none(info.annotation)
+    bounds = info.metadata
+    if side:
+        annotation, bounds = _side(annotation, SIDES.index(side))
     if unset is not None and typing.get_origin(annotation) is Literal:
         annotation = Literal[(unset, *typing.get_args(annotation))]
     if unset is not None:
         default = unset
     elif default is _STAGE_DEFAULT:
-        default = info.default
-    constraints = [_admitting(c, unset) for c in info.metadata]
+        default = info.default[SIDES.index(side)] if side else info.default
+    constraints = [_admitting(c, unset) for c in bounds]
     return Annotated[(annotation, *constraints, Field(default, description=source.description), source)]
 
 
@@ -114,18 +138,20 @@ class PipelineParams(StrictConfig):
                                   "timm hub name (ImageNet); empty: from scratch")
     student_weights: str = _field("", "initial backbone weights of the student: a store URI of a state dict or a "
                                   "timm hub name (ImageNet); empty: from scratch")
-    # training resolution (H, W) and budgets
-    source_resize_h: int = _field(720, "height source images are resized to before cropping", gt=0)
-    source_resize_w: int = _field(1280, "width source images are resized to before cropping", gt=0)
-    target_resize_h: int = _field(512, "height target images are resized to before cropping", gt=0)
-    target_resize_w: int = _field(1024, "width target images are resized to before cropping", gt=0)
-    crop_h: int = _field(512, "height of the random training crop", gt=0)
-    crop_w: int = _field(1024, "width of the random training crop", gt=0)
-    pretrain_iterations: int = _field(20_000, "source-only training iterations of each network", gt=0)
-    adapt_iterations: int = _field(100_000, "adversarial adaptation iterations of each network", gt=0)
-    distill_iterations: int = _field(100_000, "distillation iterations (paradigm d: per stage, c then d)", gt=0)
-    teacher_batch_size: int = _field(1, "teacher training batch per GPU process", gt=0)
-    student_batch_size: int = _field(1, "student training batch per GPU process", gt=0)
+    # training resolution (H, W) and budgets: parts of one stage field each (plan.py maps them)
+    source_resize_h: _from(TrainConfig, "source_resize", side="height")
+    source_resize_w: _from(TrainConfig, "source_resize", side="width")
+    target_resize_h: _from(AdaptConfig, "target_resize", side="height")
+    target_resize_w: _from(AdaptConfig, "target_resize", side="width")
+    crop_h: _from(TrainConfig, "crop", side="height")
+    crop_w: _from(TrainConfig, "crop", side="width")
+    pretrain_iterations: _from(PretrainConfig, "iterations", default=20_000, note="source-only pretraining of each "
+                               "network")
+    adapt_iterations: _from(AdaptConfig, "iterations", default=100_000, note="adaptation of each network")
+    distill_iterations: _from(DistillConfig, "iterations", default=100_000, note="distillation (paradigm d: each "
+                              "of its stages, c then d)")
+    teacher_batch_size: _from(TrainConfig, "batch_size", note="the teacher's (pretrain, adapt)")
+    student_batch_size: _from(TrainConfig, "batch_size", note="the student's (pretrain, adapt, distill)")
     gpus_per_task: int = _field(1, "GPUs of each training task (its accelerator limit); N > 1 runs the stage as N "
                                 "torchrun processes, each with its own batch", ge=1)
     # the segmenter's recipe: "network" / 0 leave the field to each network's own (dakd_core/train/recipes.py)

@@ -41,19 +41,21 @@ class TrainConfig(StrictConfig):
     # data
     source_manifest: str = Field(..., min_length=1)  # labelled source domain (training)
     select_manifest: str | None = None  # labelled target *tuning* split for best-checkpoint selection
-    source_resize: Size | None = (720, 1280)
-    crop: Size = (512, 1024)
+    source_resize: Size | None = Field(  # None: native
+        (720, 1280), description="size (H, W) source images are resized to before the random scale and crop")
+    crop: Size = Field((512, 1024), description="size (H, W) of the random training crop")
     scale_range: tuple[float, float] = (0.75, 1.25)
     flip: bool = True
     photometric: bool = Field(
         False, description="random brightness, contrast and colour gains on labelled source images "
                            "(the first thing a practitioner tries against an appearance shift)")
     select_resize: Size | None = (512, 1024)
-    batch_size: int = Field(1, gt=0)  # per process (DDP: global batch = batch_size x world size)
+    batch_size: int = Field(1, gt=0, description="training batch of each process (DDP: the global batch is this "
+                            "times the number of processes)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes of each training process")
     # optimisation (segmenter). Fields the config leaves unset take the network's recipe
     # (dakd_core/train/recipes.py); the defaults below are the paper's SGD recipe.
-    iterations: int = Field(250_000, gt=0)
+    iterations: int = Field(250_000, gt=0, description="training iterations (optimiser steps) of the stage")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="segmenter optimiser (heads at 10x lr with sgd)")
     lr: float = Field(2.5e-4, gt=0, le=MAX_LR, description="base learning rate of the segmenter")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
@@ -119,7 +121,8 @@ class AdaptConfig(TrainConfig):
     source_manifest: str | None = Field(None, min_length=1)
     init: str = Field(..., min_length=1)  # checkpoint URI (usually the pretrain stage's best.pt)
     target_manifest: str = Field(..., min_length=1)  # unlabelled target training images
-    target_resize: Size | None = (512, 1024)
+    target_resize: Size | None = Field(  # None: native
+        (512, 1024), description="size (H, W) target images are resized to before cropping")
     bn_statistics: Literal["target", "both"] = Field(
         "target", description="whose batches update the BatchNorm running statistics that evaluation and "
         "export use: 'target' (source batches are normalised with their own statistics but leave the "
