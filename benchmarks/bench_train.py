@@ -4,7 +4,7 @@ Both sides train the same network from the same seed on the same images (batch, 
 stage's optimiser and schedule (the network's recipe), CE on the main and aux heads and, on CUDA,
 float16 autocast with a GradScaler (dakd's AMP). Both read and decode the same PNG files every
 step through a DataLoader with the same worker count (the limit: a minimal torch Dataset, PIL
-decode, normalise, random flip; reading the data is part of a step's work, and on 2 cores a
+decode, normalise, random flip, channels-last layout; reading the data is part of a step's work, and on 2 cores a
 DataLoader worker takes cycles from the training threads); dakd adds its store layer, scale/crop
 augmentation, the NaN guard, MLflow logging and its final checkpoint. Rates vary 20-30% run to
 run on shared machines, so both are measured in one run, alternating bare / dakd / bare, and the
@@ -65,7 +65,8 @@ def bare_rate(cfg: PretrainConfig, device) -> float:
     """Steps/s of the plain loop: the same PNGs through a DataLoader with the stage's worker count,
     the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler."""
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=cfg.num_classes).to(device).train()
+    # channels-last images and weights: the fastest layout known for these convolutions (dakd's too)
+    model = create_model(cfg.model, num_classes=cfg.num_classes).to(device, memory_format=torch.channels_last).train()
     opt = engine.build_optimizer(cfg, model)
     sched = engine.lr_schedule(opt, cfg.iterations, cfg.schedule, cfg.poly_power, cfg.warmup_iterations)
     amp = engine.amp_enabled(cfg, device)  # dakd's steps run under AMP on CUDA: so does the limit
@@ -81,7 +82,8 @@ def bare_rate(cfg: PretrainConfig, device) -> float:
         except StopIteration:
             batches = iter(loader)
             continue
-        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        image = image.to(device, memory_format=torch.channels_last, non_blocking=True)
+        label = label.to(device, non_blocking=True)
         with engine.autocast(device, amp):
             out = model(image)
         loss = segmentation_loss(out.main, label) + cfg.aux_weight * segmentation_loss(out.aux, label)

@@ -1,0 +1,123 @@
+"""Preset choices of `dakd bench results`, measured on the target TUNE split (never val), one seed
+outside the reported 0-2:
+
+- `distill`: paradigm (c) at several distillation budgets and lambda_target values, and (b), from
+  the seed's adapted teacher and student (the bench's own stages, reused when already trained);
+- `sfda`: source-free SFDA from the seed's source-only student at several segmenter / generator /
+  discriminator learning rates.
+
+    python benchmarks/tune_choices.py distill --out .dakd/tune --seed 10 --budgets 150,250
+    python benchmarks/tune_choices.py sfda --out .dakd/tune --seed 10 --iterations 100
+
+Prints {row: tune mIoU (%)} and writes it to OUT/tune_<what>_seed<seed>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+SFDA_VARIANTS = {
+    "paper": {},  # the networks' lr, G and D at the paper's Adam lr 0.1
+    "seg_lr_1e-3": {"lr": 1e-3},
+    "gd_lr_1e-3": {"sfda_g_lr": 1e-3, "sfda_d_lr": 1e-3},
+}
+
+
+def _setup(out: Path, size: str):
+    from dakd_core.bench import results as R
+
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out.resolve()}/mlruns.db")
+    store = (out.resolve() / "store").as_uri()
+    preset = R.PRESETS[size]
+    cached = out / "manifests.json"
+    if cached.exists():
+        manifests = json.loads(cached.read_text())
+    else:
+        manifests = R.prepare_data(preset, out, store)
+        cached.write_text(json.dumps(manifests))
+    return R, preset, store, manifests
+
+
+def _tune_miou(preset, manifests, uris: dict[str, str]) -> dict[str, float]:
+    import torch
+
+    from dakd_core.data.dataset import ManifestDataset
+    from dakd_core.models.checkpoint import load_model
+    from dakd_core.train.engine import evaluate_miou
+
+    tune = ManifestDataset(manifests["tune"], train=False, with_labels=True, resize=(preset.height, preset.width))
+    return {k: round(100 * evaluate_miou(load_model(u)[0], tune, 19, torch.device("cpu"), False), 2)
+            for k, u in uris.items()}
+
+
+def tune_distill(out: Path, size: str, seed: int, budgets: list[int], lambdas: list[float]) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size)
+    base = [r for r in R.ROWS if r.key in ("teacher_source_only", "student_source_only", "teacher_adapted",
+                                           "student_adapted")]
+    ckpt: dict[str, str] = {}
+    for its in budgets:
+        rows = base + [R.Row(f"c{its}_lt{lt:g}", "paradigm", "", {"paradigm": "c", "lambda_target": lt})
+                       for lt in lambdas]
+        rows.append(R.Row(f"b{its}", "paradigm", "", {"paradigm": "b"}))
+        ckpt.update(R.run_seed(dataclasses.replace(preset, it_distill=its), seed, manifests, store, "cpu", rows))
+    return _tune_miou(preset, manifests, ckpt)
+
+
+def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[str]) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size)
+    from dakd_core.train import adapt
+    from dakd_core.train.configs import AdaptConfig
+
+    rows = [r for r in R.ROWS if r.key in ("teacher_source_only", "student_source_only")]
+    init = R.run_seed(preset, seed, manifests, store, "cpu", rows)["student_source_only"]
+    hw = (preset.height, preset.width)
+    uris = {"source_only": init}
+    for name in variants:
+        fields = dict(
+            select_manifest=manifests["tune"], target_manifest=manifests["target"], source_manifest=None, crop=hw,
+            target_resize=hw, select_resize=hw, batch_size=preset.batch_size, num_workers=0, lr=preset.lr,
+            seed=seed, device="cpu", eval_every=max(1, iterations // 2), checkpoint_every=10**6,
+            log_every=iterations, d_ndf=preset.d_ndf, model=preset.student, iterations=iterations, init=init,
+            method="sfda", out=f"{store}/runs/seed{seed}/sfda_{name}_{iterations}")
+        uris[name] = R._train(adapt, AdaptConfig(**(fields | SFDA_VARIANTS[name])))
+    return _tune_miou(preset, manifests, uris)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("distill", "sfda"))
+    p.add_argument("--out", default=".dakd/tune")
+    p.add_argument("--size", default="results")
+    p.add_argument("--seed", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budgets", default="150,250", help="distill: distillation iterations")
+    p.add_argument("--lambda-target", default="1,2,3", help="distill: lambda_target values of paradigm c")
+    p.add_argument("--iterations", type=int, default=100, help="sfda: adaptation iterations")
+    p.add_argument("--variants", default=",".join(SFDA_VARIANTS), help="sfda: " + ", ".join(SFDA_VARIANTS))
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("DAKD_NO_PROGRESS", "1")
+    out = Path(args.out)
+    if args.what == "distill":
+        res = tune_distill(out, args.size, args.seed, [int(b) for b in args.budgets.split(",")],
+                           [float(x) for x in args.lambda_target.split(",")])
+    else:
+        unknown = set(args.variants.split(",")) - set(SFDA_VARIANTS)
+        if unknown:
+            p.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+        res = tune_sfda(out, args.size, args.seed, args.iterations, args.variants.split(","))
+    print(json.dumps(res, indent=1))
+    (out / f"tune_{args.what}_seed{args.seed}.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
