@@ -355,9 +355,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def channels_last(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` on `device` with its 4-D weights in channels-last (NHWC) layout. Same arithmetic; on
-    the CPU (oneDNN) a training step of the CPU-scale networks is 16-32 % faster with NHWC inputs
-    and weights (swiftnet_tiny 0.108 -> 0.073 s, swiftnet_thin 0.281 -> 0.237 s per batch-8 step,
-    1 thread), and on the GPU it is the layout AMP's tensor-core convolutions want."""
+    the CPU (oneDNN) a training step of the CPU-scale networks is faster with NHWC inputs and
+    weights (`benchmarks/bench_layout.py`, batch 8 at 64x128, 1 thread: swiftnet_tiny 0.092 -> 0.084 s,
+    swiftnet_thin 0.264 -> 0.209 s), and on the GPU it is the layout AMP's tensor-core convolutions want."""
     return module.to(device, memory_format=torch.channels_last)
 
 
