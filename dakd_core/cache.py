@@ -238,9 +238,10 @@ def _teacher_forward(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str
 def load_frozen_teacher(uri: str, device: torch.device) -> torch.nn.Module:
     """The teacher in eval mode with gradients off: BatchNorm statistics can never move."""
     from dakd_core.models.checkpoint import load_model
+    from dakd_core.train.engine import channels_last
 
     teacher, _meta = load_model(uri, map_location=device)
-    teacher.to(device, memory_format=torch.channels_last).eval()  # the layout of the training batches
+    channels_last(teacher, device).eval()  # the layout of the training batches
     teacher.requires_grad_(False)
     return teacher
 

@@ -76,7 +76,7 @@ PRESETS = {
     # (benchmarks/bare_loop.py, docs/learning.md).
     # Distillation 150 iterations per row (it was 250): fourteen distillation rows per seed are
     # the table's largest cost; on the tune split (seed 10) (c) scored 47.50 at 150 and 48.11 at
-    # 250 from an adapted student at 47.58 (docs/results.md, "Choosing the settings").
+    # 250 from an adapted student at 47.58 (benchmarks/tune_choices.py distill; docs/results.md's notes).
     "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 150,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
                              lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25),
