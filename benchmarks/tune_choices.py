@@ -4,10 +4,14 @@ outside the reported 0-2:
 - `distill`: paradigm (c) at several distillation budgets and lambda_target values, and (b), from
   the seed's adapted teacher and student (the bench's own stages, reused when already trained);
 - `sfda`: source-free SFDA from the seed's source-only student at several segmenter / generator /
-  discriminator learning rates.
+  discriminator learning rates;
+- `dscale`: the discriminators' input size (AdaptConfig.d_input_scale: 1 = AdaptSegNet's image size,
+  0.5 = the CPU networks' stride-2 logit grid): teacher and student adapted, then paradigm (c), from
+  one pair of source-only networks, with each variant's seconds per adaptation / distillation step.
 
     python benchmarks/tune_choices.py distill --out .dakd/tune --seed 10 --budgets 150,250
     python benchmarks/tune_choices.py sfda --out .dakd/tune --seed 10 --iterations 100
+    python benchmarks/tune_choices.py dscale --out .dakd/tune --seed 10 --scales 1,0.5
 
 Prints {row: tune mIoU (%)} and writes it to OUT/tune_<what>_seed<seed>.json.
 """
@@ -89,9 +93,33 @@ def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[s
     return _tune_miou(preset, manifests, uris)
 
 
+def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size)
+    source_only = ("teacher_source_only", "student_source_only")
+    rows = [r for r in R.ROWS if r.key in source_only + ("teacher_adapted", "student_adapted", "paradigm_c")]
+    res: dict[str, float] = {}
+    given: dict[str, str] = {}  # the first variant trains the source-only pair, the others reuse it
+    for scale in scales:
+        variant = f"{store}/dscale{scale:g}"
+        ckpt = R.run_seed(dataclasses.replace(preset, d_input_scale=scale), seed, manifests, variant, "cpu", rows,
+                          given=given)
+        given = {k: ckpt[k] for k in source_only}
+        res.update({f"{k}@{scale:g}": v for k, v in _tune_miou(preset, manifests, ckpt).items()
+                    if k not in given})
+        for stage in ("adapt_teacher", "adapt_student", "distill_paradigm_c"):
+            metrics = json.loads(Path(_local(f"{variant}/runs/seed{seed}/{stage}/result.json")).read_text())["metrics"]
+            res[f"s_per_step/{stage}@{scale:g}"] = round(1 / metrics["steps_per_second"], 3)
+    res.update(_tune_miou(preset, manifests, given))
+    return res
+
+
+def _local(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("distill", "sfda"))
+    p.add_argument("what", choices=("distill", "sfda", "dscale"))
     p.add_argument("--out", default=".dakd/tune")
     p.add_argument("--size", default="results")
     p.add_argument("--seed", type=int, default=10)
@@ -100,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-target", default="1,2,3", help="distill: lambda_target values of paradigm c")
     p.add_argument("--iterations", type=int, default=100, help="sfda: adaptation iterations")
     p.add_argument("--variants", default=",".join(SFDA_VARIANTS), help="sfda: " + ", ".join(SFDA_VARIANTS))
+    p.add_argument("--scales", default="1,0.5", help="dscale: discriminator input scales")
     args = p.parse_args(argv)
     import torch
 
@@ -109,6 +138,8 @@ def main(argv=None) -> int:
     if args.what == "distill":
         res = tune_distill(out, args.size, args.seed, [int(b) for b in args.budgets.split(",")],
                            [float(x) for x in args.lambda_target.split(",")])
+    elif args.what == "dscale":
+        res = tune_dscale(out, args.size, args.seed, [float(x) for x in args.scales.split(",")])
     else:
         unknown = set(args.variants.split(",")) - set(SFDA_VARIANTS)
         if unknown:

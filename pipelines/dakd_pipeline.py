@@ -154,6 +154,7 @@ def dakd_pipeline(
     lambda_adv_main: float = _D.lambda_adv_main,
     lambda_adv_aux: float = _D.lambda_adv_aux,
     discriminator_width: int = _D.discriminator_width,
+    discriminator_input_scale: float = _D.discriminator_input_scale,
     paradigm: str = _D.paradigm,
     lambda_kl: float = _D.lambda_kl,
     lambda_kl_aux: float = _D.lambda_kl_aux,

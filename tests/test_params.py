@@ -27,6 +27,7 @@ MIRRORS = {
     "num_workers": (TrainConfig, "num_workers"), "seed": (TrainConfig, "seed"),
     "adaptation_method": (AdaptConfig, "method"), "lambda_adv_main": (AdaptConfig, "lambda_adv_main"),
     "lambda_adv_aux": (AdaptConfig, "lambda_adv_aux"), "discriminator_width": (AdaptConfig, "d_ndf"),
+    "discriminator_input_scale": (AdaptConfig, "d_input_scale"),
     "distill_adversarial_method": (DistillConfig, "method"), "promotion_min_gain": (PromoteConfig, "min_gain"),
     **{name: (DistillConfig, name) for name in (
         "paradigm", "lambda_kl", "lambda_kl_aux", "lambda_mse", "lambda_pseudo", "lambda_target", "temperature",

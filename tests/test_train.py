@@ -132,6 +132,21 @@ def test_adapt_alternates_generator_and_discriminators(data, pretrained, tmp_pat
         assert 0 < result.metrics[f"train/{term}"] < 10
 
 
+def test_discriminators_see_maps_at_d_input_scale_of_the_crop():
+    base = dict(source_manifest="file:///s.parquet", target_manifest="file:///t.parquet", init="file:///i.pt",
+                out="file:///o", model="deeplabv2_tiny", crop=(64, 128))
+    logits = torch.randn(2, 19, 32, 64)
+    dist = engine.Dist(rank=0, world_size=1, device=torch.device("cpu"))
+    full = adapt.OutputSpaceAdversary(AdaptConfig(**base), dist)._input(logits, (64, 128))
+    half = adapt.OutputSpaceAdversary(AdaptConfig(**base, d_input_scale=0.5), dist)._input(logits, (64, 128))
+    # AdaptSegNet: upsampled to the crop; at 0.5 the stride-2 logits are already the size: no resampling
+    assert full.shape == (2, 19, 64, 128) and half.shape == (2, 19, 32, 64)
+    assert torch.allclose(half, logits.softmax(1))
+    assert torch.allclose(full[..., ::2, ::2].sum(1), torch.ones(2, 32, 64))
+    with pytest.raises(ConfigError, match="d_input_scale"):
+        build_config(AdaptConfig, None, **base, d_input_scale=0)
+
+
 def test_adapt_resume_from_an_earlier_checkpoint_is_exact(data, pretrained, tmp_path):
     fields = tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
                          init=pretrained.last_checkpoint_uri, iterations=4, num_workers=1)

@@ -47,6 +47,7 @@ class ResultsPreset:
     target_augment: bool = True  # random scale + flip on target crops during distillation
     gate_max_images: int = 16
     d_ndf: int = 64  # discriminator width (AdaptSegNet 64); narrower keeps D below the student's cost on CPU
+    d_input_scale: float = 1.0  # maps resized to this fraction of the crop for the discriminators (AdaptConfig)
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
     realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
     shift: float = 0.45  # target appearance shift (dakd synth --shift)
@@ -65,7 +66,7 @@ PRESETS = {
     # a few minutes per seed on 2 CPU cores
     "demo": ResultsPreset(128, 64, 100, 100, 12, 24, "swiftnet_thin", "swiftnet_tiny", 300, 150, 100,
                           batch_size=8, eval_every=50, d_ndf=16, n_weather=4, lambda_adv_main=1e-2,
-                          lambda_adv_aux=2e-3),
+                          lambda_adv_aux=2e-3, d_input_scale=0.5),
     # the published table (docs/results.md), 3 seeds in 3 processes on 2 CPU cores: under an hour.
     # The CPU-scale pair decodes to stride 2 (at stride 8 the 16x8 logits of 128x64 inputs cap
     # mIoU near 50 %); AdamW + cosine at lr 1e-2 (their recipe); a 16-wide discriminator (at
@@ -77,9 +78,12 @@ PRESETS = {
     # Distillation 150 iterations per row (it was 250): fourteen distillation rows per seed are
     # the table's largest cost; on the tune split (seed 10) (c) scored 47.50 at 150 and 48.11 at
     # 250 from an adapted student at 47.58 (benchmarks/tune_choices.py distill; docs/results.md's notes).
+    # The discriminators see the stride-2 logits as they are (d_input_scale 0.5), not upsampled to
+    # the crop: on tune (seeds 10, 11) the same mIoU within noise at 0.60x the adaptation step and
+    # 0.57x the distillation step (benchmarks/tune_choices.py dscale; docs/adapt_methods.md).
     "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 150,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
-                             lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25),
+                             lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25, d_input_scale=0.5),
 }
 
 
@@ -219,8 +223,10 @@ def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
 
 
 def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, device: str,
-             rows=ROWS) -> dict[str, str]:
-    """Train every row of one seed; returns {row key: checkpoint URI} (best on the tune split)."""
+             rows=ROWS, given: dict[str, str] | None = None) -> dict[str, str]:
+    """Train every row of one seed under STORE/runs/seed<seed>; returns {row key: checkpoint URI}
+    (best on the tune split). Rows in `given` (key -> URI) are taken, not trained: variants of the
+    later stages (each in its own store) can share one pair of source-only networks."""
     from dakd_core.cache import CacheConfig, run_cache
     from dakd_core.train import adapt, distill, pretrain
     from dakd_core.train.configs import AdaptConfig, PretrainConfig
@@ -234,12 +240,14 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         eval_every=p.eval_every, checkpoint_every=10**6, log_every=p.eval_every,
     )
     adapt_common = dict(common, target_manifest=manifests["target"], target_resize=hw, d_ndf=p.d_ndf,
-                        lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux)
-    ckpt: dict[str, str] = {}
+                        lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux,
+                        d_input_scale=p.d_input_scale)
+    ckpt: dict[str, str] = dict(given or {})
     it_student = p.it_pretrain_student or p.it_pretrain
     for role, net, its in (("teacher", p.teacher, p.it_pretrain), ("student", p.student, it_student)):
-        ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
-            **common, model=net, iterations=its, out=f"{runs}/pretrain_{role}"))
+        if f"{role}_source_only" not in ckpt:
+            ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
+                **common, model=net, iterations=its, out=f"{runs}/pretrain_{role}"))
     keys = {row.key for row in rows}
     if "student_photometric" in keys:
         ckpt["student_photometric"] = _train(pretrain, PretrainConfig(
@@ -298,8 +306,8 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
     mIoU per weather condition of WEATHER_ROWS when the preset renders a weather target."""
     from dakd_core.evaluation.evaluate import EvalConfig, run
 
-    def evaluate(keys, manifest, name):
-        cfg = EvalConfig(models=[f"{k}={ckpt[k]}" for k in keys], manifest=manifest,
+    def evaluate(keys, manifest, name, uris=ckpt):
+        cfg = EvalConfig(models=[f"{k}={uris[k]}" for k in keys], manifest=manifest,
                          out=str(out / f"{name}_seed{seed}"), resolution=(p.height, p.width), device=device,
                          grid_samples=0, log_mlflow=False)
         return run(cfg).metrics["models"]
@@ -308,12 +316,26 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
     rows = {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
                 "num_parameters": m["num_parameters"]} for k, m in models.items()}
     if "source_val" in manifests:
-        for k, m in evaluate([k for k in SOURCE_VAL_ROWS if k in ckpt], manifests["source_val"], "source_val").items():
-            rows[k]["source_val_miou"] = m["miou"]
+        # the checkpoint the row reports (selected on the target tune split) and the network at the
+        # end of its source training: the second says whether it learned its own domain
+        keys = [k for k in SOURCE_VAL_ROWS if k in ckpt]
+        uris = {**ckpt, **{f"{k}@last": last_checkpoint(ckpt[k]) for k in keys}}
+        for k, m in evaluate(keys + [f"{k}@last" for k in keys], manifests["source_val"], "source_val", uris).items():
+            row, _, last = k.partition("@")
+            rows[row]["source_val_last_miou" if last else "source_val_miou"] = m["miou"]
     if "weather" in manifests:
         for k, m in evaluate([k for k in WEATHER_ROWS if k in ckpt], manifests["weather"], "weather").items():
             rows[k]["weather"] = {c: v["miou"] for c, v in m["per_condition"].items()}
     return rows
+
+
+def last_checkpoint(best_uri: str) -> str:
+    """The last checkpoint of the training stage whose best checkpoint is `best_uri` (its result.json)."""
+    from dakd_core.storage import open_store
+    from dakd_core.train.engine import RESULT
+
+    stage_dir = best_uri.rsplit("/", 1)[0]
+    return json.loads(open_store(stage_dir).get_bytes(RESULT))["last_checkpoint_uri"]
 
 
 def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,

@@ -36,7 +36,8 @@ class Discriminator(nn.Module):
         if min(x.shape[-2:]) < self.MIN_SIZE:
             raise TrainingError(
                 f"discriminator input {tuple(x.shape[-2:])} is smaller than {self.MIN_SIZE} pixels; "
-                "upsample the prediction to the image size first"
+                "upsample the prediction towards the image size first (AdaptConfig.d_input_scale: the fraction "
+                "of the crop the maps are resized to)"
             )
         return self.net(x)
 

@@ -169,6 +169,7 @@ class PipelineParams(StrictConfig):
     lambda_adv_aux: _from(AdaptConfig, "lambda_adv_aux")
     # On CPU a 64-wide D costs more than a small student.
     discriminator_width: _from(AdaptConfig, "d_ndf")
+    discriminator_input_scale: _from(AdaptConfig, "d_input_scale")
     # distillation (DAKD)
     paradigm: _from(DistillConfig, "paradigm", default="d")
     lambda_kl: _from(DistillConfig, "lambda_kl")

@@ -60,7 +60,8 @@ def _training(p: PipelineParams, role: str, iterations: int, config: type) -> di
 
 def _adversarial(p: PipelineParams, method: str) -> dict:
     """AdaptConfig fields whose parameters are named otherwise (or are H and W)."""
-    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method, d_ndf=p.discriminator_width)
+    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method, d_ndf=p.discriminator_width,
+                d_input_scale=p.discriminator_input_scale)
 
 
 def _distill(p: PipelineParams, paradigm: str) -> dict:

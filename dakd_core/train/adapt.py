@@ -115,6 +115,9 @@ class OutputSpaceAdversary:
             s.step()
 
     def _input(self, logits: torch.Tensor, size) -> torch.Tensor:
+        scale = self.cfg.d_input_scale
+        if scale != 1:
+            size = (round(size[0] * scale), round(size[1] * scale))
         return discriminator_input(logits, self.cfg.discriminator_input, size)
 
 

@@ -133,6 +133,10 @@ class AdaptConfig(TrainConfig):
     d_lr: float = Field(1e-4, gt=0, le=MAX_LR)
     d_betas: tuple[float, float] = (0.9, 0.99)
     d_ndf: int = Field(64, gt=0, description="channels of the discriminators' first layer (AdaptSegNet: 64)")
+    d_input_scale: float = Field(
+        1.0, gt=0, le=1, description="the discriminators see the output maps resized to this fraction of the "
+        "training crop (AdaptSegNet: 1, the image size, which stride-8 logits need); 0.5 suits networks whose "
+        "logits are at stride 2: the same maps, a quarter of the discriminators' work")
     # ROAD (seed 003): L = L_seg + road_lambda_dist * L_dist + road_lambda_spt * L_spt, rows x cols regions
     road_lambda_dist: float = Field(0.1, ge=0)
     road_lambda_spt: float = Field(0.01, ge=0)
