@@ -100,7 +100,10 @@ def cache_teacher_fanout(config: str, teacher: Input[Model], source_manifest: st
     inputs = dict(config=config, teacher=teacher, manifests=[source_manifest, target_manifest],
                   num_shards=CACHE_SHARDS,
                   store_uri=store_uri, experiment=experiment, kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
-    with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards") as shard:
+    # On a laptop (`dakd run`) the shards run one at a time: side by side, two-thread torch
+    # processes on two cores slowed each other's forward 4-6x with OpenMP's spinning threads.
+    local = os.environ.get(LOCAL_RUN_ENV) == "1"
+    with dsl.ParallelFor(list(range(CACHE_SHARDS)), name="cache-shards", parallelism=1 if local else None) as shard:
         slice_task = _gpu(cache_teacher_shard(shard_index=shard, **inputs), cpu="4", memory="24Gi")
         slice_task.set_display_name("cache-teacher shard")
     # the fan-in merges shard indices: CPU, retried like the shards (store errors)

@@ -79,8 +79,9 @@ PRESETS = {
     # the table's largest cost; on the tune split (seed 10) (c) scored 47.50 at 150 and 48.11 at
     # 250 from an adapted student at 47.58 (benchmarks/tune_choices.py distill; docs/results.md's notes).
     # The discriminators see the stride-2 logits as they are (d_input_scale 0.5), not upsampled to
-    # the crop: on tune (seeds 10, 11) the same mIoU within noise at 0.60x the adaptation step and
-    # 0.57x the distillation step (benchmarks/tune_choices.py dscale; docs/adapt_methods.md).
+    # the crop: on tune (seeds 10, 11) the same mIoU within noise; on seed 10 the student's
+    # adaptation step took 0.60x and distillation's 0.58x the time (benchmarks/tune_choices.py
+    # dscale; docs/methods.md, "What the discriminators see").
     "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 150,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
                              lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25, d_input_scale=0.5),

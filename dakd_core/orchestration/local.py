@@ -97,7 +97,10 @@ def tracking_uri_for(out: Path) -> tuple[str, bool]:
 
 def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
     """Environment the task subprocesses inherit: where MLflow lives, where each task records its
-    seconds (the overhead report), quiet bars, one BLAS pool."""
+    seconds (the overhead report), quiet bars. OpenMP keeps its default (spinning) wait policy:
+    kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
+    PASSIVE made a two-thread training step 1.8x slower (`OMP_WAIT_POLICY=PASSIVE python
+    benchmarks/bench_layout.py --threads 2`: swiftnet_tiny 0.0956 s against 0.0523 s)."""
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
         ENV_TIMINGS_URI: timings_uri,
@@ -105,12 +108,7 @@ def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
         "DAKD_SYSTEM_METRICS": os.environ.get("DAKD_SYSTEM_METRICS", "0"),
-        "DAKD_LOCAL_RUN": "1",  # read by pipelines/dakd_pipeline.py: no retries locally
-        # kfp.local runs independent tasks and the cache shards side by side: with OpenMP's default
-        # spin-waiting, N two-thread torch processes on two cores slowed a forward 4-6x (measured:
-        # 3 processes, swiftnet_thin batch 8, 0.32-0.58 s spinning vs 0.08-0.10 s passive; one
-        # process alone: 0.056 s active vs 0.044 s passive). Threads that wait sleep instead.
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "DAKD_LOCAL_RUN": "1",  # read by pipelines/dakd_pipeline.py: no retries, shards one at a time
     }
 
 
