@@ -107,14 +107,10 @@ def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[st
         res.update({f"{k}@{scale:g}": v for k, v in _tune_miou(preset, manifests, ckpt).items()
                     if k not in given})
         for stage in ("adapt_teacher", "adapt_student", "distill_paradigm_c"):
-            metrics = json.loads(Path(_local(f"{variant}/runs/seed{seed}/{stage}/result.json")).read_text())["metrics"]
+            metrics = R.stage_result(f"{variant}/runs/seed{seed}/{stage}")["metrics"]
             res[f"s_per_step/{stage}@{scale:g}"] = round(1 / metrics["steps_per_second"], 3)
     res.update(_tune_miou(preset, manifests, given))
     return res
-
-
-def _local(uri: str) -> str:
-    return uri.removeprefix("file://")
 
 
 def main(argv=None) -> int:

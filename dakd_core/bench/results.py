@@ -170,16 +170,21 @@ class ResultsRun:
     groups: tuple[str, ...] | None = None  # row groups to run (select_rows); None: every row
 
 
-def _done(out_uri: str, cfg) -> str | None:
-    """The best checkpoint of a finished identical run under `out_uri`, else None."""
+def stage_result(out_uri: str) -> dict | None:
+    """The published `result.json` of the training stage at `out_uri`, or None if it has not finished."""
     from dakd_core.storage import open_store
-    from dakd_core.train.engine import RESULT, config_hash
+    from dakd_core.train.engine import RESULT
 
     store = open_store(out_uri)
-    if not store.exists(RESULT):
-        return None
-    doc = json.loads(store.get_bytes(RESULT))
-    return doc["best_checkpoint_uri"] if doc.get("config_hash") == config_hash(cfg) else None
+    return json.loads(store.get_bytes(RESULT)) if store.exists(RESULT) else None
+
+
+def _done(out_uri: str, cfg) -> str | None:
+    """The best checkpoint of a finished identical run under `out_uri`, else None."""
+    from dakd_core.train.engine import config_hash
+
+    doc = stage_result(out_uri)
+    return doc["best_checkpoint_uri"] if doc and doc.get("config_hash") == config_hash(cfg) else None
 
 
 def _train(module, cfg) -> str:
@@ -332,11 +337,7 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
 
 def last_checkpoint(best_uri: str) -> str:
     """The last checkpoint of the training stage whose best checkpoint is `best_uri` (its result.json)."""
-    from dakd_core.storage import open_store
-    from dakd_core.train.engine import RESULT
-
-    stage_dir = best_uri.rsplit("/", 1)[0]
-    return json.loads(open_store(stage_dir).get_bytes(RESULT))["last_checkpoint_uri"]
+    return stage_result(best_uri.rsplit("/", 1)[0])["last_checkpoint_uri"]
 
 
 def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,
