@@ -5,11 +5,15 @@ outside the reported 0-2:
   the seed's adapted teacher and student (the bench's own stages, reused when already trained);
 - `sfda`: source-free SFDA from the seed's source-only student at several segmenter / generator /
   discriminator learning rates;
+- `distill-field`: paradigms (b) and (c) at several values of one DistillConfig field, e.g. the
+  distillation lr (the student restarts from its adapted checkpoint with a fresh optimiser, so the
+  networks' lr 1e-2 re-warms it) or the pseudo-label confidence threshold;
 - `dscale`: the discriminators' input size (AdaptConfig.d_input_scale: 1 = AdaptSegNet's image size,
   0.5 = the CPU networks' stride-2 logit grid): teacher and student adapted, then paradigm (c), from
   one pair of source-only networks, with each variant's seconds per adaptation / distillation step.
 
     python benchmarks/tune_choices.py distill --out .dakd/tune --seed 10 --budgets 150,250
+    python benchmarks/tune_choices.py distill-field --out .dakd/tune --seed 10 --field lr --values 0.01,0.003
     python benchmarks/tune_choices.py sfda --out .dakd/tune --seed 10 --iterations 100
     python benchmarks/tune_choices.py dscale --out .dakd/tune --seed 10 --scales 1,0.5
 
@@ -32,7 +36,7 @@ SFDA_VARIANTS = {
 }
 
 
-def _setup(out: Path, size: str):
+def _setup(out: Path, size: str, under: str = ""):
     from dakd_core.bench import results as R
 
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,8 @@ def _setup(out: Path, size: str):
     else:
         manifests = R.prepare_data(preset, out, store)
         cached.write_text(json.dumps(manifests))
-    return R, preset, store, manifests
+    # UNDER (e.g. dscale0.5): train under OUT/store/UNDER, reusing the stages another run left there
+    return R, preset, f"{store}/{under}" if under else store, manifests
 
 
 def _tune_miou(preset, manifests, uris: dict[str, str]) -> dict[str, float]:
@@ -73,8 +78,17 @@ def tune_distill(out: Path, size: str, seed: int, budgets: list[int], lambdas: l
     return _tune_miou(preset, manifests, ckpt)
 
 
-def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[str]) -> dict[str, float]:
-    R, preset, store, manifests = _setup(out, size)
+def tune_distill_field(out: Path, size: str, seed: int, field: str, values: list[float],
+                       under: str) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size, under)
+    rows = [r for r in R.ROWS if r.key in ("teacher_source_only", "student_source_only", "teacher_adapted",
+                                           "student_adapted")]
+    rows += [R.Row(f"{par}_{field}{v:g}", "paradigm", "", {"paradigm": par, field: v}) for v in values for par in "bc"]
+    return _tune_miou(preset, manifests, R.run_seed(preset, seed, manifests, store, "cpu", rows))
+
+
+def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[str], under: str) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size, under)
     from dakd_core.train import adapt
     from dakd_core.train.configs import AdaptConfig
 
@@ -90,7 +104,11 @@ def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[s
             log_every=iterations, d_ndf=preset.d_ndf, model=preset.student, iterations=iterations, init=init,
             method="sfda", out=f"{store}/runs/seed{seed}/sfda_{name}_{iterations}")
         uris[name] = R._train(adapt, AdaptConfig(**(fields | SFDA_VARIANTS[name])))
-    return _tune_miou(preset, manifests, uris)
+    res = _tune_miou(preset, manifests, uris)
+    for name in variants:
+        metrics = R.stage_result(f"{store}/runs/seed{seed}/sfda_{name}_{iterations}")["metrics"]
+        res[f"s_per_step/{name}"] = round(1 / metrics["steps_per_second"], 3)
+    return res
 
 
 def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[str, float]:
@@ -115,13 +133,16 @@ def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[st
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("distill", "sfda", "dscale"))
+    p.add_argument("what", choices=("distill", "distill-field", "sfda", "dscale"))
     p.add_argument("--out", default=".dakd/tune")
     p.add_argument("--size", default="results")
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budgets", default="150,250", help="distill: distillation iterations")
     p.add_argument("--lambda-target", default="1,2,3", help="distill: lambda_target values of paradigm c")
+    p.add_argument("--field", default="lr", help="distill-field: a DistillConfig field")
+    p.add_argument("--values", default="0.01,0.003,0.001", help="distill-field: the field's values")
+    p.add_argument("--under", default="", help="train under OUT/store/UNDER (reuse the stages another run left there)")
     p.add_argument("--iterations", type=int, default=100, help="sfda: adaptation iterations")
     p.add_argument("--variants", default=",".join(SFDA_VARIANTS), help="sfda: " + ", ".join(SFDA_VARIANTS))
     p.add_argument("--scales", default="1,0.5", help="dscale: discriminator input scales")
@@ -134,15 +155,20 @@ def main(argv=None) -> int:
     if args.what == "distill":
         res = tune_distill(out, args.size, args.seed, [int(b) for b in args.budgets.split(",")],
                            [float(x) for x in args.lambda_target.split(",")])
+    elif args.what == "distill-field":
+        res = tune_distill_field(out, args.size, args.seed, args.field,
+                                 [int(x) if x.isdigit() else float(x) for x in args.values.split(",")],
+                                 args.under)
     elif args.what == "dscale":
         res = tune_dscale(out, args.size, args.seed, [float(x) for x in args.scales.split(",")])
     else:
         unknown = set(args.variants.split(",")) - set(SFDA_VARIANTS)
         if unknown:
             p.error(f"--variants: unknown {', '.join(sorted(unknown))}")
-        res = tune_sfda(out, args.size, args.seed, args.iterations, args.variants.split(","))
+        res = tune_sfda(out, args.size, args.seed, args.iterations, args.variants.split(","), args.under)
     print(json.dumps(res, indent=1))
-    (out / f"tune_{args.what}_seed{args.seed}.json").write_text(json.dumps(res, indent=1))
+    what = f"{args.what}_{args.field}" if args.what == "distill-field" else args.what
+    (out / f"tune_{what}_seed{args.seed}.json").write_text(json.dumps(res, indent=1))
     return 0
 
 

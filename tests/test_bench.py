@@ -158,6 +158,22 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert {k: r["miou"]["mean"] for k, r in json.loads(js.read_text())["rows"].items()} == before
 
 
+def test_results_seeds_in_more_processes_than_cores_share_the_cores(tmp_path, mlflow_uri, monkeypatch):
+    """--jobs 3 on a (pretend) 2-core machine: three seed processes, two compute slots."""
+    rows = tuple(r for r in results.ROWS if r.key in ("teacher_source_only", "student_source_only",
+                                                      "teacher_adapted", "student_adapted"))
+    monkeypatch.setattr(results, "ROWS", rows)
+    monkeypatch.setattr(results.os, "sched_getaffinity", lambda pid: {0, 1})
+    docs, js = tmp_path / "docs", tmp_path / "docs" / "results.json"
+    assert dakd_main(["bench", "results", "--size", "tiny", "--seeds", "3", "--jobs", "3", "--out",
+                      str(tmp_path / "work"), "--docs", str(docs), "--json", str(js)]) == 0
+    doc = json.loads(js.read_text())
+    assert (doc["jobs"], doc["compute_slots"]) == (3, 2)
+    assert all(set(row["miou_per_seed"]) == {"0", "1", "2"} for row in doc["rows"].values())
+    assert "(seeds trained in 3 parallel process(es), at most 2 stage(s) computing at once)" in (
+        docs / "results.md").read_text()
+
+
 def test_bad_size_and_seeds_are_config_errors(tmp_path, capsys):
     assert dakd_main(["bench", "results", "--size", "huge", "--out", str(tmp_path / "w"),
                       "--docs", str(tmp_path / "d"), "--json", str(tmp_path / "d/r.json")]) == 2

@@ -86,6 +86,25 @@ def test_ipsm_patches_entropy_ranking_and_conditional_discriminator():
     assert out.shape == (2 * 4, 1, 1, 1)
 
 
+def test_conditional_discriminator_equals_the_net_on_maps_concatenated_with_codes():
+    # IPSM's definition: the position code broadcast over the patch, concatenated to its maps, into
+    # AdaptSegNet's D. The forward computes it without the concatenation; values and gradients agree.
+    torch.manual_seed(0)
+    disc = ConditionalPatchDiscriminator(num_classes=3, k=2, embed_dim=5, ndf=4)
+    maps = torch.rand(2, 4, 3, 32, 40, requires_grad=True)
+    codes = disc.embed(torch.arange(4))[None, :, :, None, None].expand(2, 4, 5, 32, 40)
+    reference = disc.net(torch.cat([maps, codes], dim=2).reshape(8, 8, 32, 40))
+    ref_grads = torch.autograd.grad(reference.square().sum(), [maps, disc.embed.weight, disc.net.net[0].weight])
+    out = disc(maps)
+    grads = torch.autograd.grad(out.square().sum(), [maps, disc.embed.weight, disc.net.net[0].weight])
+    assert out.shape == reference.shape == (8, 1, 1, 1)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    with pytest.raises(TrainingError, match="smaller than 32 pixels"):
+        disc(maps[..., :16, :])
+
+
 def test_generator_makes_fakes_of_the_configured_size():
     g = sfda.Generator(latent=8, size=(10, 18), ngf=4)
     x = g(torch.randn(2, 8))

@@ -245,12 +245,14 @@ def write_report(doc: dict, docs_dir: Path, json_path: Path) -> Path:
 
     images = write_plots(doc, docs_dir / "img")
     p = doc["preset"]
-    sfda_lr = next(r.overrides.get("lr", p["lr"]) for r in ROWS if r.key == "student_sfda")
+    sfda_lr = next((r.overrides.get("lr", p["lr"]) for r in ROWS if r.key == "student_sfda"), p["lr"])
     try:
         json_ref = json_path.resolve().relative_to(docs_dir.resolve())
     except ValueError:
         json_ref = json_path
     held = [c for c in doc["claims"] if c["holds"]]
+    slots = doc.get("compute_slots", doc["jobs"])
+    slots_note = f", at most {slots} stage(s) computing at once" if slots < doc["jobs"] else ""
     best = max(r["miou"]["mean"] or 0.0 for r in doc["rows"].values())
     # Say plainly when the budget left every network near chance: then the claims are not tested.
     caveat = "" if best >= 0.15 else (
@@ -260,7 +262,7 @@ def write_report(doc: dict, docs_dir: Path, json_path: Path) -> Path:
     text = f"""# DAKD results on the built-in synthetic domain pair
 
 Produced by `{doc['command']}` in {doc['wall_seconds'] / 60:.1f} minutes on {doc['machine']}
-(seeds trained in {doc['jobs']} parallel process(es)). Raw numbers: [`{json_ref}`]({json_ref}).
+(seeds trained in {doc['jobs']} parallel process(es){slots_note}). Raw numbers: [`{json_ref}`]({json_ref}).
 
 Setup (`--size {doc['size']}`): source = game-like synthetic scenes (GTA5 layout, {p['n_source']} labelled
 images), target = camera-like synthetic scenes (Cityscapes layout, `dakd synth --shift {p.get('shift', 1.0)}
@@ -281,10 +283,11 @@ teacher is cached once per seed; every distillation row reuses them; (d) starts 
 Ablations are on paradigm (c) (λ_target 1.0 is row (c) itself). The `method` rows adapt the student
 from the same source-only checkpoint with the same budget by ADVENT, ROAD, DiGA and source-free SFDA
 (`dakd adapt --method ...`, defaults of docs/adapt_methods.md; SFDA with {p.get('sfda_budget', 1.0):g} of the
-adapt budget, its step costs about 4x AdaptSegNet's, and at lr {sfda_lr:g}: without a source loss, max squares
+adapt budget, its step also runs a generator and a frozen copy of the network, and at lr {sfda_lr:g}: without a source loss, max squares
 at the networks' lr collapses); discriminators are {p.get('d_ndf', 64)} wide and see the
 output maps resized to {p.get('d_input_scale', 1.0):g} of the crop (AdaptSegNet: 1).
-The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only, then distil it in paradigm (c) from the same
+The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only, then distil it
+({p.get('it_distill_realtime') or p['it_distill']} iterations) in paradigm (c) from the same
 adapted teacher with DAKD's losses alone and with CWD, LAD (live teacher, `feature_level` last) or the
 border-focal CE + border-weighted KL added (`dakd distill --lambda-cwd/--lambda-lad/--seg-loss`).
 The wall time counts this invocation only: a stage whose `result.json` already held the identical

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dakd_core.bench.slots import FifoSlots, compute_slot
+from dakd_core.bench.slots import install as install_slots
 from dakd_core.errors import ConfigError
 
 
@@ -50,6 +52,7 @@ class ResultsPreset:
     d_input_scale: float = 1.0  # maps resized to this fraction of the crop for the discriminators (AdaptConfig)
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
     realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
+    it_distill_realtime: int | None = None  # the "realtime" rows' distillation budget; None: it_distill
     shift: float = 0.45  # target appearance shift (dakd synth --shift)
     # pretrain budget of the student network's rows (source-only, photometric, oracle); None: it_pretrain
     it_pretrain_student: int | None = None
@@ -75,16 +78,19 @@ PRESETS = {
     # The student network gets 1600 pretrain iterations: at 800 it sits at 57 % on source val (not
     # converged on its own domain, which inflates every adaptation gain), at 1600 at 65 %
     # (benchmarks/bare_loop.py, docs/learning.md).
-    # Distillation 150 iterations per row (it was 250): fourteen distillation rows per seed are
-    # the table's largest cost; on the tune split (seed 10) (c) scored 47.50 at 150 and 48.11 at
-    # 250 from an adapted student at 47.58 (benchmarks/tune_choices.py distill; docs/results.md's notes).
+    # Distillation 200 iterations per student row: on the tune split (seeds 10 / 11, from adapted
+    # students at 47.82 / 47.35) (c) scored 46.56 / 46.51 at 150, 47.36 / 47.06 at 200 and 47.38 /
+    # 47.99 at 250, (b) 49.19 / 48.48, 49.92 / 48.77 and 49.74 / 48.98 (benchmarks/tune_choices.py
+    # distill-field --field iterations). The real-time rows, whose student steps cost twice as much,
+    # keep 150: they are compared with each other.
     # The discriminators see the stride-2 logits as they are (d_input_scale 0.5), not upsampled to
     # the crop: on tune (seeds 10, 11) the same mIoU within noise; on seed 10 the student's
     # adaptation step took 0.60x and distillation's 0.58x the time (benchmarks/tune_choices.py
     # dscale; docs/methods.md, "What the discriminators see").
-    "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 150,
+    "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 200,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
-                             lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25, d_input_scale=0.5),
+                             lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25, d_input_scale=0.5,
+                             it_distill_realtime=150),
 }
 
 
@@ -191,7 +197,8 @@ def _train(module, cfg) -> str:
     """Run a training stage unless an identical run finished; returns its best checkpoint URI."""
     best = _done(cfg.out, cfg)
     if best is None:
-        best = module.run(cfg).best_checkpoint_uri
+        with compute_slot():
+            best = module.run(cfg).best_checkpoint_uri
     return best
 
 
@@ -262,18 +269,22 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         ckpt["target_oracle"] = _train(pretrain, PretrainConfig(
             **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=it_student,
             out=f"{runs}/pretrain_oracle"))
+    distilled = any(row.group in ("paradigm", "ablation", "realtime") for row in rows)
     for role, net in (("teacher", p.teacher), ("student", p.student)):
-        ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
-            **adapt_common, model=net, iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
-            out=f"{runs}/adapt_{role}"))
-    cache = run_cache(CacheConfig(
-        teacher=ckpt["teacher_adapted"], manifests=[manifests["source"], manifests["target"]], store=store,
-        name=f"seed{seed}", size=hw, device=device)).index_uri
-    distill_common = dict(
-        adapt_common, model=p.student, iterations=p.it_distill, teacher=ckpt["teacher_adapted"],
-        teacher_cache=cache, gate="warn", gate_max_images=p.gate_max_images,
-        pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
-    )
+        if f"{role}_adapted" not in ckpt and (distilled or f"{role}_adapted" in keys):
+            ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
+                **adapt_common, model=net, iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
+                out=f"{runs}/adapt_{role}"))
+    if distilled:
+        with compute_slot():
+            cache = run_cache(CacheConfig(
+                teacher=ckpt["teacher_adapted"], manifests=[manifests["source"], manifests["target"]], store=store,
+                name=f"seed{seed}", size=hw, device=device)).index_uri
+        distill_common = dict(
+            adapt_common, model=p.student, iterations=p.it_distill, teacher=ckpt["teacher_adapted"],
+            teacher_cache=cache, gate="warn", gate_max_images=p.gate_max_images,
+            pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
+        )
     for row in rows:
         if row.group != "method":
             continue
@@ -288,7 +299,7 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             continue
         # d continues from (c)'s selected checkpoint; every other row from the adapted student
         init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
-        cfg = DistillConfig(**distill_common, **row.overrides, init=init, out=f"{runs}/distill_{row.key}")
+        cfg = DistillConfig(**(distill_common | row.overrides), init=init, out=f"{runs}/distill_{row.key}")
         ckpt[row.key] = _train(distill, cfg)
     for row in rows:
         if row.group != "realtime":
@@ -298,7 +309,8 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
                 **common, model=p.realtime_student, iterations=p.it_pretrain, out=f"{runs}/pretrain_rt"))
             continue
         # the live teacher replaces the cache (feature losses need its intermediate maps)
-        fields = dict(distill_common, model=p.realtime_student, **row.overrides)
+        fields = dict(distill_common, model=p.realtime_student, iterations=p.it_distill_realtime or p.it_distill,
+                      **row.overrides)
         if fields.get("teacher_online"):
             fields["teacher_cache"] = None
         ckpt[row.key] = _train(distill, DistillConfig(
@@ -350,7 +362,8 @@ def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         # one SQLite MLflow DB per worker: concurrent writers would hit "database is locked"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlruns_seed{seed}.db"
     ckpt = run_seed(p, seed, manifests, store, device, rows)
-    return evaluate_seed(p, seed, ckpt, manifests, out, device)
+    with compute_slot():
+        return evaluate_seed(p, seed, ckpt, manifests, out, device)
 
 
 def run_results(run: ResultsRun) -> dict:
@@ -370,12 +383,19 @@ def run_results(run: ResultsRun) -> dict:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(run.jobs, run.seeds), mp_context=mp.get_context("spawn")) as pool:
+        ctx = mp.get_context("spawn")
+        workers = min(run.jobs, run.seeds)
+        # no more stages compute at once than there are cores (dakd_core/bench/slots.py)
+        cores = len(os.sched_getaffinity(0))
+        slots = FifoSlots(cores, ctx) if workers > cores else None
+        compute_slots = min(workers, cores)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=install_slots, initargs=(slots,)) as pool:
             futures = {s: pool.submit(seed_job, p, s, manifests, store, run.out, run.device, 1, rows)
                        for s in range(run.seeds)}
             per_seed = {s: f.result() for s, f in futures.items()}
     else:
         per_seed = {s: seed_job(p, s, manifests, store, run.out, run.device, None, rows) for s in range(run.seeds)}
+        compute_slots = 1
     from dakd_core.bench.report import summarise, write_report
 
     doc = summarise(per_seed, rows)
@@ -383,7 +403,7 @@ def run_results(run: ResultsRun) -> dict:
                                  for domain, key in (("source", "source"), ("target", "target_labelled"))}
     doc.update(size=run.size, preset=asdict(p), seeds=list(range(run.seeds)), command=run.command,
                groups=sorted({r.group for r in rows}),
-               machine=machine_description(run.device), jobs=run.jobs, wall_seconds=round(time.perf_counter() - started, 1),
+               machine=machine_description(run.device), jobs=run.jobs, compute_slots=compute_slots, wall_seconds=round(time.perf_counter() - started, 1),
                val_manifest=manifests["val"], tune_manifest=manifests["tune"])
     # The JSON first, then the Markdown that cites it: a crash leaves no table without its data.
     run.json_path.parent.mkdir(parents=True, exist_ok=True)

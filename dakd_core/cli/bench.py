@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
                                        "writes results.json and results.md")
     r.add_argument("--size", default="results", help="preset: tiny, demo or results (default results)")
     r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    r.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (default 1)")
+    r.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (default 1); "
+                   "with more processes than cores, one stage per core computes at a time")
     r.add_argument("--out", default=".dakd/bench_results", help="work directory (data, store, checkpoints)")
     r.add_argument("--docs", default="docs", help="directory receiving results.md and img/results_*.png")
     r.add_argument("--json", default="docs/results.json", help="results JSON path (default docs/results.json)")

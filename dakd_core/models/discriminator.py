@@ -33,13 +33,17 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) < self.MIN_SIZE:
+        self.check_size(x.shape[-2:])
+        return self.net(x)
+
+    @classmethod
+    def check_size(cls, hw) -> None:
+        if min(hw) < cls.MIN_SIZE:
             raise TrainingError(
-                f"discriminator input {tuple(x.shape[-2:])} is smaller than {self.MIN_SIZE} pixels; "
+                f"discriminator input {tuple(hw)} is smaller than {cls.MIN_SIZE} pixels; "
                 "upsample the prediction towards the image size first (AdaptConfig.d_input_scale: the fraction "
                 "of the crop the maps are resized to)"
             )
-        return self.net(x)
 
 
 def discriminator_input(
