@@ -36,6 +36,10 @@ SFDA_VARIANTS = {
 }
 
 
+# the rows every distillation variant is read against (trained once per seed, then reused)
+ADAPTED_PAIR = ("teacher_source_only", "student_source_only", "teacher_adapted", "student_adapted")
+
+
 def _setup(out: Path, size: str, under: str = ""):
     from dakd_core.bench import results as R
 
@@ -67,8 +71,7 @@ def _tune_miou(preset, manifests, uris: dict[str, str]) -> dict[str, float]:
 
 def tune_distill(out: Path, size: str, seed: int, budgets: list[int], lambdas: list[float]) -> dict[str, float]:
     R, preset, store, manifests = _setup(out, size)
-    base = [r for r in R.ROWS if r.key in ("teacher_source_only", "student_source_only", "teacher_adapted",
-                                           "student_adapted")]
+    base = [r for r in R.ROWS if r.key in ADAPTED_PAIR]
     ckpt: dict[str, str] = {}
     for its in budgets:
         rows = base + [R.Row(f"c{its}_lt{lt:g}", "paradigm", "", {"paradigm": "c", "lambda_target": lt})
@@ -78,11 +81,10 @@ def tune_distill(out: Path, size: str, seed: int, budgets: list[int], lambdas: l
     return _tune_miou(preset, manifests, ckpt)
 
 
-def tune_distill_field(out: Path, size: str, seed: int, field: str, values: list[float],
+def tune_distill_field(out: Path, size: str, seed: int, field: str, values: list[int | float],
                        under: str) -> dict[str, float]:
     R, preset, store, manifests = _setup(out, size, under)
-    rows = [r for r in R.ROWS if r.key in ("teacher_source_only", "student_source_only", "teacher_adapted",
-                                           "student_adapted")]
+    rows = [r for r in R.ROWS if r.key in ADAPTED_PAIR]
     rows += [R.Row(f"{par}_{field}{v:g}", "paradigm", "", {"paradigm": par, field: v}) for v in values for par in "bc"]
     return _tune_miou(preset, manifests, R.run_seed(preset, seed, manifests, store, "cpu", rows))
 
@@ -96,17 +98,18 @@ def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[s
     init = R.run_seed(preset, seed, manifests, store, "cpu", rows)["student_source_only"]
     hw = (preset.height, preset.width)
     uris = {"source_only": init}
+    outs = {name: f"{store}/runs/seed{seed}/sfda_{name}_{iterations}" for name in variants}
     for name in variants:
         fields = dict(
             select_manifest=manifests["tune"], target_manifest=manifests["target"], source_manifest=None, crop=hw,
             target_resize=hw, select_resize=hw, batch_size=preset.batch_size, num_workers=0, lr=preset.lr,
             seed=seed, device="cpu", eval_every=max(1, iterations // 2), checkpoint_every=10**6,
             log_every=iterations, d_ndf=preset.d_ndf, model=preset.student, iterations=iterations, init=init,
-            method="sfda", out=f"{store}/runs/seed{seed}/sfda_{name}_{iterations}")
+            method="sfda", out=outs[name])
         uris[name] = R._train(adapt, AdaptConfig(**(fields | SFDA_VARIANTS[name])))
     res = _tune_miou(preset, manifests, uris)
     for name in variants:
-        metrics = R.stage_result(f"{store}/runs/seed{seed}/sfda_{name}_{iterations}")["metrics"]
+        metrics = R.stage_result(outs[name])["metrics"]
         res[f"s_per_step/{name}"] = round(1 / metrics["steps_per_second"], 3)
     return res
 

@@ -44,22 +44,23 @@ def _waiter(slots, order, lock, name):
 def test_slots_are_granted_in_the_order_they_were_asked_for():
     ctx = mp.get_context("fork")
     slots = FifoSlots(1, ctx)
-    order, lock = mp.Manager().list(), ctx.Lock()
-    waiters = []
-    with slots.hold():
-        order.append("A")
-        for k in range(5):  # five processes queue behind A, one after the other
-            waiters.append(ctx.Process(target=_waiter, args=(slots, order, lock, f"W{k}")))
-            waiters[-1].start()
-            deadline = time.monotonic() + 20
-            while slots._issued.value < k + 2 and time.monotonic() < deadline:  # W{k} has its ticket
-                time.sleep(0.01)
-            assert slots._issued.value == k + 2
-    with slots.hold():  # A frees its slot and asks again at once: it goes behind all five
-        with lock:
+    lock, waiters = ctx.Lock(), []
+    with mp.Manager() as manager:
+        order = manager.list()
+        with slots.hold():
             order.append("A")
-    for w in waiters:
-        w.join(20)
-    assert [w.exitcode for w in waiters] == [0] * 5
-    # a plain semaphore serves the five in any of 120 orders and may hand A its slot straight back
-    assert list(order) == ["A", "W0", "W1", "W2", "W3", "W4", "A"]
+            for k in range(5):  # five processes queue behind A, one after the other
+                waiters.append(ctx.Process(target=_waiter, args=(slots, order, lock, f"W{k}")))
+                waiters[-1].start()
+                deadline = time.monotonic() + 20
+                while slots._issued.value < k + 2 and time.monotonic() < deadline:  # W{k} has its ticket
+                    time.sleep(0.01)
+                assert slots._issued.value == k + 2
+        with slots.hold():  # A frees its slot and asks again at once: it goes behind all five
+            with lock:
+                order.append("A")
+        for w in waiters:
+            w.join(20)
+        assert [w.exitcode for w in waiters] == [0] * 5
+        # a plain semaphore serves the five in any of 120 orders and may hand A its slot straight back
+        assert list(order) == ["A", "W0", "W1", "W2", "W3", "W4", "A"]

@@ -81,8 +81,8 @@ PRESETS = {
     # Distillation 200 iterations per student row: on the tune split (seeds 10 / 11, from adapted
     # students at 47.82 / 47.35) (c) scored 46.56 / 46.51 at 150, 47.36 / 47.06 at 200 and 47.38 /
     # 47.99 at 250, (b) 49.19 / 48.48, 49.92 / 48.77 and 49.74 / 48.98 (benchmarks/tune_choices.py
-    # distill-field --field iterations). The real-time rows, whose student steps cost twice as much,
-    # keep 150: they are compared with each other.
+    # distill-field --field iterations). The real-time rows keep 150: their distillation step
+    # takes 1.6-1.9x the student's (docs/results.md's notes), and they are compared with each other.
     # The discriminators see the stride-2 logits as they are (d_input_scale 0.5), not upsampled to
     # the crop: on tune (seeds 10, 11) the same mIoU within noise; on seed 10 the student's
     # adaptation step took 0.60x and distillation's 0.58x the time (benchmarks/tune_choices.py

@@ -4,8 +4,8 @@ first come, first served.
 `dakd bench results --jobs 3` runs three seed processes of one torch thread each. With two slots on
 two cores, two stages compute while the third process waits for the next free slot, instead of
 three processes time-sharing two cores. Measured on the bench's own stages (docs/results.md,
-notes): each stage took 0.64-0.69x the wall time it took with all three computing at once, where
-plain sharing predicts 0.67x; the gain is about 1.5 %, not more. The queue is
+notes): the pretrain and adaptation stages took 0.661x, in total, the wall time they took with all
+three computing at once, where plain sharing predicts 0.667x; the gain is about 1 %, not more. The queue is
 a ticket lock, so a process that frees a slot and asks again goes behind the waiting one: all
 seeds advance together and finish close to each other (with a plain semaphore the freeing
 process could take the slot straight back and leave one seed to run alone at the end).
