@@ -35,12 +35,18 @@ def step_seconds(name: str, channels_last: bool, batch: int, size: tuple[int, in
     return (time.perf_counter() - start) / steps
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the training-step benchmarks: networks, threads, batch and input size."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--models", nargs="+", default=["swiftnet_tiny", "swiftnet_thin"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, nargs=2, default=(64, 128), metavar=("H", "W"))
+    return p
+
+
+def main(argv=None) -> int:
+    p = step_parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     import torch

@@ -47,6 +47,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from dakd_core.config import HW, StrictConfig
+from dakd_core.data.memo import DecodedMemo
 from dakd_core.errors import ConfigError, DataError, StoreError
 from dakd_core.lease import WriterLease
 
@@ -188,6 +189,7 @@ def _encode_record(main: np.ndarray, aux: np.ndarray, label: np.ndarray, conf: n
 
 
 def _decode_record(buf: bytes, row: dict, where: str) -> dict:
+    """The record's maps as stored: quantized `main`/`aux`, uint8 `label` and `confidence` (x255)."""
     from dakd_core.data.imageio import decode_label
 
     np_dtype = np.float16 if row["dtype"] == "fp16" else np.uint8
@@ -204,8 +206,8 @@ def _decode_record(buf: bytes, row: dict, where: str) -> dict:
     except (zlib.error, ValueError) as e:
         raise DataError(f"teacher cache record {row['sample_id']} in {where} is corrupt: {e}") from None
     label = decode_label(parts[2], f"{where}#{row['sample_id']}/label")
-    conf = decode_label(parts[3], f"{where}#{row['sample_id']}/confidence").astype(np.float32) / 255.0
-    return {"main": dequantize_probs(main), "aux": dequantize_probs(aux), "label": label, "confidence": conf}
+    conf = decode_label(parts[3], f"{where}#{row['sample_id']}/confidence")
+    return {"main": main, "aux": aux, "label": label, "confidence": conf}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +457,7 @@ class TeacherCache:
     shard beats one GET per sample. Safe to pickle into DataLoader workers.
     """
 
-    def __init__(self, index_uri: str, local_dir: str | None = None):
+    def __init__(self, index_uri: str, local_dir: str | None = None, memo_mib: int = 0):
         from dakd_core.storage import read_bytes
 
         self.index_uri = index_uri
@@ -475,6 +477,8 @@ class TeacherCache:
         self.teacher_sha256s = {r["teacher_sha256"] for r in self._rows.values()}
         self._local_dir = local_dir
         self._lock = threading.Lock()
+        # Records as stored (quantized: a quarter of the float32 maps' memory), dequantized per get.
+        self.memo = DecodedMemo(memo_mib)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -547,6 +551,11 @@ class TeacherCache:
 
     def get(self, sample_id: str) -> dict:
         """{"main": (C,h,w) float32 probs, "aux": ..., "label": (H,W) uint8, "confidence": (H,W) float32}."""
+        stored = self.memo.get(sample_id, lambda: self._read(sample_id))
+        return {"main": dequantize_probs(stored["main"]), "aux": dequantize_probs(stored["aux"]),
+                "label": stored["label"], "confidence": stored["confidence"].astype(np.float32) / 255.0}
+
+    def _read(self, sample_id: str) -> dict:
         r = self.row(sample_id)
         length = r["main_nbytes"] + r["aux_nbytes"] + r["label_nbytes"] + r["conf_nbytes"]
         path = self._local_shard(r["shard_key"])

@@ -265,3 +265,19 @@ def test_lad_is_scale_invariant_and_matches_hand_value():
     assert lad_loss(s, t).item() == pytest.approx(0.6**2 + 0.2**2, rel=1e-6)
     assert lad_loss(s, 7 * s).item() == pytest.approx(0.0, abs=1e-7)
     assert lad_loss(s, -s).item() == pytest.approx(4.0, rel=1e-6)
+
+
+def test_segmentation_loss_on_channels_last_logits_hand_value_and_gradient():
+    # The networks' layout: CE reads the (pixels, classes) rows in place. Same 3 pixels as above,
+    # laid out 1x3 in channels-last memory; d CE / d z = (softmax(z) - onehot(y)) / |V|.
+    logits = _logits([2.0, 0.0], [0.0, 1.0], [1.0, 1.0]).contiguous(memory_format=torch.channels_last)
+    logits.requires_grad_(True)
+    assert not logits.is_contiguous()
+    loss = segmentation_loss(logits, torch.tensor([[[0, 1, 255]]]))
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    p0, p1 = math.exp(2) / (math.exp(2) + 1), math.e / (1 + math.e)
+    grad = logits.grad[0, :, 0, :]  # (classes, pixels)
+    torch.testing.assert_close(grad, torch.tensor([[(p0 - 1) / 2, (1 - p1) / 2, 0.0],
+                                                   [(1 - p0) / 2, (p1 - 1) / 2, 0.0]]))

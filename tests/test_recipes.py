@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dakd_core.config import build_config
 from dakd_core.data.transforms import photometric_jitter
@@ -83,6 +84,24 @@ def test_optimizers_and_their_group_learning_rates():
         scheduler.step()
     factor = 0.5 * (1 + math.cos(math.pi * 0.1))
     assert [g["lr"] for g in sgd.param_groups] == pytest.approx([0.01 * factor, 0.1 * factor])
+
+
+def test_optimizers_use_the_fused_kernels_on_cpu_and_cuda_only():
+    model = create_model("swiftnet_tiny")
+    adamw = engine.build_optimizer(build_config(PretrainConfig, model="swiftnet_tiny", **REQUIRED), model)
+    sgd = engine.build_optimizer(build_config(PretrainConfig, model="swiftnet_tiny", optimizer="sgd", **REQUIRED), model)
+    adam = engine.adam(nn.Conv2d(3, 4, 3), 1e-4, (0.9, 0.99))
+    assert adamw.defaults["fused"] is sgd.defaults["fused"] is adam.defaults["fused"] is True
+    assert adam.defaults["betas"] == (0.9, 0.99) and adam.defaults["lr"] == 1e-4
+    # a device without fused kernels (here: meta) gets torch's default implementation
+    assert engine.fused_update(nn.Conv2d(3, 4, 3, device="meta")) == {}
+    # one fused AdamW step from zero state: p - lr * (g / (|g| + eps)) - lr * wd * p, per element
+    w = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(w.weight, 2.0)
+    opt = torch.optim.AdamW(w.parameters(), lr=0.1, weight_decay=0.5, **engine.fused_update(w))
+    w(torch.ones(1, 1)).sum().backward()  # gradient 1
+    opt.step()
+    assert w.weight.item() == pytest.approx(2.0 - 0.1 * 0.5 * 2.0 - 0.1 * 1.0 / (1.0 + 1e-8), abs=1e-6)
 
 
 def test_photometric_jitter_changes_colours_not_geometry():

@@ -98,6 +98,25 @@ def test_same_geometry_for_image_label_and_low_resolution_map():
     assert flips == {True, False}
 
 
+def test_an_identity_plan_returns_every_map_as_it_is_flipped_or_not():
+    # Training at the stored size without rescaling: crop = image, so nothing is resampled.
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    label = rng.integers(0, 19, (64, 128), dtype=np.uint8)
+    stride8 = rng.random((8, 16, 19)).astype(np.float32)
+    for flip in (False, True):
+        plan = transforms.CropPlan(64, 128, 1.0, 0, 0, 64, 128, flip)
+        assert plan.identity
+        expect = (lambda a: a[:, ::-1]) if flip else (lambda a: a)
+        assert np.array_equal(plan.apply(image, nearest=False, pad_value=0), expect(image))
+        assert np.array_equal(plan.apply(label, nearest=True, pad_value=255), expect(label))
+        assert np.array_equal(plan.apply(stride8, nearest=False, pad_value=0), expect(stride8))
+    # the resampling it skips would return the same values
+    np.testing.assert_allclose(plan._warp_lowres(stride8, transforms.cv2.INTER_LINEAR, 0), stride8, atol=1e-6)
+    assert not transforms.CropPlan(64, 128, 1.0, 0, 1, 64, 127, False).identity
+    assert not transforms.CropPlan(64, 128, 1.1, 0, 0, 64, 128, False).identity
+
+
 def test_crop_larger_than_image_pads_mean_and_ignore():
     label = np.ones((10, 20), np.uint8)
     aug = RandomScaleCropFlip(crop=(32, 64), scale_range=(1.0, 1.0), flip=False)

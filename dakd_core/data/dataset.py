@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dakd_core.data.manifest import read_manifest, read_row_image, read_row_label
+from dakd_core.data.memo import DecodedMemo
 from dakd_core.data.transforms import RandomScaleCropFlip, normalize, photometric_jitter, resize_pair
 from dakd_core.errors import DataError
 
@@ -24,6 +25,7 @@ class ManifestDataset(Dataset):
     resolution; None keeps the stored size). With `train=True` it is then randomly scaled,
     cropped to `crop` = (height, width) and flipped (`scale_range`, `flip`); with `train=False`
     nothing random happens. `photometric` (train only) adds `photometric_jitter` to the image.
+    `memo_mib` MiB of decoded, resized samples stay in memory (`DecodedMemo`; 0: none).
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class ManifestDataset(Dataset):
         scale_range: tuple[float, float] = (0.75, 1.25),
         flip: bool = True,
         photometric: bool = False,
+        memo_mib: int = 0,
     ):
         self.manifest_uri = manifest_uri
+        self.memo = DecodedMemo(memo_mib)
         self.photometric = photometric and train
         self.rows = read_manifest(manifest_uri)
         self.train = train
@@ -65,7 +69,11 @@ class ManifestDataset(Dataset):
         self.epoch = int(epoch)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The decoded, resized (not augmented, not normalised) uint8 image and label."""
+        """The decoded, resized (not augmented, not normalised) uint8 image and label (read-only
+        arrays when the memo keeps them)."""
+        return self.memo.get(index, lambda: self._decode(index))
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         row = self.rows[index]
         # Checked against the manifest's object sha256 and height/width (so label == image size).
         image = read_row_image(row, self.manifest_uri)

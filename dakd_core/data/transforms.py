@@ -88,7 +88,9 @@ class CropPlan:
         An array of the plan's own size (image, labels) is resized and cropped at integer offsets;
         one of another size (a teacher map at output stride) goes through `_warp_lowres`."""
         interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-        if array.shape[:2] != (self.height, self.width):
+        if self.identity:
+            out = array  # training at the stored size, no rescaling: every map is its own crop
+        elif array.shape[:2] != (self.height, self.width):
             out = self._warp_lowres(array, interp, pad_value)
         else:
             sh, sw = self.scaled_size
@@ -106,6 +108,12 @@ class CropPlan:
         if self.flip:
             out = out[:, ::-1]
         return np.ascontiguousarray(out)
+
+    @property
+    def identity(self) -> bool:
+        """Scale 1 and a crop that is the whole image: resampling would return each map unchanged
+        (for a map at output stride too: `_warp_lowres`'s affine is then the identity)."""
+        return self.scale == 1.0 and (self.top, self.left, self.crop_h, self.crop_w) == (0, 0, self.height, self.width)
 
     @property
     def scaled_size(self) -> tuple[int, int]:

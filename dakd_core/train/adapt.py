@@ -50,7 +50,7 @@ class OutputSpaceAdversary:
         self.discs = {lvl: engine.channels_last(Discriminator(cfg.num_classes, cfg.d_ndf), dist.device)
                       for lvl in LEVELS}
         self.optimizers = {
-            lvl: torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas)) for lvl, d in self.discs.items()
+            lvl: engine.adam(d, cfg.d_lr, cfg.d_betas) for lvl, d in self.discs.items()
         }
         self.schedulers = {lvl: engine.poly_schedule(o, cfg.iterations, cfg.poly_power) for lvl, o in self.optimizers.items()}
         self.weights = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}

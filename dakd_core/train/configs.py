@@ -26,7 +26,7 @@ Size = tuple[int, int]
 
 # Fields that change how or where a run executes but not what it computes: a resumed run may
 # change them (`out` too: a copied run directory resumes).
-EXECUTION_FIELDS = frozenset({"num_workers", "log_every", "device", "out"})
+EXECUTION_FIELDS = frozenset({"num_workers", "data_memo_mib", "log_every", "device", "out"})
 
 
 class TrainConfig(StrictConfig):
@@ -53,6 +53,10 @@ class TrainConfig(StrictConfig):
     batch_size: int = Field(1, gt=0, description="training batch of each process (DDP: the global batch is this "
                             "times the number of processes)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes of each training process")
+    data_memo_mib: int = Field(
+        1024, ge=0, description="MiB of decoded, resized samples each dataset (and the teacher cache) keeps in "
+        "memory per data-loading process, so later epochs skip their read and decode; 0 keeps none",
+    )
     # optimisation (segmenter). Fields the config leaves unset take the network's recipe
     # (dakd_core/train/recipes.py); the defaults below are the paper's SGD recipe.
     iterations: int = Field(250_000, gt=0, description="training iterations (optimiser steps) of the stage")

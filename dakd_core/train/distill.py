@@ -108,7 +108,7 @@ def distill_stream(cfg: DistillConfig, dist, manifest: str, resize, with_labels:
     dataset = DistillDataset(
         manifest, crop=cfg.crop, train=True, with_labels=with_labels, seed=cfg.seed + seed_offset,
         resize=resize, scale_range=cfg.scale_range if augment else (1.0, 1.0), flip=cfg.flip and augment,
-        cache=cache,
+        cache=cache, memo_mib=cfg.data_memo_mib,
     )
     return engine.BatchStream(dataset, cfg.batch_size, cfg.seed + seed_offset, dist, cfg.num_workers, name)
 
@@ -294,7 +294,7 @@ def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:
     """The cache, checked against the teacher checkpoint and every distilled manifest."""
     if cfg.teacher_online:
         return None
-    cache = TeacherCache(cfg.teacher_cache)
+    cache = TeacherCache(cfg.teacher_cache, memo_mib=cfg.data_memo_mib)
     teacher_sha = sha256_uri(cfg.teacher) if cfg.teacher else None
     manifests = {"source": (cfg.source_manifest, cfg.source_resize), "target": (cfg.target_manifest, cfg.target_resize)}
     for d in domains:

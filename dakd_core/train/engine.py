@@ -428,7 +428,8 @@ class RunKeeper:
             from dakd_core.data.dataset import ManifestDataset
 
             self._select = ManifestDataset(
-                cfg.select_manifest, train=False, with_labels=True, resize=cfg.select_resize
+                cfg.select_manifest, train=False, with_labels=True, resize=cfg.select_resize,
+                memo_mib=cfg.data_memo_mib,
             )
         self._tracking = False  # inside this rank-0 process's MLflow stage run
         self._run_id: str | None = None
@@ -622,13 +623,28 @@ def _execution_fields() -> frozenset:
 # ----------------------------------------------------------------------------- pieces every loop builds
 
 
+def fused_update(module: nn.Module) -> dict:
+    """Optimiser keyword arguments: `fused=True` where torch has fused kernels for the device of
+    `module`'s parameters (CPU, CUDA). One fused call updates every parameter; the loop over
+    tensors it replaces costs the CPU-scale networks a measurable share of each step
+    (`benchmarks/bench_step_kernels.py`). Same update rule, different summation order."""
+    devices = {p.device.type for p in module.parameters()}
+    return {"fused": True} if devices and devices <= {"cpu", "cuda"} else {}
+
+
+def adam(module: nn.Module, lr: float, betas) -> torch.optim.Adam:
+    """Adam for an auxiliary network (discriminators, ROAD's classifiers, SFDA's generator)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas), **fused_update(module))
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """The segmenter's optimiser from the recipe fields: SGD with AdaptSegNet's heads at 10x lr, or
     AdamW with one lr for every parameter (its per-parameter step sizes make the 10x unnecessary)."""
     if cfg.optimizer == "adamw":
         groups = [dict(g, lr=cfg.lr, lr_mult=1.0) for g in model.param_groups(cfg.lr)]
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_update(model))
+    return torch.optim.SGD(model.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           **fused_update(model))
 
 
 def build_segmenter(cfg, dist: Dist):
@@ -650,6 +666,7 @@ def image_stream(cfg, dist: Dist, manifest_uri: str, resize, with_labels: bool, 
     dataset = ManifestDataset(
         manifest_uri, crop=cfg.crop, train=True, with_labels=with_labels, seed=cfg.seed + seed_offset,
         resize=resize, scale_range=cfg.scale_range, flip=cfg.flip, photometric=cfg.photometric and with_labels,
+        memo_mib=cfg.data_memo_mib,
     )
     return BatchStream(dataset, cfg.batch_size, cfg.seed + seed_offset, dist, cfg.num_workers, name)
 

@@ -59,7 +59,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
     level = model.dense_feature  # ROAD's features: the stride-8 map the classifiers read
     classifiers = RegionDomainClassifiers(model.feature_channels[level], cfg.road_grid).to(device)
-    c_optimizer = torch.optim.Adam(classifiers.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+    c_optimizer = engine.adam(classifiers, cfg.d_lr, cfg.d_betas)
     c_scheduler = engine.poly_schedule(c_optimizer, cfg.iterations, cfg.poly_power)
     amp = engine.amp_enabled(cfg, device)
     scaler = engine.make_scaler(device, amp)

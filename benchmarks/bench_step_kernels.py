@@ -1,0 +1,126 @@
+"""What the training step's kernel choices save on the CPU: cross-entropy on the (pixels, classes)
+rows of a channels-last map against the 4-D call, and the fused AdamW update against the loop over
+tensors. Whole training steps (forward, CE on both heads at full resolution, backward, AdamW) with
+the old and the new choices run in alternating rounds in one process, then each part alone.
+
+    .venv/bin/python benchmarks/bench_step_kernels.py --models swiftnet_tiny swiftnet_thin swiftnet_mobilenetv4
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _ce_4d(logits, labels):
+    import torch.nn.functional as F
+
+    logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, labels, ignore_index=255)
+
+
+def _timed(fn, reps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
+    """Seconds per training step: (4-D CE + AdamW loop, rows CE + fused AdamW), alternating rounds."""
+    import torch
+
+    from dakd_core.losses import segmentation_loss
+    from dakd_core.models import create_model
+    from dakd_core.train import engine
+
+    torch.manual_seed(0)
+    model = engine.channels_last(create_model(name, num_classes=19), torch.device("cpu")).train()
+    x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 19, (batch, *size))
+    # lr 0: both variants keep training the same weights, so neither sees different activations.
+    variants = {
+        "old": (_ce_4d, torch.optim.AdamW(model.parameters(), lr=0.0)),
+        "new": (segmentation_loss, torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))),
+    }
+
+    def step(loss_fn, opt):
+        out = model(x)
+        loss = loss_fn(out.main, y) + 0.4 * loss_fn(out.aux, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    total = {k: 0.0 for k in variants}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitive cache)
+        for k, (loss_fn, opt) in variants.items():
+            seconds = _timed(lambda: step(loss_fn, opt), 3)
+            if r:
+                total[k] += seconds
+    return total["old"] / rounds, total["new"] / rounds
+
+
+def ce_pair(shape, size, reps: int) -> tuple[float, float]:
+    """Seconds per CE forward + backward of channels-last logits `shape` against labels `size`."""
+    import torch
+
+    from dakd_core.losses import segmentation_loss
+
+    z = torch.randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = torch.randint(0, shape[1], (shape[0], *size))
+    out = []
+    for fn in (_ce_4d, segmentation_loss):
+        _timed(lambda: fn(z, y).backward(), 3)
+        out.append(_timed(lambda: fn(z, y).backward(), reps))
+    return out[0], out[1]
+
+
+def adamw_pair(name: str, reps: int) -> tuple[float, float]:
+    import torch
+
+    from dakd_core.models import create_model
+    from dakd_core.train import engine
+
+    model = create_model(name, num_classes=19)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    out = []
+    for kwargs in ({}, engine.fused_update(model)):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **kwargs)
+        _timed(opt.step, 3)
+        out.append(_timed(opt.step, reps))
+    return out[0], out[1]
+
+
+def main(argv=None) -> int:
+    from bench_layout import step_parser
+
+    p = step_parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=8)
+    args = p.parse_args(argv)
+    import torch
+
+    import dakd_core.compat  # noqa: F401  (timm's torchvision shim)
+
+    torch.set_num_threads(args.threads)
+    size = tuple(args.size)
+    print(f"batch {args.batch}, {size[0]}x{size[1]}, {args.threads} thread(s), torch {torch.__version__}")
+    print("| training step | 4-D CE + AdamW loop, ms | rows CE + fused AdamW, ms | new / old |")
+    print("|---|---:|---:|---:|")
+    for name in args.models:
+        old, new = step_pair(name, args.batch, size, args.rounds)
+        print(f"| {name} | {old * 1e3:.1f} | {new * 1e3:.1f} | {new / old:.2f} |", flush=True)
+    print("\n| part | old, ms | new, ms | new / old |")
+    print("|---|---:|---:|---:|")
+    for stride in (2, 8):
+        shape = (args.batch, 19, size[0] // stride, size[1] // stride)
+        old, new = ce_pair(shape, size, 20)
+        print(f"| CE fwd+bwd, logits at stride {stride} | {old * 1e3:.2f} | {new * 1e3:.2f} | {new / old:.2f} |", flush=True)
+    for name in args.models:
+        old, new = adamw_pair(name, 20)
+        print(f"| AdamW step, {name} | {old * 1e3:.2f} | {new * 1e3:.2f} | {new / old:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
