@@ -4,6 +4,7 @@ tensors. Whole training steps (forward, CE on both heads at full resolution, bac
 the old and the new choices run in alternating rounds in one process, then each part alone.
 
     .venv/bin/python benchmarks/bench_step_kernels.py --models swiftnet_tiny swiftnet_thin swiftnet_mobilenetv4
+    .venv/bin/python benchmarks/bench_step_kernels.py --profile swiftnet_thin   # where the rest goes
 """
 
 from __future__ import annotations
@@ -92,11 +93,44 @@ def adamw_pair(name: str, reps: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def profile_step(name: str, batch: int, size, steps: int = 10) -> None:
+    """torch.profiler's table of the new training step's ops, grouped by input shape (what takes
+    the time that the kernel choices above do not touch)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from dakd_core.losses import segmentation_loss
+    from dakd_core.models import create_model
+    from dakd_core.train import engine
+
+    torch.manual_seed(0)
+    model = engine.channels_last(create_model(name, num_classes=19), torch.device("cpu")).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
+    x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 19, (batch, *size))
+
+    def step():
+        out = model(x)
+        loss = segmentation_loss(out.main, y) + 0.4 * segmentation_loss(out.aux, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=36, max_shapes_column_width=70))
+
+
 def main(argv=None) -> int:
     from bench_layout import step_parser
 
     p = step_parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--profile", metavar="NETWORK", help="print the op profile of NETWORK's step instead")
     args = p.parse_args(argv)
     import torch
 
@@ -104,6 +138,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     size = tuple(args.size)
+    if args.profile:
+        profile_step(args.profile, args.batch, size)
+        return 0
     print(f"batch {args.batch}, {size[0]}x{size[1]}, {args.threads} thread(s), torch {torch.__version__}")
     print("| training step | 4-D CE + AdamW loop, ms | rows CE + fused AdamW, ms | new / old |")
     print("|---|---:|---:|---:|")
