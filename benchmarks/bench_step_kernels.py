@@ -27,11 +27,11 @@ def _timed(fn, reps: int) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
-    """Seconds per training step: (4-D CE + AdamW loop, rows CE + fused AdamW), alternating rounds."""
+def _network_step(name: str, batch: int, size):
+    """(model in channels-last, step(loss_fn, optimizer)) on a fixed random batch: one training
+    step, forward, CE on both heads at full resolution, backward, optimiser update."""
     import torch
 
-    from dakd_core.losses import segmentation_loss
     from dakd_core.models import create_model
     from dakd_core.train import engine
 
@@ -39,11 +39,6 @@ def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
     model = engine.channels_last(create_model(name, num_classes=19), torch.device("cpu")).train()
     x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 19, (batch, *size))
-    # lr 0: both variants keep training the same weights, so neither sees different activations.
-    variants = {
-        "old": (_ce_4d, torch.optim.AdamW(model.parameters(), lr=0.0)),
-        "new": (segmentation_loss, torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))),
-    }
 
     def step(loss_fn, opt):
         out = model(x)
@@ -52,6 +47,22 @@ def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
 
+    return model, step
+
+
+def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
+    """Seconds per training step: (4-D CE + AdamW loop, rows CE + fused AdamW), alternating rounds."""
+    import torch
+
+    from dakd_core.losses import segmentation_loss
+    from dakd_core.train import engine
+
+    model, step = _network_step(name, batch, size)
+    # lr 0: both variants keep training the same weights, so neither sees different activations.
+    variants = {
+        "old": (_ce_4d, torch.optim.AdamW(model.parameters(), lr=0.0)),
+        "new": (segmentation_loss, torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))),
+    }
     total = {k: 0.0 for k in variants}
     for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitive cache)
         for k, (loss_fn, opt) in variants.items():
@@ -100,27 +111,15 @@ def profile_step(name: str, batch: int, size, steps: int = 10) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from dakd_core.losses import segmentation_loss
-    from dakd_core.models import create_model
     from dakd_core.train import engine
 
-    torch.manual_seed(0)
-    model = engine.channels_last(create_model(name, num_classes=19), torch.device("cpu")).train()
+    model, step = _network_step(name, batch, size)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
-    x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 19, (batch, *size))
-
-    def step():
-        out = model(x)
-        loss = segmentation_loss(out.main, y) + 0.4 * segmentation_loss(out.aux, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     for _ in range(3):
-        step()
+        step(segmentation_loss, opt)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
-            step()
+            step(segmentation_loss, opt)
     print(prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=36, max_shapes_column_width=70))
 
