@@ -235,6 +235,27 @@ def test_evaluate_two_models_one_table_with_conditions_and_plots(tmp_path, stude
     assert result.metrics_uri.endswith("metrics.json")
 
 
+def test_evaluate_without_figures_or_calibration_gives_the_same_iou_and_no_plots(tmp_path, student):
+    """The bench's switches: the confusion matrix comes from the logits' argmax either way, so mIoU,
+    per-class IoU and the per-condition mIoU are identical; calibration keys and plots are gone."""
+    from dakd_core.evaluation.evaluate import EvalConfig, run
+
+    ckpt, _ = student
+    manifest = _manifest(tmp_path)
+    full = run(EvalConfig(models=[f"eager={ckpt}"], manifest=manifest, out=str(tmp_path / "full"),
+                          log_mlflow=False, grid_samples=1)).metrics["models"]["eager"]
+    lean = run(EvalConfig(models=[f"eager={ckpt}"], manifest=manifest, out=str(tmp_path / "lean"), log_mlflow=False,
+                          grid_samples=1, figures=False, calibration=False)).metrics["models"]["eager"]
+    assert lean["miou"] == full["miou"] and lean["per_class_iou"] == full["per_class_iou"]
+    assert lean["confusion"] == full["confusion"]
+    assert {c: m["miou"] for c, m in lean["per_condition"].items()} == {c: m["miou"] for c, m in full["per_condition"].items()}
+    assert "ece" in full and "mean_auprc" in full
+    assert not {"ece", "reliability", "mean_auprc", "per_class_auprc"} & set(lean)
+    assert (tmp_path / "full" / "plots" / "confusion_eager.png").exists()
+    assert not (tmp_path / "lean" / "plots").exists()
+    assert "eager" in (tmp_path / "lean" / "report.md").read_text()
+
+
 def test_evaluate_refuses_tampered_onnx_and_publishes_nothing(tmp_path, student):
     from dakd_core.evaluation.evaluate import EvalConfig, run
 

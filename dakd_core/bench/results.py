@@ -325,10 +325,14 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
     mIoU per weather condition of WEATHER_ROWS when the preset renders a weather target."""
     from dakd_core.evaluation.evaluate import EvalConfig, run
 
+    # mIoU, per-class IoU and per-condition mIoU only: the report plots the means over seeds, and
+    # per-model plots and calibration statistics more than doubled this step, which ends each seed
+    # (25 models on target val, seed 0, 1 thread: 38.7 / 40.1 s with them, 18.3 / 19.9 s without;
+    # benchmarks/bench_evaluate.py)
     def evaluate(keys, manifest, name, uris=ckpt):
         cfg = EvalConfig(models=[f"{k}={uris[k]}" for k in keys], manifest=manifest,
                          out=str(out / f"{name}_seed{seed}"), resolution=(p.height, p.width), device=device,
-                         grid_samples=0, log_mlflow=False)
+                         grid_samples=0, log_mlflow=False, figures=False, calibration=False)
         return run(cfg).metrics["models"]
 
     models = evaluate(list(ckpt), manifests["val"], "eval")

@@ -44,6 +44,10 @@ class EvalConfig(StrictConfig):
     amp: bool = True
     table_classes: int = Field(19, description="columns of the paper table: 19, or 16/13 for SYNTHIA sources")
     grid_samples: int = Field(4, ge=0)
+    figures: bool = Field(True, description="write plots/*.png: per-class IoU bars, a confusion matrix per model, "
+                          "reliability and prediction grids")
+    calibration: bool = Field(True, description="accumulate ECE, reliability and per-class AUPRC from the softmax; "
+                              "off: mIoU and the confusion matrix only")
     max_samples: int | None = Field(None, gt=0)
     sha256: dict[str, str] = Field(default_factory=dict, description="explicit sha256 per ONNX model URI")
     log_mlflow: bool = True
@@ -111,14 +115,15 @@ def run(cfg: EvalConfig) -> EvalResult:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds[name] += time.perf_counter() - start
-            probs = logits.softmax(dim=1)
-            totals[name].update(probs, label)
+            # probabilities feed the calibration statistics; the argmax alone feeds the confusion matrix
+            scores = logits.softmax(dim=1) if cfg.calibration else logits.argmax(dim=1)
+            totals[name].update(scores, label)
             if row.get("condition"):
                 per_condition[name].setdefault(
                     row["condition"], SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
-                ).update(probs, label)
+                ).update(scores, label)
             if len(grid[name]) < cfg.grid_samples:
-                pred = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+                pred = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
                 grid[name].append((row["sample_id"], image, label_np, pred))
 
     subsets = class_subsets()
@@ -140,7 +145,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         results[name] = m
 
     out = open_store(cfg.out)
-    figures = _figures(results, totals, grid, CLASS_NAMES)
+    figures = _figures(results, totals, grid, CLASS_NAMES) if cfg.figures else {}
     for file_name, fig in figures.items():
         out.put_bytes(f"plots/{file_name}", plots.figure_png(fig))
     columns, miou_key = table_subsets[cfg.table_classes]
