@@ -1,7 +1,10 @@
 """What the training step's kernel choices save on the CPU: cross-entropy on the (pixels, classes)
 rows of a channels-last map against the 4-D call, and the fused AdamW update against the loop over
 tensors. Whole training steps (forward, CE on both heads at full resolution, backward, AdamW) with
-the old and the new choices run in alternating rounds in one process, then each part alone.
+the old and the new choices run in alternating rounds in one process, then each part alone. Then
+the source step of source distillation (paradigms a and c), whose main head has two CEs, against
+the ground truth and the teacher's pseudo-labels: two calls, or one shared resize and log-softmax
+(`segmentation_losses`).
 
     .venv/bin/python benchmarks/bench_step_kernels.py --models swiftnet_tiny swiftnet_thin swiftnet_mobilenetv4
     .venv/bin/python benchmarks/bench_step_kernels.py --profile swiftnet_thin   # where the rest goes
@@ -40,14 +43,39 @@ def _network_step(name: str, batch: int, size):
     x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 19, (batch, *size))
 
-    def step(loss_fn, opt):
+    def step(loss_fn, opt, main_loss=None):
         out = model(x)
-        loss = loss_fn(out.main, y) + 0.4 * loss_fn(out.aux, y)
+        main = loss_fn(out.main, y) if main_loss is None else main_loss(out.main)
+        loss = main + 0.4 * loss_fn(out.aux, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return model, step
+    return model, y, step
+
+
+def source_distill_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
+    """Seconds per training step whose main head has CE against the labels and against pseudo-labels
+    (a quarter of them differing): (two `segmentation_loss` calls, one `segmentation_losses`)."""
+    import torch
+
+    from dakd_core.losses import segmentation_loss, segmentation_losses
+    from dakd_core.train import engine
+
+    model, y, step = _network_step(name, batch, size)
+    pseudo = torch.where(torch.rand(y.shape) < 0.25, torch.randint(0, 19, y.shape), y)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
+    variants = {
+        "two calls": lambda main: segmentation_loss(main, y) + segmentation_loss(main, pseudo),
+        "shared": lambda main: sum(segmentation_losses(main, [y, pseudo])),
+    }
+    total = dict.fromkeys(variants, 0.0)
+    for r in range(rounds + 1):  # round 0 warms up
+        for k, main_loss in variants.items():
+            seconds = _timed(lambda: step(segmentation_loss, opt, main_loss), 3)
+            if r:
+                total[k] += seconds
+    return total["two calls"] / rounds, total["shared"] / rounds
 
 
 def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
@@ -57,7 +85,7 @@ def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
     from dakd_core.losses import segmentation_loss
     from dakd_core.train import engine
 
-    model, step = _network_step(name, batch, size)
+    model, _, step = _network_step(name, batch, size)
     # lr 0: both variants keep training the same weights, so neither sees different activations.
     variants = {
         "old": (_ce_4d, torch.optim.AdamW(model.parameters(), lr=0.0)),
@@ -113,7 +141,7 @@ def profile_step(name: str, batch: int, size, steps: int = 10) -> None:
     from dakd_core.losses import segmentation_loss
     from dakd_core.train import engine
 
-    model, step = _network_step(name, batch, size)
+    model, _, step = _network_step(name, batch, size)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
     for _ in range(3):
         step(segmentation_loss, opt)
@@ -155,6 +183,11 @@ def main(argv=None) -> int:
     for name in args.models:
         old, new = adamw_pair(name, 20)
         print(f"| AdamW step, {name} | {old * 1e3:.2f} | {new * 1e3:.2f} | {new / old:.2f} |", flush=True)
+    print("\n| source-distillation step | two main-head CEs, ms | shared log-softmax, ms | shared / two |")
+    print("|---|---:|---:|---:|")
+    for name in args.models:
+        old, new = source_distill_pair(name, args.batch, size, args.rounds)
+        print(f"| {name} | {old * 1e3:.1f} | {new * 1e3:.1f} | {new / old:.2f} |", flush=True)
     return 0
 
 

@@ -11,11 +11,12 @@ import torch
 from _distill_data import H, W, make_checkpoint, make_split
 from dakd_core.cache import CacheConfig, TeacherCache, run_cache, teacher_targets
 from dakd_core.errors import ConfigError, DakdError, DataError, TrainingError
+from dakd_core.losses import pseudo_label_ce
 from dakd_core.models import SegOutput
 from dakd_core.models.checkpoint import load_checkpoint, load_model
 from dakd_core.storage import read_bytes
 from dakd_core.train import distill
-from dakd_core.train.distill import DistillConfig, DistillDataset, batch_targets, distill_terms
+from dakd_core.train.distill import DistillConfig, DistillDataset, batch_targets, distill_terms, source_terms
 
 
 @pytest.fixture
@@ -82,6 +83,31 @@ def test_kl_mse_pseudo_inside_the_step(world):
     onehot = torch.nn.functional.one_hot(t["main"].argmax(1), 19).permute(0, 3, 1, 2).float()
     hard = {**t, "main": onehot, "aux": onehot}
     assert all(torch.isfinite(v) for v in distill_terms(other, hard, cfg, "t").values())
+
+
+def test_source_terms_share_the_main_heads_log_softmax_with_the_pseudo_label_ce(world):
+    """With source distillation the source step computes L_pseudoT in `source_terms` (one
+    log-softmax for both main-head CEs); the values equal the separate calls', with and without
+    a confidence threshold, and distill_terms keeps the value it is given."""
+    teacher, _ = load_model(world["teacher"])
+    teacher.eval()
+    images = torch.randn(2, 3, H, W)
+    t = {**teacher_targets(teacher, images), "valid": torch.ones(2, H, W, dtype=torch.bool)}
+    labels = torch.randint(0, 19, (2, H, W))
+    labels[:, :2] = 255
+    out = SegOutput(torch.randn(2, 19, H // 4, W // 4), torch.randn(2, 19, H // 4, W // 4))
+    for threshold in (0.0, float(t["confidence"].median())):
+        cfg = _cfg(world, "unused", pseudo_threshold=threshold)
+        shared = source_terms(out, labels, cfg, t)
+        alone = source_terms(out, labels, cfg)
+        assert set(alone) == {"seg_main", "seg_aux"}
+        assert shared["seg_main"].item() == pytest.approx(alone["seg_main"].item(), rel=1e-6)
+        assert shared["seg_aux"].item() == pytest.approx(alone["seg_aux"].item(), rel=1e-6)
+        expected = pseudo_label_ce(out.main, t["label"], t["confidence"], threshold=threshold)
+        assert shared["s_pseudo"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert distill_terms(out, t, cfg, "s", pseudo=shared["s_pseudo"])["s_pseudo"] is shared["s_pseudo"]
+    border = _cfg(world, "unused", seg_loss="border_focal")
+    assert set(source_terms(out, labels, border, t)) == {"seg_main", "seg_aux"}
 
 
 def test_cached_maps_follow_the_image_geometry(world):

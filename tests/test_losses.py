@@ -22,6 +22,7 @@ from dakd_core.losses import (
     mse_distill,
     pseudo_label_ce,
     segmentation_loss,
+    segmentation_losses,
 )
 
 
@@ -42,6 +43,24 @@ def test_segmentation_loss_hand_value_and_ignore():
     labels = torch.tensor([[[0, 1, 255]]])
     expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
     assert segmentation_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_segmentation_losses_share_one_log_softmax_with_each_maps_own_value_and_gradient():
+    logits = _logits([2.0, 0.0], [0.0, 1.0], [1.0, 1.0])  # 3 pixels, 2 classes
+    truth, pseudo, ignored = torch.tensor([[[0, 1, 255]]]), torch.tensor([[[1, 1, 0]]]), torch.full((1, 1, 3), 255)
+    lse = [math.log(math.exp(2) + 1), math.log(1 + math.e), math.log(2 * math.e)]
+    expected_truth = ((lse[0] - 2) + (lse[1] - 1)) / 2
+    expected_pseudo = ((lse[0] - 0) + (lse[1] - 1) + (lse[2] - 1)) / 3
+    z = logits.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    got = segmentation_losses(z, [truth, pseudo, ignored])
+    assert [v.item() for v in got] == pytest.approx([expected_truth, expected_pseudo, 0.0], rel=1e-6)
+    (got[0] + got[1] + got[2]).backward()
+    shared_grad = z.grad.clone()
+    z.grad = None
+    (segmentation_loss(z, truth) + segmentation_loss(z, pseudo)).backward()
+    assert torch.allclose(shared_grad, z.grad, atol=1e-7)
+    with pytest.raises(ValueError, match="different shapes"):
+        segmentation_losses(z, [truth, torch.zeros(1, 1, 4, dtype=torch.long)])
 
 
 def test_segmentation_loss_upsamples_logits_to_the_labels():

@@ -1,9 +1,9 @@
 """All training losses; each function's docstring gives its formula."""
 
 from dakd_core.losses.adversarial import SOURCE_LABEL, TARGET_LABEL, bce_adversarial
-from dakd_core.losses.distill import border_weighted_kl, kl_distill, mse_distill, pseudo_label_ce
+from dakd_core.losses.distill import border_weighted_kl, kl_distill, mse_distill, pseudo_label_ce, pseudo_labels
 from dakd_core.losses.feature import FeatureAdapter, cwd_loss, l2_feature, lad_loss
-from dakd_core.losses.segmentation import border_focal_loss, border_weights, segmentation_loss
+from dakd_core.losses.segmentation import border_focal_loss, border_weights, segmentation_loss, segmentation_losses
 
 __all__ = [
     "FeatureAdapter",
@@ -19,5 +19,7 @@ __all__ = [
     "kl_distill",
     "mse_distill",
     "pseudo_label_ce",
+    "pseudo_labels",
     "segmentation_loss",
+    "segmentation_losses",
 ]

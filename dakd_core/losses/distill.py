@@ -112,6 +112,24 @@ def mse_distill(
     return weighted_mean(per_pixel, weights)
 
 
+def pseudo_labels(
+    teacher_labels: torch.Tensor,
+    confidence: torch.Tensor | None = None,
+    threshold: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """The teacher's argmax labels (N, H, W) as L_pseudoT's targets: with `confidence` (N, H, W,
+    bilinearly resized to the labels if it differs) and `threshold` > 0, pixels whose teacher
+    confidence is below `threshold` become `ignore_index`."""
+    labels = teacher_labels.long()
+    if confidence is not None and threshold > 0.0:
+        confidence = confidence.to(labels.device).float()
+        if confidence.shape != labels.shape:
+            confidence = resize_bilinear(confidence[:, None], labels.shape[-2:])[:, 0]
+        labels = torch.where(confidence >= threshold, labels, torch.full_like(labels, ignore_index))
+    return labels
+
+
 def pseudo_label_ce(
     student_logits: torch.Tensor,
     teacher_labels: torch.Tensor,
@@ -119,15 +137,8 @@ def pseudo_label_ce(
     threshold: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """L_pseudoT = CE(student, argmax teacher) (eq. 6), i.e. `segmentation_loss` on teacher labels.
-
-    Pixels labelled `ignore_index`, and (if `confidence` (N, H, W) is given) pixels whose teacher
-    confidence is below `threshold`, do not count. Logits are resized to the labels' size.
-    """
-    labels = teacher_labels.long()
-    if confidence is not None and threshold > 0.0:
-        confidence = confidence.to(labels.device).float()
-        if confidence.shape != labels.shape:
-            confidence = resize_bilinear(confidence[:, None], labels.shape[-2:])[:, 0]
-        labels = torch.where(confidence >= threshold, labels, torch.full_like(labels, ignore_index))
+    """L_pseudoT = CE(student, argmax teacher) (eq. 6), i.e. `segmentation_loss` on `pseudo_labels`:
+    pixels labelled `ignore_index` and pixels under the confidence `threshold` do not count.
+    Logits are resized to the labels' size."""
+    labels = pseudo_labels(teacher_labels, confidence, threshold, ignore_index)
     return segmentation_loss(student_logits, labels, ignore_index=ignore_index)

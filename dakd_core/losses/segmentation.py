@@ -22,18 +22,35 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
     `logits` (N, C, h, w) are bilinearly resized (align_corners=False) to the labels' (N, H, W).
     Returns 0 (with a graph) when every pixel is ignored, instead of CE's NaN.
     """
-    logits = resize_bilinear(logits.float(), labels.shape[-2:])
-    labels = labels.long()
-    if not bool((labels != ignore_index).any()):
-        return logits.sum() * 0.0
+    return segmentation_losses(logits, [labels], ignore_index)[0]
+
+
+def segmentation_losses(logits: torch.Tensor, label_maps: list[torch.Tensor],
+                        ignore_index: int = IGNORE_INDEX) -> list[torch.Tensor]:
+    """`segmentation_loss` of one logit map against each of several label maps of one size, e.g.
+    the ground truth and the teacher's pseudo-labels of a source batch: one bilinear resize and one
+    log-softmax serve them all. Cross-entropy is the NLL of the log-softmax, so each value is the
+    one its own `segmentation_loss` call gives."""
+    shape = label_maps[0].shape
+    if any(labels.shape != shape for labels in label_maps):
+        raise ValueError(f"segmentation_losses: label maps of different shapes {[tuple(m.shape) for m in label_maps]}")
+    logits = resize_bilinear(logits.float(), shape[-2:])
     if logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
         # The networks' channels-last maps are (pixels, classes) rows already: the 2-D kernels read
         # them in place, where the 4-D ones first copy to NCHW (same value; one CE at 64x128 with
         # 19 classes, forward + backward, 1 CPU thread, stride-2 logits: 16.9 -> 10.8 ms,
         # `benchmarks/bench_step_kernels.py`).
-        rows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-        return F.cross_entropy(rows, labels.reshape(-1), ignore_index=ignore_index)
-    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+        logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+        label_maps = [labels.reshape(-1) for labels in label_maps]
+    log_probs = F.log_softmax(logits, dim=1)
+    losses = []
+    for labels in label_maps:
+        labels = labels.long()
+        if bool((labels != ignore_index).any()):
+            losses.append(F.nll_loss(log_probs, labels, ignore_index=ignore_index))
+        else:
+            losses.append(logits.sum() * 0.0)
+    return losses
 
 
 def border_weights(
