@@ -8,6 +8,9 @@ outside the reported 0-2:
 - `distill-field`: paradigms (b) and (c) at several values of one DistillConfig field, e.g. the
   distillation lr (the student restarts from its adapted checkpoint with a fresh optimiser, so the
   networks' lr 1e-2 re-warms it) or the pseudo-label confidence threshold;
+- `teacher`: the teacher network's pretraining budget (`it_pretrain`, which the student network's
+  rows do not use): the teacher retrained and re-adapted under a variant store, then (b) and (c)
+  from it, against the seed's adapted student (trained once, reused);
 - `dscale`: the discriminators' input size (AdaptConfig.d_input_scale: 1 = AdaptSegNet's image size,
   0.5 = the CPU networks' stride-2 logit grid): teacher and student adapted, then paradigm (c), from
   one pair of source-only networks, with each variant's seconds per adaptation / distillation step.
@@ -16,6 +19,7 @@ outside the reported 0-2:
     python benchmarks/tune_choices.py distill-field --out .dakd/tune --seed 10 --field lr --values 0.01,0.003
     python benchmarks/tune_choices.py sfda --out .dakd/tune --seed 10 --iterations 100
     python benchmarks/tune_choices.py dscale --out .dakd/tune --seed 10 --scales 1,0.5
+    python benchmarks/tune_choices.py teacher --out .dakd/tune --seed 10 --values 1600 --under dscale0.5
 
 Prints {row: tune mIoU (%)} and writes it to OUT/tune_<what>_seed<seed>.json.
 """
@@ -114,6 +118,20 @@ def tune_sfda(out: Path, size: str, seed: int, iterations: int, variants: list[s
     return res
 
 
+def tune_teacher(out: Path, size: str, seed: int, budgets: list[int], under: str) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size, under)
+    base_rows = [r for r in R.ROWS if r.key in ADAPTED_PAIR]
+    base = R.run_seed(preset, seed, manifests, store, "cpu", base_rows)
+    res = _tune_miou(preset, manifests, base)
+    given = {k: base[k] for k in ("student_source_only", "student_adapted")}
+    rows = base_rows + [r for r in R.ROWS if r.key in ("paradigm_b", "paradigm_c")]
+    for its in budgets:
+        ckpt = R.run_seed(dataclasses.replace(preset, it_pretrain=its), seed, manifests, f"{store}/teacher{its}",
+                          "cpu", rows, given=given)
+        res.update({f"{k}@teacher{its}": v for k, v in _tune_miou(preset, manifests, ckpt).items() if k not in given})
+    return res
+
+
 def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[str, float]:
     R, preset, store, manifests = _setup(out, size)
     source_only = ("teacher_source_only", "student_source_only")
@@ -136,7 +154,7 @@ def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[st
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("distill", "distill-field", "sfda", "dscale"))
+    p.add_argument("what", choices=("distill", "distill-field", "sfda", "dscale", "teacher"))
     p.add_argument("--out", default=".dakd/tune")
     p.add_argument("--size", default="results")
     p.add_argument("--seed", type=int, default=10)
@@ -144,7 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", default="150,250", help="distill: distillation iterations")
     p.add_argument("--lambda-target", default="1,2,3", help="distill: lambda_target values of paradigm c")
     p.add_argument("--field", default="lr", help="distill-field: a DistillConfig field")
-    p.add_argument("--values", default="0.01,0.003,0.001", help="distill-field: the field's values")
+    p.add_argument("--values", default="0.01,0.003,0.001",
+                   help="distill-field: the field's values; teacher: its pretraining iterations")
     p.add_argument("--under", default="", help="train under OUT/store/UNDER (reuse the stages another run left there)")
     p.add_argument("--iterations", type=int, default=100, help="sfda: adaptation iterations")
     p.add_argument("--variants", default=",".join(SFDA_VARIANTS), help="sfda: " + ", ".join(SFDA_VARIANTS))
@@ -162,6 +181,8 @@ def main(argv=None) -> int:
         res = tune_distill_field(out, args.size, args.seed, args.field,
                                  [int(x) if x.isdigit() else float(x) for x in args.values.split(",")],
                                  args.under)
+    elif args.what == "teacher":
+        res = tune_teacher(out, args.size, args.seed, [int(x) for x in args.values.split(",")], args.under)
     elif args.what == "dscale":
         res = tune_dscale(out, args.size, args.seed, [float(x) for x in args.scales.split(",")])
     else:
