@@ -54,6 +54,18 @@ def _network_step(name: str, batch: int, size):
     return model, y, step
 
 
+def _alternating(steps: list, rounds: int) -> list[float]:
+    """Mean seconds per call of each step function, timed in `rounds` alternating rounds of 3
+    calls after one warm-up round (allocator, oneDNN primitive cache)."""
+    total = [0.0] * len(steps)
+    for r in range(rounds + 1):
+        for i, fn in enumerate(steps):
+            seconds = _timed(fn, 3)
+            if r:
+                total[i] += seconds
+    return [t / rounds for t in total]
+
+
 def source_distill_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
     """Seconds per training step whose main head has CE against the labels and against pseudo-labels
     (a quarter of them differing): (two `segmentation_loss` calls, one `segmentation_losses`)."""
@@ -65,17 +77,16 @@ def source_distill_pair(name: str, batch: int, size, rounds: int) -> tuple[float
     model, y, step = _network_step(name, batch, size)
     pseudo = torch.where(torch.rand(y.shape) < 0.25, torch.randint(0, 19, y.shape), y)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
-    variants = {
-        "two calls": lambda main: segmentation_loss(main, y) + segmentation_loss(main, pseudo),
-        "shared": lambda main: sum(segmentation_losses(main, [y, pseudo])),
-    }
-    total = dict.fromkeys(variants, 0.0)
-    for r in range(rounds + 1):  # round 0 warms up
-        for k, main_loss in variants.items():
-            seconds = _timed(lambda: step(segmentation_loss, opt, main_loss), 3)
-            if r:
-                total[k] += seconds
-    return total["two calls"] / rounds, total["shared"] / rounds
+
+    def two_calls(main):
+        return segmentation_loss(main, y) + segmentation_loss(main, pseudo)
+
+    def shared(main):
+        return sum(segmentation_losses(main, [y, pseudo]))
+
+    old, new = _alternating([lambda: step(segmentation_loss, opt, two_calls),
+                             lambda: step(segmentation_loss, opt, shared)], rounds)
+    return old, new
 
 
 def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
@@ -87,17 +98,10 @@ def step_pair(name: str, batch: int, size, rounds: int) -> tuple[float, float]:
 
     model, _, step = _network_step(name, batch, size)
     # lr 0: both variants keep training the same weights, so neither sees different activations.
-    variants = {
-        "old": (_ce_4d, torch.optim.AdamW(model.parameters(), lr=0.0)),
-        "new": (segmentation_loss, torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))),
-    }
-    total = {k: 0.0 for k in variants}
-    for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitive cache)
-        for k, (loss_fn, opt) in variants.items():
-            seconds = _timed(lambda: step(loss_fn, opt), 3)
-            if r:
-                total[k] += seconds
-    return total["old"] / rounds, total["new"] / rounds
+    loop = torch.optim.AdamW(model.parameters(), lr=0.0)
+    fused = torch.optim.AdamW(model.parameters(), lr=0.0, **engine.fused_update(model))
+    old, new = _alternating([lambda: step(_ce_4d, loop), lambda: step(segmentation_loss, fused)], rounds)
+    return old, new
 
 
 def ce_pair(shape, size, reps: int) -> tuple[float, float]:
