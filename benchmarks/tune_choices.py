@@ -13,13 +13,16 @@ outside the reported 0-2:
   from it, against the seed's adapted student (trained once, reused);
 - `dscale`: the discriminators' input size (AdaptConfig.d_input_scale: 1 = AdaptSegNet's image size,
   0.5 = the CPU networks' stride-2 logit grid): teacher and student adapted, then paradigm (c), from
-  one pair of source-only networks, with each variant's seconds per adaptation / distillation step.
+  one pair of source-only networks, with each variant's seconds per adaptation / distillation step;
+- `realtime`: the real-time student's budgets: source-only pretraining (`it_pretrain_realtime`) and
+  its DAKD (c) distillation (`it_distill_realtime`), each pair from the seed's adapted teacher.
 
     python benchmarks/tune_choices.py distill --out .dakd/tune --seed 10 --budgets 150,250
     python benchmarks/tune_choices.py distill-field --out .dakd/tune --seed 10 --field lr --values 0.01,0.003
     python benchmarks/tune_choices.py sfda --out .dakd/tune --seed 10 --iterations 100
     python benchmarks/tune_choices.py dscale --out .dakd/tune --seed 10 --scales 1,0.5
     python benchmarks/tune_choices.py teacher --out .dakd/tune --seed 10 --values 1600 --under dscale0.5
+    python benchmarks/tune_choices.py realtime --out .dakd/tune --seed 10 --values 600,800 --budgets 75,100 --under dscale0.5
 
 Prints {row: tune mIoU (%)} and writes it to OUT/tune_<what>_seed<seed>.json.
 """
@@ -132,6 +135,25 @@ def tune_teacher(out: Path, size: str, seed: int, budgets: list[int], under: str
     return res
 
 
+def tune_realtime(out: Path, size: str, seed: int, pretrain: list[int], distill: list[int],
+                  under: str) -> dict[str, float]:
+    R, preset, store, manifests = _setup(out, size, under)
+    base_rows = [r for r in R.ROWS if r.key in ADAPTED_PAIR]
+    adapted = R.run_seed(preset, seed, manifests, store, "cpu", base_rows)  # the adapted teacher, trained once
+    res: dict[str, float] = {}
+    for p_its in pretrain:
+        source_only = [r for r in R.ROWS if r.key == "rt_source_only"]
+        given = R.run_seed(dataclasses.replace(preset, it_pretrain_realtime=p_its), seed, manifests,
+                           f"{store}/rt{p_its}", "cpu", base_rows + source_only, given=adapted)
+        res[f"rt_source_only@pretrain{p_its}"] = _tune_miou(preset, manifests, {"rt_source_only": given["rt_source_only"]})["rt_source_only"]
+        for d_its in distill:  # each budget in a store of its own, from the same source-only network
+            rows = base_rows + [r for r in R.ROWS if r.key == "rt_dakd"]
+            ckpt = R.run_seed(dataclasses.replace(preset, it_distill_realtime=d_its), seed, manifests,
+                              f"{store}/rt{p_its}_distill{d_its}", "cpu", rows, given=given)
+            res[f"rt_dakd@pretrain{p_its}_distill{d_its}"] = _tune_miou(preset, manifests, {"rt_dakd": ckpt["rt_dakd"]})["rt_dakd"]
+    return res
+
+
 def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[str, float]:
     R, preset, store, manifests = _setup(out, size)
     source_only = ("teacher_source_only", "student_source_only")
@@ -154,16 +176,16 @@ def tune_dscale(out: Path, size: str, seed: int, scales: list[float]) -> dict[st
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("distill", "distill-field", "sfda", "dscale", "teacher"))
+    p.add_argument("what", choices=("distill", "distill-field", "sfda", "dscale", "teacher", "realtime"))
     p.add_argument("--out", default=".dakd/tune")
     p.add_argument("--size", default="results")
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--budgets", default="150,250", help="distill: distillation iterations")
+    p.add_argument("--budgets", default="150,250", help="distill, realtime: distillation iterations")
     p.add_argument("--lambda-target", default="1,2,3", help="distill: lambda_target values of paradigm c")
     p.add_argument("--field", default="lr", help="distill-field: a DistillConfig field")
     p.add_argument("--values", default="0.01,0.003,0.001",
-                   help="distill-field: the field's values; teacher: its pretraining iterations")
+                   help="distill-field: the field's values; teacher, realtime: the network's pretraining iterations")
     p.add_argument("--under", default="", help="train under OUT/store/UNDER (reuse the stages another run left there)")
     p.add_argument("--iterations", type=int, default=100, help="sfda: adaptation iterations")
     p.add_argument("--variants", default=",".join(SFDA_VARIANTS), help="sfda: " + ", ".join(SFDA_VARIANTS))
@@ -183,6 +205,9 @@ def main(argv=None) -> int:
                                  args.under)
     elif args.what == "teacher":
         res = tune_teacher(out, args.size, args.seed, [int(x) for x in args.values.split(",")], args.under)
+    elif args.what == "realtime":
+        res = tune_realtime(out, args.size, args.seed, [int(x) for x in args.values.split(",")],
+                            [int(b) for b in args.budgets.split(",")], args.under)
     elif args.what == "dscale":
         res = tune_dscale(out, args.size, args.seed, [float(x) for x in args.scales.split(",")])
     else:

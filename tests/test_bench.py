@@ -109,8 +109,9 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     rows = tuple(r for r in results.ROWS if r.group == "baseline" and r.key != "student_photometric"
                  or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd"))
     monkeypatch.setattr(results, "ROWS", rows)  # select_rows(None): every row of ROWS
-    # the real-time rows' own distillation budget
-    monkeypatch.setitem(results.PRESETS, "tiny", dataclasses.replace(results.PRESETS["tiny"], it_distill_realtime=3))
+    # the real-time rows' own pretraining and distillation budgets (tiny's shared ones: 2 and 2)
+    monkeypatch.setitem(results.PRESETS, "tiny", dataclasses.replace(
+        results.PRESETS["tiny"], it_distill_realtime=3, it_pretrain_realtime=4))
     docs, js = tmp_path / "docs", tmp_path / "docs" / "results.json"
     argv = ["bench", "results", "--size", "tiny", "--seeds", "1", "--out", str(tmp_path / "work"),
             "--docs", str(docs), "--json", str(js)]
@@ -132,8 +133,8 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     cfg = json.loads((tmp_path / "work/store/runs/seed0/distill_paradigm_d/result.json").read_text())
     assert cfg["best_checkpoint_uri"].endswith("distill_paradigm_d/best.pt")
     steps = {stage: json.loads((tmp_path / f"work/store/runs/seed0/{stage}/result.json").read_text())["metrics"]["steps"]
-             for stage in ("distill_paradigm_c", "distill_rt_cwd")}
-    assert steps == {"distill_paradigm_c": 2, "distill_rt_cwd": 3}
+             for stage in ("pretrain_student", "distill_paradigm_c", "pretrain_rt", "distill_rt_cwd")}
+    assert steps == {"pretrain_student": 2, "distill_paradigm_c": 2, "pretrain_rt": 4, "distill_rt_cwd": 3}
     md = (docs / "results.md").read_text()
     assert "dakd bench results --size tiny --seeds 1" in md
     assert "(d) target, from (c) (`paradigm_d`)" in md and "| (d) >= (c) |" in md

@@ -286,7 +286,8 @@ from the same source-only checkpoint with the same budget by ADVENT, ROAD, DiGA 
 adapt budget, its step also runs a generator and a frozen copy of the network, and at lr {sfda_lr:g}: without a source loss, max squares
 at the networks' lr collapses); discriminators are {p.get('d_ndf', 64)} wide and see the
 output maps resized to {p.get('d_input_scale', 1.0):g} of the crop (AdaptSegNet: 1).
-The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only, then distil it
+The `realtime` rows train `{p.get('realtime_student', 'swiftnet_mobilenetv4')}` source-only
+({p.get('it_pretrain_realtime') or p['it_pretrain']} iterations), then distil it
 ({p.get('it_distill_realtime') or p['it_distill']} iterations) in paradigm (c) from the same
 adapted teacher with DAKD's losses alone and with CWD, LAD (live teacher, `feature_level` last) or the
 border-focal CE + border-weighted KL added (`dakd distill --lambda-cwd/--lambda-lad/--seg-loss`).

@@ -53,6 +53,7 @@ class ResultsPreset:
     n_weather: int = 0  # labelled images per condition of the weather target (per-condition evaluation)
     realtime_student: str = "swiftnet_mobilenetv4"  # the "realtime" rows' student (seed 004)
     it_distill_realtime: int | None = None  # the "realtime" rows' distillation budget; None: it_distill
+    it_pretrain_realtime: int | None = None  # the real-time student's source-only pretraining; None: it_pretrain
     shift: float = 0.45  # target appearance shift (dakd synth --shift)
     # pretrain budget of the student network's rows (source-only, photometric, oracle); None: it_pretrain
     it_pretrain_student: int | None = None
@@ -81,9 +82,14 @@ PRESETS = {
     # Distillation 200 iterations per student row: on the tune split (seeds 10 / 11, from adapted
     # students at 47.82 / 47.35) (c) scored 46.56 / 46.51 at 150, 47.36 / 47.06 at 200 and 47.38 /
     # 47.99 at 250, (b) 49.19 / 48.48, 49.92 / 48.77 and 49.74 / 48.98 (benchmarks/tune_choices.py
-    # distill-field --field iterations). The real-time rows get 100: their distillation step
-    # takes 1.6-1.9x the student's (docs/results.md's notes), they are compared with each other,
-    # and at 150 the 25 rows took more than the bench's 60 minutes on 2 cores.
+    # distill-field --field iterations). The real-time rows are compared with each other and get
+    # smaller budgets: their distillation step takes 1.6-1.9x the student's (docs/results.md's
+    # notes), and the 25 rows at the shared budgets took 60.5 minutes (over the bench's hour).
+    # Pretraining 600 / 800 and distillation 75 / 100 iterations, tune split, seeds 10 / 11:
+    # source-only 20.93 / 22.39 and 22.34 / 23.35; DAKD (c) 27.36 / 28.07 at (600, 75), 27.53 /
+    # 28.20 at (800, 75), 26.60 / 28.61 at (600, 100), 28.58 / 28.68 at (800, 100)
+    # (benchmarks/tune_choices.py realtime): (600, 75) costs about a point of the real-time rows
+    # and saves about 97 s of stage time per seed.
     # The discriminators see the stride-2 logits as they are (d_input_scale 0.5), not upsampled to
     # the crop: on tune (seeds 10, 11) the same mIoU within noise; on seed 10 the student's
     # adaptation step took 0.60x and distillation's 0.58x the time (benchmarks/tune_choices.py
@@ -91,7 +97,7 @@ PRESETS = {
     "results": ResultsPreset(128, 64, 300, 300, 24, 48, "swiftnet_thin", "swiftnet_tiny", 800, 400, 200,
                              batch_size=8, eval_every=100, d_ndf=16, n_weather=12, lambda_adv_main=1e-2,
                              lambda_adv_aux=2e-3, it_pretrain_student=1600, sfda_budget=0.25, d_input_scale=0.5,
-                             it_distill_realtime=100),
+                             it_distill_realtime=75, it_pretrain_realtime=600),
 }
 
 
@@ -307,7 +313,8 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             continue
         if row.key == "rt_source_only":
             ckpt[row.key] = _train(pretrain, PretrainConfig(
-                **common, model=p.realtime_student, iterations=p.it_pretrain, out=f"{runs}/pretrain_rt"))
+                **common, model=p.realtime_student, iterations=p.it_pretrain_realtime or p.it_pretrain,
+                out=f"{runs}/pretrain_rt"))
             continue
         # the live teacher replaces the cache (feature losses need its intermediate maps)
         fields = dict(distill_common, model=p.realtime_student, iterations=p.it_distill_realtime or p.it_distill,
