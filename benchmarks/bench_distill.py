@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -107,6 +106,13 @@ def measure(argv=None, probe=None) -> dict:
                     help="DataLoader workers (0 on CPU: the CPU clock counts this process only)")
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
     args = ap.parse_args(argv)
+    from dakd_core.bench.scratch import scratch_dir
+
+    with scratch_dir("dakd-bench-distill-") as root:
+        return _measure_in(str(root), args, probe)
+
+
+def _measure_in(root: str, args, probe) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from dakd_core.bench.clock import cpu_seconds
     from dakd_core.cache import CacheConfig, TeacherCache, run_cache
@@ -114,9 +120,7 @@ def measure(argv=None, probe=None) -> dict:
     from dakd_core.train.configs import AdaptConfig
     from dakd_core.train.distill import DistillConfig
 
-    root = tempfile.mkdtemp(prefix="dakd-bench-distill-")
     store = f"file://{root}"
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns.db")
     size = tuple(args.size)
     src = make_data(store, "src", args.images, size, True)
     tgt = make_data(store, "tgt", args.images, size, False)

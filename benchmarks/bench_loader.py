@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ os.environ.setdefault("DAKD_NO_PROGRESS", "1")
 import torch  # noqa: E402
 
 from dakd_core.bench.data import write_split  # noqa: E402
+from dakd_core.bench.scratch import scratch_dir  # noqa: E402
 from dakd_core.data.dataset import ManifestDataset  # noqa: E402
 from dakd_core.train import engine  # noqa: E402
 
@@ -55,14 +55,14 @@ def measure(argv=None) -> dict:
     if min(args.workers) < 1:
         ap.error("--workers: counts must be >= 1 (0 loads in the training process: nothing to scale)")
     device = engine.default_device()
-    tmp = Path(tempfile.mkdtemp(prefix="dakd-bench-loader-"))
-    manifest = write_split(tmp.as_uri(), args.images, tuple(args.size))
     counts = sorted(set(args.workers))
     best = dict.fromkeys(counts, 0.0)
-    for _ in range(args.repeats):
-        for workers in counts:
-            best[workers] = max(best[workers], stream_rate(manifest, tuple(args.crop), args.batch, workers,
-                                                           args.batches, device))
+    with scratch_dir("dakd-bench-loader-") as tmp:
+        manifest = write_split(tmp.as_uri(), args.images, tuple(args.size))
+        for _ in range(args.repeats):
+            for workers in counts:
+                best[workers] = max(best[workers], stream_rate(manifest, tuple(args.crop), args.batch, workers,
+                                                               args.batches, device))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(f"training stream, {args.size[0]}x{args.size[1]} images, crop {args.crop[0]}x{args.crop[1]}, "
           f"batch {args.batch}, {cores} cores")

@@ -18,10 +18,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from dakd_core.bench.clock import Stopwatch
+from dakd_core.bench.scratch import scratch_dir
 
 # The child: a tracked no-op stage with a real stage's imports and MLflow run.
 CHILD = """
@@ -53,17 +53,8 @@ def measure(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="task processes of each kind, alternated")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="dakd-bench-task-"))
-    base = {k: v for k, v in os.environ.items() if k not in ("_KFP_RUNTIME", "MLFLOW_RUN_ID", "DAKD_PARENT_RUN_ID")}
-    base.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY="true",
-                DAKD_SYSTEM_METRICS="0", DAKD_NO_PROGRESS="1")
-    kinds = {"plain exit": base, "KFP task, frozen": dict(base, _KFP_RUNTIME="true")}
-    store = (tmp / "store").as_uri()
-    task_process(store, base)  # creates the MLflow database (its migrations are no task's cost)
-    runs: dict[str, list[Stopwatch]] = {k: [] for k in kinds}
-    for _ in range(args.repeats):
-        for kind, env in kinds.items():
-            runs[kind].append(task_process(store, env))
+    with scratch_dir("dakd-bench-task-") as tmp:
+        runs = _task_runs(tmp, args.repeats)
     result = {kind: {"cpu_s": statistics.median(sw.cpu for sw in sws), "wall_s": statistics.median(sw.wall for sw in sws)}
               for kind, sws in runs.items()}
     print(f"task process, median of {args.repeats}: CPU s, wall s")
@@ -72,6 +63,21 @@ def measure(argv=None) -> dict:
     saved = result["plain exit"]["cpu_s"] - result["KFP task, frozen"]["cpu_s"]
     print(f"  CPU saved per task by the freeze: {saved:.2f} s")
     return result
+
+
+def _task_runs(tmp: Path, repeats: int) -> dict[str, list[Stopwatch]]:
+    """`repeats` task processes of each kind, alternated, with the store and MLflow DB under `tmp`."""
+    base = {k: v for k, v in os.environ.items() if k not in ("_KFP_RUNTIME", "MLFLOW_RUN_ID", "DAKD_PARENT_RUN_ID")}
+    base.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY="true",
+                DAKD_SYSTEM_METRICS="0", DAKD_NO_PROGRESS="1")
+    kinds = {"plain exit": base, "KFP task, frozen": dict(base, _KFP_RUNTIME="true")}
+    store = (tmp / "store").as_uri()
+    task_process(store, base)  # creates the MLflow database (its migrations are no task's cost)
+    runs: dict[str, list[Stopwatch]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for kind, env in kinds.items():
+            runs[kind].append(task_process(store, env))
+    return runs
 
 
 def main(argv=None) -> int:

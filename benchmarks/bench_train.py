@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -107,9 +106,14 @@ def measure(argv=None) -> dict:
     ap.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
+    from dakd_core.bench.scratch import scratch_dir
+
+    with scratch_dir("dakd-bench-train-") as tmp:
+        return _measure_in(tmp, args)
+
+
+def _measure_in(tmp: Path, args) -> dict:
     device = engine.default_device()
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlruns.db")
     manifest = write_split(tmp.as_uri() + "/store", 8, tuple(args.size))
     print(f"device {device}, batch {args.batch}, crop {args.size[0]}x{args.size[1]}, {args.iters} iterations, "
           f"torch threads {torch.get_num_threads()}")

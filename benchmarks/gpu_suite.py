@@ -188,7 +188,8 @@ def main(argv=None) -> dict:
     if preset.device == "cuda" and not torch.cuda.is_available():
         ap.error("no CUDA device: run it on a GPU machine, or --dry-run for the CPU smoke")
     os.environ["DAKD_DEVICE"] = preset.device  # the stage benchmarks pick their device from it
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='dakd-gpu-suite-')}/mlruns.db")
+    if "MLFLOW_TRACKING_URI" not in os.environ:  # the sections' MLflow runs, in a small DB kept for a look
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='dakd-gpu-suite-')}/mlruns.db"
     from dakd_core.bench.gpu import UtilisationSampler, nvml_reader
     from dakd_core.bench.perf import markdown_table
     from dakd_core.bench.results import machine_description
