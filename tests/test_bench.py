@@ -165,6 +165,20 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert {k: r["miou"]["mean"] for k, r in json.loads(js.read_text())["rows"].items()} == before
 
 
+def test_real_time_source_only_row_alone_adapts_and_caches_no_teacher(tmp_path, mlflow_uri):
+    """rt_source_only is in the "realtime" group but is not distilled: run without a distillation
+    row, a seed trains no adapted teacher and writes no teacher cache (tune_choices.py realtime)."""
+    p = results.PRESETS["tiny"]
+    store = (tmp_path / "store").as_uri()
+    manifests = results.prepare_data(p, tmp_path, store)
+    rows = tuple(r for r in results.ROWS if r.key in ("teacher_source_only", "student_source_only", "rt_source_only"))
+    ckpt = results.run_seed(p, 0, manifests, store, "cpu", rows)
+    assert set(ckpt) == {"teacher_source_only", "student_source_only", "rt_source_only"}
+    assert sorted(d.name for d in (tmp_path / "store" / "runs" / "seed0").iterdir()) == [
+        "pretrain_rt", "pretrain_student", "pretrain_teacher"]
+    assert not (tmp_path / "store" / "teacher_cache").exists()
+
+
 def test_results_seeds_in_more_processes_than_cores_share_the_cores(tmp_path, mlflow_uri, monkeypatch):
     """--jobs 3 on a (pretend) 2-core machine: three seed processes, two compute slots."""
     rows = tuple(r for r in results.ROWS if r.key in ("teacher_source_only", "student_source_only",

@@ -276,7 +276,9 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         ckpt["target_oracle"] = _train(pretrain, PretrainConfig(
             **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=it_student,
             out=f"{runs}/pretrain_oracle"))
-    distilled = any(row.group in ("paradigm", "ablation", "realtime") for row in rows)
+    # the rows trained by distillation need the adapted teacher and its cache; the real-time
+    # student's source-only row, though in the "realtime" group, needs neither
+    distilled = any(row.group in ("paradigm", "ablation", "realtime") and row.key != "rt_source_only" for row in rows)
     for role, net in (("teacher", p.teacher), ("student", p.student)):
         if f"{role}_adapted" not in ckpt and (distilled or f"{role}_adapted" in keys):
             ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
