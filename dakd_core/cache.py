@@ -17,6 +17,13 @@ Every index row carries its shard's sha256 (`shard_sha256`), checked when the re
 shard: a flipped bit in a stored shard is a DataError naming it, not a silently wrong target.
 Shard keys are checked to stay under the cache's folder (no '..', absolute or scheme-qualified keys).
 
+Per-domain teacher statistics: the adapted teacher's BatchNorm running statistics are the target
+domain's (adaptation's `bn_statistics: target`), so running it in eval mode on source images would
+normalise them with target statistics. The cache labels each domain with its own: before the source
+images, the teacher's statistics are re-estimated on up to `bn_source_images` source images
+(`with_domain_statistics`, a cumulative average in train mode, weights untouched); target images keep
+the checkpoint's. The live teacher of `dakd distill --teacher-online` does the same.
+
 Sharding lets a pipeline fan out (`shard i/n` processes the shards k with k % n == i) and makes the
 work resumable: a rerun skips every shard whose index exists and matches this run's fingerprint
 (teacher checkpoint sha256, manifest sha256s, dtype, size, shard size). Every index row carries the
@@ -53,7 +60,8 @@ from dakd_core.lease import WriterLease
 
 # /2: shard checksums in the index (the format is part of every shard's fingerprint, so a resumed
 # /1 cache is recomputed rather than mixed).
-CACHE_FORMAT = "dakd-teacher-cache/2"
+# /3: source images labelled with source BatchNorm statistics (bn_source_images)
+CACHE_FORMAT = "dakd-teacher-cache/3"
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -108,6 +116,10 @@ class CacheConfig(StrictConfig):
         "distill stage gives that domain (source_resize for the source manifest, target_resize for the "
         "target one), so the teacher runs at the geometry the student trains at")
     shard_size: int = Field(64, gt=0, description="samples per shard object")
+    bn_source_images: int = Field(
+        256, ge=0, description="source images the teacher's BatchNorm statistics are re-estimated on before it "
+        "labels the source images (its own running statistics are the target domain's after adaptation); 0 "
+        "labels every domain with the checkpoint's statistics")
     batch_size: int = Field(4, gt=0)
     num_workers: int = Field(0, ge=0)
     device: str | None = None
@@ -248,6 +260,59 @@ def load_frozen_teacher(uri: str, device: torch.device) -> torch.nn.Module:
     return teacher
 
 
+@torch.no_grad()
+def with_domain_statistics(model: torch.nn.Module, batches) -> torch.nn.Module:
+    """A frozen copy of `model` (eval mode) whose BatchNorm running statistics are re-estimated on
+    `batches` of normalised images: the cumulative mean and variance over all of them (momentum
+    None), weights untouched. The model itself is left as it was. With no BatchNorm layer, or no
+    batch, the copy keeps the model's statistics."""
+    import copy
+
+    estimate = copy.deepcopy(model)
+    layers = [m for m in estimate.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch seen
+        m.train()
+    seen = 0
+    for images in batches:
+        estimate(images)
+        seen += images.shape[0]
+    for m, (mean, var, momentum) in zip(layers, saved):
+        m.momentum = momentum
+        if not seen:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+    return estimate.eval().requires_grad_(False)
+
+
+def source_statistics_teacher(teacher: torch.nn.Module, source_uris: list[str], size_of, max_images: int,
+                              device: torch.device, batch_size: int = 4) -> torch.nn.Module:
+    """The teacher with BatchNorm statistics of the first `max_images` images of the source
+    manifests, in manifest order (the same on every shard task, so shards agree); `max_images` 0
+    returns the teacher itself."""
+    if max_images == 0:
+        return teacher
+    from dakd_core.data.dataset import ManifestDataset
+
+    def batches():
+        left = max_images
+        for uri in source_uris:
+            ds = ManifestDataset(uri, crop=None, train=False, with_labels=False, resize=size_of(uri))
+            subset = torch.utils.data.Subset(ds, range(min(left, len(ds))))
+            left -= len(subset)
+            bs = batch_size if size_of(uri) is not None else 1
+            for batch in torch.utils.data.DataLoader(subset, batch_size=bs):
+                yield batch["image"].to(device)
+            if left <= 0:
+                return
+
+    with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        return with_domain_statistics(teacher, batches())
+
+
 # ---------------------------------------------------------------------------------------------
 # Writer
 
@@ -262,6 +327,7 @@ def _fingerprint(teacher_sha: str, manifest_shas: list[str], cfg: CacheConfig) -
         # per-manifest sizes only when given: fingerprints of caches made with `size` stay the same
         **({"sizes": [list(v) for v in cfg.sizes]} if cfg.sizes is not None else {}),
         "shard_size": cfg.shard_size,
+        "bn_source_images": cfg.bn_source_images,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -291,8 +357,8 @@ def _shard_is_complete(store, k: int, fingerprint: str) -> bool:
 
 
 def _image_batches(rows: list[dict], manifest_uri_of: dict[str, int], cfg: CacheConfig):
-    """(sample rows, normalised image batch) pairs, loaded through the shared ManifestDataset so
-    the teacher sees exactly the resolution and normalisation the student trains on."""
+    """(sample ids, normalised image batch, domain) triples, loaded through the shared ManifestDataset
+    so the teacher sees exactly the resolution and normalisation the student trains on."""
     from dakd_core.data.dataset import ManifestDataset
 
     by_manifest: dict[str, list[int]] = {}
@@ -305,8 +371,17 @@ def _image_batches(rows: list[dict], manifest_uri_of: dict[str, int], cfg: Cache
         # Images in one manifest may differ in size without a resize: batch only equal shapes.
         bs = cfg.batch_size if size is not None else 1
         loader = torch.utils.data.DataLoader(subset, batch_size=bs, num_workers=cfg.num_workers)
+        domain = by_domain_of(rows, uri)
         for batch in loader:
-            yield batch["sample_id"], batch["image"]
+            yield batch["sample_id"], batch["image"], domain
+
+
+def by_domain_of(rows: list[dict], uri: str) -> str:
+    """The domain ("source" / "target") of the manifest `uri`, from its rows' `domain` column."""
+    domains = {r.get("domain") or "target" for r in rows if r["_manifest_uri"] == uri}
+    if len(domains) != 1:
+        raise DataError(f"manifest {uri} mixes domains {sorted(domains)}: one domain per manifest")
+    return domains.pop()
 
 
 def run_cache(cfg: CacheConfig) -> CacheResult:
@@ -337,6 +412,11 @@ def _cache_slice(cfg: CacheConfig, store, lease: WriterLease) -> CacheResult:
         if todo:
             device = torch.device(cfg.device) if cfg.device else default_device()
             teacher = load_frozen_teacher(cfg.teacher, device)
+            teachers = {"target": teacher}
+            source_uris = [uri for uri in cfg.manifests if by_domain_of(rows, uri) == "source"]
+            if source_uris:
+                teachers["source"] = source_statistics_teacher(teacher, source_uris, cfg.size_of, cfg.bn_source_images,
+                                                               device, cfg.batch_size)
             # index of each sample inside its own manifest (what ManifestDataset addresses)
             position: dict[str, int] = {}
             counters: dict[str, int] = {}
@@ -347,7 +427,7 @@ def _cache_slice(cfg: CacheConfig, store, lease: WriterLease) -> CacheResult:
             bar = tqdm(todo, desc=f"cache-teacher {cfg.name}", unit="shard", disable=progress_disabled())
             for k in bar:
                 shard_rows = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-                n = _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint, lease)
+                n = _write_shard(store, k, shard_rows, position, teachers, device, cfg, teacher_sha, fingerprint, lease)
                 result.bytes_written += n
                 result.shards_written += 1
                 result.num_samples += len(shard_rows)
@@ -363,12 +443,13 @@ def _cache_slice(cfg: CacheConfig, store, lease: WriterLease) -> CacheResult:
     return result
 
 
-def _write_shard(store, k, shard_rows, position, teacher, device, cfg, teacher_sha, fingerprint, lease) -> int:
+def _write_shard(store, k, shard_rows, position, teachers, device, cfg, teacher_sha, fingerprint, lease) -> int:
     by_id = {r["sample_id"]: r for r in shard_rows}
     blob = bytearray()
     index_rows = []
-    for sample_ids, images in _image_batches(shard_rows, position, cfg):
-        targets = _teacher_forward(teacher, images.to(device, non_blocking=True))
+    for sample_ids, images, domain in _image_batches(shard_rows, position, cfg):
+        # each domain with its own BatchNorm statistics (the target's: the checkpoint's own)
+        targets = _teacher_forward(teachers.get(domain, teachers["target"]), images.to(device, non_blocking=True))
         main, aux = targets["main"].cpu().numpy(), targets["aux"].cpu().numpy()
         label = targets["label"].to(torch.uint8).cpu().numpy()
         conf = targets["confidence"].cpu().numpy()

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from dakd_core.bench import report, results
+from dakd_core.bench import rows as bench_rows
 from dakd_core.bench.perf import PerfRow, markdown_table, perf_rows
 from dakd_core.cli import main as dakd_main
 from dakd_core.errors import ConfigError
@@ -16,8 +17,11 @@ from dakd_core.labels import CLASS_NAMES
 from dakd_core.models.checkpoint import load_checkpoint
 
 
-def _seed_metrics(values: dict[str, float]) -> dict:
-    return {k: {"miou": v, "num_parameters": 1000, "per_class_iou": {c: (v if c == "road" else None) for c in CLASS_NAMES}}
+def _seed_metrics(values: dict[str, float], tune: dict[str, float] | None = None) -> dict:
+    """Rows of one seed: val mIoU `v`, last checkpoint v - 0.01, tune mIoU from `tune` (default v)."""
+    tune = tune or {}
+    return {k: {"miou": v, "miou_last": v - 0.01, "tune_miou": tune.get(k, v), "num_parameters": 1000,
+                "per_class_iou": {c: (v if c == "road" else None) for c in CLASS_NAMES}}
             for k, v in values.items()}
 
 
@@ -27,9 +31,24 @@ def test_summary_and_claims_on_given_numbers():
             "paradigm_d": 0.42, "kl_only": 0.3, "kl_class_mean": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
             "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
             "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
-            "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45}
-    seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24, teacher_adapted=0.34)  # seed 1: (b) below the teacher
-    doc = report.summarise({0: _seed_metrics(base), 1: _seed_metrics(seed1)}, results.ROWS)
+            "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45,
+            "teacher_adapted_photometric": 0.425, "teacher_diga": 0.30, "teacher_adabn": 0.37, "student_adabn": 0.24,
+            "student_continued": 0.39, "student_continued_d": 0.50}
+    seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24, teacher_adapted=0.34, teacher_adapted_photometric=0.33,
+                 student_continued=0.30)  # seed 1: (b) below the teacher
+    # tune: the photometric teacher wins on seed 0 only; (c) has the best mean over seeds
+    # (a .30, b .445, c .45, d .44), though (d) is best on seed 0 and (b) on neither
+    tune0 = {"teacher_adapted": 0.50, "teacher_adapted_photometric": 0.52, "teacher_diga": 0.40,
+             "paradigm_a": 0.30, "paradigm_b": 0.45, "paradigm_c": 0.44, "paradigm_d": 0.46}
+    tune1 = dict(tune0, teacher_adapted=0.49, teacher_adapted_photometric=0.47, paradigm_b=0.44, paradigm_c=0.46,
+                 paradigm_d=0.42)
+    doc = report.summarise({0: _seed_metrics(base, tune0), 1: _seed_metrics(seed1, tune1)}, bench_rows.ROWS)
+    assert doc["chosen_paradigm"] == "paradigm_c"
+    assert doc["teacher_per_seed"] == {"0": "teacher_adapted_photometric", "1": "teacher_adapted"}
+    assert doc["rows"]["paradigm_c"]["miou_last"]["mean"] == pytest.approx(0.41)
+    assert doc["rows"]["paradigm_c"]["tune_miou"]["mean"] == pytest.approx(0.45)
+    assert "(`paradigm_c`) **(chosen on tune)** | 0.00M | 42.00 ± 0.00 | 42.00, 42.00 | 41.00 ± 0.00 | 45.00 ± " \
+        in report.markdown_main_table(doc)
     b = doc["rows"]["paradigm_b"]
     assert b["miou"]["mean"] == pytest.approx(0.38)
     assert b["miou"]["std"] == pytest.approx(0.0424264, rel=1e-4)  # sample std of 0.41, 0.35
@@ -45,10 +64,22 @@ def test_summary_and_claims_on_given_numbers():
     assert five["difference_points"] == pytest.approx(7.0) and five["excess_points"] == pytest.approx(2.0)
     assert five["excess_std_points"] == pytest.approx(4.2426, rel=1e-4) and five["seeds_holding"] == 1
     assert five["holds"] is True and five["margin_points"] == pytest.approx(5.0)
-    # best of b/c/d per seed: 42 and 42 vs teacher 40, 34 with margin -1 -> +3, +9
-    best = claims["best of (b)/(c)/(d) >= adapted teacher - 1"]
-    assert best["excess_points"] == pytest.approx(6.0) and best["seeds_holding"] == 2
-    assert best["left"] == "best of paradigm_b/paradigm_c/paradigm_d"
+    # the chosen paradigm (c, 42 on both seeds) against the no-teacher control of its budget
+    # (student_continued: 39, 30; not student_continued_d, 50): 42-39-2 = +1, 42-30-2 = +10
+    control = claims["DAKD student (paradigm chosen on tune) >= the same budget without a teacher + 2"]
+    assert control["excess_points"] == pytest.approx(5.5) and control["seeds_holding"] == 2
+    # against the teacher that distilled on each seed (photometric 42.5 on seed 0, plain 34 on seed 1)
+    # with margin -1: 42-42.5+1 = +0.5, 42-34+1 = +9 (the plain teacher on both would give +3, +9)
+    teacher = claims["DAKD student (paradigm chosen on tune) >= its teacher - 1"]
+    assert teacher["excess_points"] == pytest.approx(4.75) and teacher["seeds_holding"] == 2
+    assert teacher["left"] == "@chosen" and teacher["right"] == "@teacher"
+    # photometric 23: 42-23-2 = +17 on both seeds
+    assert claims["DAKD student (paradigm chosen on tune) >= photometric augmentation + 2"]["excess_points"] == \
+        pytest.approx(17.0)
+    # adapted teacher vs its BN-only control (37), margin 2: 40-37-2 = +1, 34-37-2 = -5
+    adabn = claims["adapted teacher >= its BN-statistics-only control + 2"]
+    assert adabn["excess_points"] == pytest.approx(-2.0) and adabn["seeds_holding"] == 1 and not adabn["holds"]
+    assert claims["adapted student > its BN-statistics-only control"]["seeds_holding"] == 2
     # absolute level: teacher 40 and 34 against 35 -> +5, -1
     level = claims["adapted teacher >= 35 % mIoU"]
     assert level["excess_points"] == pytest.approx(2.0) and level["seeds_holding"] == 1 and level["right"] == "None"
@@ -80,11 +111,23 @@ def test_source_val_claim_reads_the_source_val_miou():
     assert "`teacher_source_only` 70.00 ± 0.00," in text
 
 
+def test_chosen_paradigm_d_is_held_to_the_control_with_twice_the_budget():
+    """(d) continues from (c), so its no-teacher control is student_continued_d (2x the budget)."""
+    keys = ("student_adapted", "student_continued", "student_continued_d", "paradigm_c", "paradigm_d")
+    seeds = {0: _seed_metrics(dict(zip(keys, (0.40, 0.41, 0.43, 0.44, 0.46))), {"paradigm_c": 0.5, "paradigm_d": 0.6})}
+    doc = report.summarise(seeds, [r for r in bench_rows.ROWS if r.key in keys])
+    assert doc["chosen_paradigm"] == "paradigm_d"
+    claim = next(c for c in doc["claims"] if c["claim"].endswith("the same budget without a teacher + 2"))
+    assert claim["right_mean"] == pytest.approx(0.43) and claim["excess_points"] == pytest.approx(1.0)
+    # no teacher recipe ran: the teacher claims are left out, not evaluated against a missing row
+    assert not any("its teacher" in c["claim"] for c in doc["claims"])
+
+
 def test_weather_rows_summarised_per_condition():
     seeds = {s: _seed_metrics({"teacher_adapted": 0.4}) for s in (0, 1)}
     seeds[0]["teacher_adapted"]["weather"] = {"fog": 0.30, "night": 0.10}
     seeds[1]["teacher_adapted"]["weather"] = {"fog": 0.20, "night": 0.10}
-    rows = tuple(r for r in results.ROWS if r.key == "teacher_adapted")
+    rows = tuple(r for r in bench_rows.ROWS if r.key == "teacher_adapted")
     doc = report.summarise(seeds, rows)
     assert doc["rows"]["teacher_adapted"]["weather"]["fog"]["mean"] == pytest.approx(0.25)
     assert "| teacher, adapted (AdaptSegNet) (`teacher_adapted`) | 25.00 ± 7.07 | 10.00 ± 0.00 |" in report.markdown_weather(doc)
@@ -94,10 +137,10 @@ def test_select_rows_keeps_the_baselines_and_names_unknown_groups():
     rows = results.select_rows(("method",))
     assert {r.group for r in rows} == {"baseline", "method"}
     assert [r.key for r in rows if r.group == "method"] == [
-        "student_advent", "student_road", "student_diga", "student_sfda"]
+        "student_advent", "student_road", "student_diga", "teacher_diga", "student_sfda"]
     assert len([r for r in rows if r.group == "baseline"]) == 6
     assert results.select_rows(None) == results.ROWS
-    with pytest.raises(ConfigError, match="--groups: realtim not among baseline, paradigm"):
+    with pytest.raises(ConfigError, match="--groups: realtim not among baseline, control, paradigm, ablation, method, realtime"):
         results.select_rows(("paradigm", "realtim"))
 
 
@@ -106,9 +149,10 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
 
     The rows are cut to the baselines and paradigms c, d (d continues from c) to keep the smoke
     short; every other row is a DistillConfig override of the same code path."""
-    rows = tuple(r for r in results.ROWS if r.group == "baseline" and r.key != "student_photometric"
-                 or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd"))
-    monkeypatch.setattr(results, "ROWS", rows)  # select_rows(None): every row of ROWS
+    rows = tuple(r for r in bench_rows.ROWS if r.group == "baseline" and r.key != "student_photometric"
+                 or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd",
+                              "student_continued", "student_continued_d", "student_adabn"))
+    monkeypatch.setattr(bench_rows, "ROWS", rows)  # select_rows(None): every row of ROWS
     # the real-time rows' own pretraining and distillation budgets (tiny's shared ones: 2 and 2)
     monkeypatch.setitem(results.PRESETS, "tiny", dataclasses.replace(
         results.PRESETS["tiny"], it_distill_realtime=3, it_pretrain_realtime=4))
@@ -122,7 +166,23 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         assert 0.0 <= row["miou"]["mean"] <= 1.0 and row["miou"]["std"] == 0.0, key
         assert set(row["per_class_iou"]) == set(CLASS_NAMES)
     assert doc["rows"]["teacher_adapted"]["num_parameters"] == doc["rows"]["paradigm_c"]["num_parameters"]  # tiny/tiny
-    assert doc["val_manifest"].endswith("/datasets/tgt/val/manifest.parquet")
+    assert doc["val_manifests"]["0"].endswith("/datasets/tgt/val/manifest.parquet")
+    assert doc["data_seeds"] == {"0": 0}
+    # every row also at its last checkpoint, and with the tune mIoU that selected it
+    assert all(0.0 <= r["miou_last"]["mean"] <= 1.0 and 0.0 <= r["tune_miou"]["mean"] <= 1.0
+               for r in doc["rows"].values())
+    tune = {k: doc["rows"][k]["tune_miou"]["mean"] for k in ("paradigm_c", "paradigm_d")}
+    assert doc["chosen_paradigm"] == max(tune, key=tune.get)
+    # the controls: no teacher, the distillation schedule, from the adapted student (continued) and
+    # from continued's tune-selected checkpoint (_d); the BN-only student adapts with λ_adv 0
+    runs = tmp_path / "work/store/runs/seed0"
+    cont = load_checkpoint(str(runs / "distill_student_continued/best.pt"))["config"]
+    assert (cont["paradigm"], cont["teacher_cache"], cont["iterations"]) == ("none", None, 2)
+    assert cont["init"].endswith("adapt_student/best.pt")
+    assert load_checkpoint(str(runs / "distill_student_continued_d/best.pt"))["config"]["init"].endswith(
+        "distill_student_continued/best.pt")
+    adabn = load_checkpoint(str(runs / "adapt_student_adabn/best.pt"))["config"]
+    assert (adabn["lambda_adv_main"], adabn["lambda_adv_aux"], adabn["iterations"]) == (0.0, 0.0, 2)
     # class pixel shares of both labelled train sets: fractions summing to 1, road present in both
     for domain in ("source", "target"):
         shares = doc["class_pixel_shares"][domain]
@@ -143,6 +203,10 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         "adapted > source-only (teacher)", "adapted > source-only (student)", "(c) > undistilled student",
         "(d) > undistilled student", "(c) >= teacher", "(d) >= teacher", "(d) >= (c)",
         "SFDA, no source data > source-only (student)", "adapted teacher >= source-only teacher + 5",
+        "adapted student > its BN-statistics-only control",
+        "DAKD student (paradigm chosen on tune) >= the same budget without a teacher + 2",
+        "DAKD student (paradigm chosen on tune) >= its teacher - 1",
+        "DAKD student (paradigm chosen on tune) >= its teacher",
         "(c) >= adapted student + 2", "adapted teacher >= 35 % mIoU",
         "source-only student (end of training) >= 60 % mIoU on source val", "target oracle > adapted teacher"]
     assert 0.0 <= doc["rows"]["student_source_only"]["source_val_miou"]["mean"] <= 1.0
@@ -171,7 +235,7 @@ def test_real_time_source_only_row_alone_adapts_and_caches_no_teacher(tmp_path, 
     p = results.PRESETS["tiny"]
     store = (tmp_path / "store").as_uri()
     manifests = results.prepare_data(p, tmp_path, store)
-    rows = tuple(r for r in results.ROWS if r.key in ("teacher_source_only", "student_source_only", "rt_source_only"))
+    rows = tuple(r for r in bench_rows.ROWS if r.key in ("teacher_source_only", "student_source_only", "rt_source_only"))
     ckpt = results.run_seed(p, 0, manifests, store, "cpu", rows)
     assert set(ckpt) == {"teacher_source_only", "student_source_only", "rt_source_only"}
     assert sorted(d.name for d in (tmp_path / "store" / "runs" / "seed0").iterdir()) == [
@@ -181,15 +245,23 @@ def test_real_time_source_only_row_alone_adapts_and_caches_no_teacher(tmp_path, 
 
 def test_results_seeds_in_more_processes_than_cores_share_the_cores(tmp_path, mlflow_uri, monkeypatch):
     """--jobs 3 on a (pretend) 2-core machine: three seed processes, two compute slots."""
-    rows = tuple(r for r in results.ROWS if r.key in ("teacher_source_only", "student_source_only",
-                                                      "teacher_adapted", "student_adapted"))
-    monkeypatch.setattr(results, "ROWS", rows)
+    rows = tuple(r for r in bench_rows.ROWS if r.key in ("teacher_source_only", "student_source_only",
+                                                         "teacher_adapted", "student_adapted"))
+    monkeypatch.setattr(bench_rows, "ROWS", rows)
     monkeypatch.setattr(results.os, "sched_getaffinity", lambda pid: {0, 1})
     docs, js = tmp_path / "docs", tmp_path / "docs" / "results.json"
     assert dakd_main(["bench", "results", "--size", "tiny", "--seeds", "3", "--jobs", "3", "--out",
                       str(tmp_path / "work"), "--docs", str(docs), "--json", str(js)]) == 0
     doc = json.loads(js.read_text())
     assert (doc["jobs"], doc["compute_slots"]) == (3, 2)
+    # each seed drew its own pair: its own val set, other images
+    vals = doc["val_manifests"]
+    assert vals["0"].endswith("/datasets/tgt/val/manifest.parquet") and vals["2"].endswith(
+        "/datasets/tgt_s2/val/manifest.parquet") and len(set(vals.values())) == 3
+    work = tmp_path / "work"
+    first = sorted((work / "raw_tgt/leftImg8bit/val").rglob("*.png"))[0]
+    other = work / "data_seed1" / first.relative_to(work)
+    assert other.exists() and other.read_bytes() != first.read_bytes()
     assert all(set(row["miou_per_seed"]) == {"0", "1", "2"} for row in doc["rows"].values())
     assert "(seeds trained in 3 parallel process(es), at most 2 stage(s) computing at once)" in (
         docs / "results.md").read_text()

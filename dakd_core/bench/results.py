@@ -1,12 +1,15 @@
 """`dakd bench results`: DAKD's Table 1 reproduced in kind on the built-in synthetic domain pair.
 
-One run = synth (source train; target train / tune / val) -> ingest -> per seed: pretrain and
-adapt the teacher and the student once, one teacher cache, then every distillation row (paradigms
-a-d and the ablations) from those shared stage outputs -> one evaluation of every checkpoint on
-the target *val* split -> `results.json`, `results.md` and plots (dakd_core/bench/report.py).
+One run = per seed: synth its own pair (source train; target train / tune / val, drawn with the
+seed) -> ingest -> pretrain and adapt the teacher and the student once, the control rows, the
+teacher recipe chosen on tune, one teacher cache, then every distillation row (paradigms a-d, the
+ablations) from those shared stage outputs -> one evaluation of every row's tune-selected and last
+checkpoint on the seed's target *val* split -> `results.json`, `results.md` and plots
+(dakd_core/bench/report.py; the rows in dakd_core/bench/rows.py).
 
-Model selection never sees val: every stage selects its best checkpoint on the target *tune* split
-(`select_manifest`), and the presets below were chosen on that split too.
+Every stage selects its best checkpoint on the target *tune* split (`select_manifest`); the teacher
+that distils (`TEACHER_RECIPES`) and the reported DAKD paradigm (`chosen_paradigm`) are chosen on
+that split's mIoU too. Which preset settings were chosen on which split: the comments below.
 
 Every stage is skipped when its `result.json` exists for the identical config (same config hash),
 so an interrupted run resumes where it stopped and rows share the stage outputs they have in common.
@@ -20,6 +23,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dakd_core.bench.report import best_on_tune
+from dakd_core.bench.rows import (  # noqa: F401  (ROW_KEYS, GROUPS, Row: the module's public names)
+    GROUPS, NO_ADVERSARY, PARADIGMS, ROW_KEYS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row,
+    select_rows,
+)
 from dakd_core.bench.slots import FifoSlots, compute_slot
 from dakd_core.bench.slots import install as install_slots
 from dakd_core.errors import ConfigError
@@ -101,75 +109,6 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True)
-class Row:
-    key: str
-    group: str  # "baseline" | "paradigm" | "ablation" | "method" | "realtime"
-    label: str
-    overrides: dict = field(default_factory=dict)  # DistillConfig fields; AdaptConfig fields for "method" rows
-
-
-# The table rows, in order. Ablations are on paradigm c (source + target) so that lambda_target acts.
-ROWS = (
-    Row("teacher_source_only", "baseline", "teacher, source only"),
-    Row("student_source_only", "baseline", "student, source only"),
-    # what a practitioner tries first against an appearance shift: colour augmentation, no target data
-    Row("student_photometric", "baseline", "student, source only + photometric augmentation", {"photometric": True}),
-    # the upper bound: the student network trained on the LABELLED target train images
-    Row("target_oracle", "baseline", "student trained on labelled target (oracle)"),
-    Row("teacher_adapted", "baseline", "teacher, adapted (AdaptSegNet)"),
-    Row("student_adapted", "baseline", "student, adapted (no distillation)"),
-    Row("paradigm_a", "paradigm", "(a) distil on source", {"paradigm": "a"}),
-    Row("paradigm_b", "paradigm", "(b) distil on target", {"paradigm": "b"}),
-    Row("paradigm_c", "paradigm", "(c) distil on source + target", {"paradigm": "c"}),
-    Row("paradigm_d", "paradigm", "(d) target, from (c)", {"paradigm": "d"}),
-    Row("kl_only", "ablation", "(c) L_KL only", {"paradigm": "c", "lambda_mse": 0.0, "lambda_pseudo": 0.0}),
-    Row("mse_only", "ablation", "(c) L_MSE only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_pseudo": 0.0}),
-    Row("pseudo_only", "ablation", "(c) L_pseudoT only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_mse": 0.0}),
-    Row("lambda_target_0.1", "ablation", "(c) lambda_target 0.1", {"paradigm": "c", "lambda_target": 0.1}),
-    Row("lambda_target_0.5", "ablation", "(c) lambda_target 0.5", {"paradigm": "c", "lambda_target": 0.5}),
-    # issue 17: KL summed over the classes (19x the default class mean at the same lambda_kl)
-    Row("kl_class_mean", "ablation", "(c) KL averaged over classes (reference code's scale)",
-        {"paradigm": "c", "kl_reduction": "class_mean"}),
-    # the other adaptation methods, on the student from the same source-only checkpoint and budget
-    Row("student_advent", "method", "student, adapted (ADVENT)", {"method": "advent"}),
-    # no ImageNet weights at this scale: the reference is the source-trained init (docs/methods.md)
-    Row("student_road", "method", "student, adapted (ROAD)", {"method": "road", "road_reference": "init"}),
-    Row("student_diga", "method", "student, adapted (DiGA)", {"method": "diga"}),
-    # lr 1e-3, not the networks' 1e-2: with no source loss to anchor it, max squares at AdamW 1e-2
-    # collapses to a few classes (tune split, seed 10, 100 steps from a 31.55 % source-only student:
-    # 6.46 % at lr 1e-2, 31.95 % at 1e-3; the paper adapts at its pretraining lr, 2.5e-4 SGD)
-    Row("student_sfda", "method", "student, adapted source-free (SFDA)", {"method": "sfda", "lr": 1e-3}),
-    # the real-time student (seed 004): source-only, then distilled in paradigm (c) with DAKD's
-    # losses alone and with each of the thesis' additions (feature losses need the live teacher)
-    Row("rt_source_only", "realtime", "real-time student, source only"),
-    Row("rt_dakd", "realtime", "real-time student, DAKD (c)", {"paradigm": "c"}),
-    Row("rt_cwd", "realtime", "real-time student, DAKD (c) + CWD",
-        {"paradigm": "c", "lambda_cwd": 1.0, "teacher_online": True}),
-    Row("rt_lad", "realtime", "real-time student, DAKD (c) + LAD",
-        {"paradigm": "c", "lambda_lad": 1.0, "teacher_online": True}),
-    Row("rt_border", "realtime", "real-time student, DAKD (c) + border-focal CE + border KL",
-        {"paradigm": "c", "seg_loss": "border_focal", "lambda_border_kl": 0.1}),
-)
-# Rows also evaluated per weather condition when the preset renders a weather target.
-WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d")
-# Rows also evaluated on held-out source images (a network that has not learned its own domain
-# makes every adaptation gain look larger than it is).
-SOURCE_VAL_ROWS = ("teacher_source_only", "student_source_only")
-ROW_KEYS = tuple(r.key for r in ROWS)
-GROUPS = tuple(dict.fromkeys(r.group for r in ROWS))
-
-
-def select_rows(groups: tuple[str, ...] | None) -> tuple[Row, ...]:
-    """The rows of `groups` (None: all); the baselines always run, every claim is stated against them."""
-    if groups is None:
-        return ROWS
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise ConfigError(f"--groups: {', '.join(unknown)} not among {', '.join(GROUPS)}")
-    return tuple(r for r in ROWS if r.group == "baseline" or r.group in groups)
-
-
 @dataclass
 class ResultsRun:
     size: str
@@ -209,37 +148,51 @@ def _train(module, cfg) -> str:
     return best
 
 
-def prepare_data(p: ResultsPreset, out: Path, store: str) -> dict[str, str]:
-    """Synth + ingest the pair; returns manifest URIs {source, target, tune, val}."""
+def data_dir(out: Path, data_seed: int) -> Path:
+    """Where the raw pair of `data_seed` is rendered (seed 0: `out` itself, as before seeds drew data)."""
+    return out if data_seed == 0 else out / f"data_seed{data_seed}"
+
+
+def prepare_data(p: ResultsPreset, out: Path, store: str, data_seed: int = 0) -> dict[str, str]:
+    """Synth + ingest the pair drawn with `data_seed`; returns manifest URIs {source, target, tune,
+    val, ...}. Each data seed renders its own images and ingests them under its own dataset names."""
     from dakd_core.config import build_config
     from dakd_core.data.ingest import IngestConfig, run_ingest
     from dakd_core.data.synth import generate
 
+    out = data_dir(out, data_seed)
+    tag = "" if data_seed == 0 else f"_s{data_seed}"
     size = (p.width, p.height)
-    generate(out / "raw_src", "source", p.n_source, size=size, seed=0, split="train", progress=False)
+    generate(out / "raw_src", "source", p.n_source, size=size, seed=data_seed, split="train", progress=False)
     look = dict(shift=p.shift, target_layout=p.target_layout)
     for split, n in (("train", p.n_target), ("tune", p.n_tune), ("val", p.n_val)):
-        generate(out / "raw_tgt", "target", n, size=size, seed=0, split=split, progress=False, **look)
+        generate(out / "raw_tgt", "target", n, size=size, seed=data_seed, split=split, progress=False, **look)
     jobs = {
-        "source": dict(format="gta5", root=str(out / "raw_src"), split="all", domain="source", name="src"),
+        "source": dict(format="gta5", root=str(out / "raw_src"), split="all", domain="source", name=f"src{tag}"),
         "target": dict(format="cityscapes", root=str(out / "raw_tgt"), split="train", domain="target",
-                       name="tgt", labels=False),
-        "tune": dict(format="cityscapes", root=str(out / "raw_tgt"), split="tune", domain="target", name="tgt"),
+                       name=f"tgt{tag}", labels=False),
+        "tune": dict(format="cityscapes", root=str(out / "raw_tgt"), split="tune", domain="target", name=f"tgt{tag}"),
         # the same target train images with their labels: only the oracle row reads them
         "target_labelled": dict(format="cityscapes", root=str(out / "raw_tgt"), split="train", domain="target",
-                                name="tgt_labelled"),
-        "val": dict(format="cityscapes", root=str(out / "raw_tgt"), split="val", domain="target", name="tgt"),
+                                name=f"tgt_labelled{tag}"),
+        "val": dict(format="cityscapes", root=str(out / "raw_tgt"), split="val", domain="target", name=f"tgt{tag}"),
     }
     # held-out labelled source images: how well the source-only networks learned their own domain
-    generate(out / "raw_src_val", "source", p.n_val, size=size, seed=0, split="val", progress=False)
+    generate(out / "raw_src_val", "source", p.n_val, size=size, seed=data_seed, split="val", progress=False)
     jobs["source_val"] = dict(format="gta5", root=str(out / "raw_src_val"), split="all", domain="source",
-                              name="src_val")
+                              name=f"src_val{tag}")
     if p.n_weather:  # the same camera world under fog / night / rain / snow (ACDC layout), labelled
-        generate(out / "raw_weather", "target", p.n_weather, size=size, seed=0, split="val", weather=True,
+        generate(out / "raw_weather", "target", p.n_weather, size=size, seed=data_seed, split="val", weather=True,
                  progress=False, **look)
         jobs["weather"] = dict(format="acdc", root=str(out / "raw_weather"), split="val", domain="target",
-                               name="weather")
+                               name=f"weather{tag}")
     return {k: run_ingest(build_config(IngestConfig, store=store, **v)).manifest_uri for k, v in jobs.items()}
+
+
+def tune_miou(checkpoint_uri: str) -> float | None:
+    """The target-tune mIoU its stage selected `checkpoint_uri` with (its result.json), or None."""
+    doc = stage_result(checkpoint_uri.rsplit("/", 1)[0])
+    return doc["metrics"].get("select/best_miou") if doc else None
 
 
 def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, device: str,
@@ -263,12 +216,14 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
                         lambda_adv_main=p.lambda_adv_main, lambda_adv_aux=p.lambda_adv_aux,
                         d_input_scale=p.d_input_scale)
     ckpt: dict[str, str] = dict(given or {})
+    keys = {row.key for row in rows}
+    by_key = {row.key: row for row in rows}
+    nets = {"teacher": p.teacher, "student": p.student}
     it_student = p.it_pretrain_student or p.it_pretrain
-    for role, net, its in (("teacher", p.teacher, p.it_pretrain), ("student", p.student, it_student)):
+    for role, its in (("teacher", p.it_pretrain), ("student", it_student)):
         if f"{role}_source_only" not in ckpt:
             ckpt[f"{role}_source_only"] = _train(pretrain, PretrainConfig(
-                **common, model=net, iterations=its, out=f"{runs}/pretrain_{role}"))
-    keys = {row.key for row in rows}
+                **common, model=nets[role], iterations=its, out=f"{runs}/pretrain_{role}"))
     if "student_photometric" in keys:
         ckpt["student_photometric"] = _train(pretrain, PretrainConfig(
             **common, model=p.student, iterations=it_student, photometric=True, out=f"{runs}/pretrain_photometric"))
@@ -276,35 +231,58 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         ckpt["target_oracle"] = _train(pretrain, PretrainConfig(
             **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=it_student,
             out=f"{runs}/pretrain_oracle"))
-    # the rows trained by distillation need the adapted teacher and its cache; the real-time
-    # student's source-only row, though in the "realtime" group, needs neither
+    # the rows trained by distillation (and its no-teacher controls) need the adapted networks and
+    # a teacher cache; the real-time student's source-only row, though in the "realtime" group,
+    # needs neither
     distilled = any(row.group in ("paradigm", "ablation", "realtime") and row.key != "rt_source_only" for row in rows)
-    for role, net in (("teacher", p.teacher), ("student", p.student)):
-        if f"{role}_adapted" not in ckpt and (distilled or f"{role}_adapted" in keys):
+    continued = any(k.startswith("student_continued") for k in keys)
+    for role in ("teacher", "student"):
+        needed = distilled or f"{role}_adapted" in keys or (role == "student" and continued)
+        if f"{role}_adapted" not in ckpt and needed:
             ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
-                **adapt_common, model=net, iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
+                **adapt_common, model=nets[role], iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
                 out=f"{runs}/adapt_{role}"))
-    if distilled:
-        with compute_slot():
-            cache = run_cache(CacheConfig(
-                teacher=ckpt["teacher_adapted"], manifests=[manifests["source"], manifests["target"]], store=store,
-                name=f"seed{seed}", size=hw, device=device)).index_uri
-        distill_common = dict(
-            adapt_common, model=p.student, iterations=p.it_distill, teacher=ckpt["teacher_adapted"],
-            teacher_cache=cache, gate="warn", gate_max_images=p.gate_max_images,
-            pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
-        )
+    # the control adaptations (photometric teacher recipe, BatchNorm statistics alone): the adapt
+    # stage of the same network, budget and init with the row's overrides
+    for key in ("teacher_adapted_photometric", "teacher_adabn", "student_adabn"):
+        if key in keys:
+            role = key.split("_", 1)[0]
+            ckpt[key] = _train(adapt, AdaptConfig(**(adapt_common | by_key[key].overrides), model=nets[role],
+                                                  iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
+                                                  out=f"{runs}/adapt_{key}"))
     for row in rows:
         if row.group != "method":
             continue
-        fields = dict(adapt_common, model=p.student, iterations=p.it_adapt, init=ckpt["student_source_only"],
+        role = row.key.split("_", 1)[0]
+        fields = dict(adapt_common, model=nets[role], iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
                       out=f"{runs}/adapt_{row.key}", **row.overrides)
         if row.overrides["method"] == "sfda":
             fields["source_manifest"] = None  # source-free: only the source-only checkpoint crosses over
             fields["iterations"] = max(1, round(p.it_adapt * p.sfda_budget))
         ckpt[row.key] = _train(adapt, AdaptConfig(**fields))
+    distill_common = dict(
+        adapt_common, model=p.student, iterations=p.it_distill, gate="warn", gate_max_images=p.gate_max_images,
+        pseudo_threshold=p.pseudo_threshold, target_augment=p.target_augment,
+    )
+    if distilled:
+        # the teacher that distils: of the teacher recipes this run trained, the best on tune
+        teacher = best_on_tune({k: tune_miou(ckpt[k]) for k in TEACHER_RECIPES if k in ckpt})
+        if teacher is None:
+            raise ConfigError("no tune mIoU for any adapted teacher: every stage needs select_manifest")
+        with compute_slot():
+            cache = run_cache(CacheConfig(
+                teacher=ckpt[teacher], manifests=[manifests["source"], manifests["target"]], store=store,
+                name=f"seed{seed}_{teacher}", size=hw, device=device)).index_uri
+        distill_common.update(teacher=ckpt[teacher], teacher_cache=cache)
+    # "just train longer": no teacher, the distillation stage's schedule from the same init; _d
+    # continues from student_continued as (d) continues from (c)
+    for key, init in (("student_continued", "student_adapted"), ("student_continued_d", "student_continued")):
+        if key in keys:
+            no_teacher = {"teacher": None, "teacher_cache": None}
+            ckpt[key] = _train(distill, DistillConfig(**(distill_common | by_key[key].overrides | no_teacher),
+                                                      init=ckpt[init], out=f"{runs}/distill_{key}"))
     for row in rows:
-        if row.group in ("baseline", "method", "realtime"):
+        if row.group not in ("paradigm", "ablation"):
             continue
         # d continues from (c)'s selected checkpoint; every other row from the adapted student
         init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
@@ -344,9 +322,13 @@ def evaluate_seed(p: ResultsPreset, seed: int, ckpt: dict[str, str], manifests: 
                          grid_samples=0, log_mlflow=False, figures=False, calibration=False)
         return run(cfg).metrics["models"]
 
-    models = evaluate(list(ckpt), manifests["val"], "eval")
-    rows = {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
-                "num_parameters": m["num_parameters"]} for k, m in models.items()}
+    # every row twice: the checkpoint selected on tune, and the last one (no target labels used to
+    # pick it at all); plus the tune mIoU that selected it (what the paradigm and teacher choices read)
+    lasts = {f"{k}@last": last_checkpoint(uri) for k, uri in ckpt.items()}
+    models = evaluate(list(ckpt) + list(lasts), manifests["val"], "eval", {**ckpt, **lasts})
+    rows = {k: {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "num_parameters": m["num_parameters"],
+                "miou_last": models[f"{k}@last"]["miou"], "tune_miou": tune_miou(ckpt[k])}
+            for k, m in models.items() if not k.endswith("@last")}
     if "source_val" in manifests:
         # the checkpoint the row reports (selected on the target tune split) and the network at the
         # end of its source training: the second says whether it learned its own domain
@@ -366,18 +348,22 @@ def last_checkpoint(best_uri: str) -> str:
     return stage_result(best_uri.rsplit("/", 1)[0])["last_checkpoint_uri"]
 
 
-def seed_job(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str, out: Path, device: str,
-             threads: int | None, rows=ROWS) -> dict[str, dict]:
-    """Train and evaluate one seed (a worker process when seeds run in parallel)."""
+def seed_job(p: ResultsPreset, seed: int, store: str, out: Path, device: str,
+             threads: int | None, rows=ROWS) -> tuple[dict[str, dict], dict[str, str]]:
+    """Draw, train and evaluate one seed (a worker process when seeds run in parallel): seed i
+    renders its own pair (data seed i) as well as initialising its networks with i. Returns the
+    rows' metrics and the seed's manifests."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
         # one SQLite MLflow DB per worker: concurrent writers would hit "database is locked"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlruns_seed{seed}.db"
+    with compute_slot():
+        manifests = prepare_data(p, out, store, data_seed=seed)
     ckpt = run_seed(p, seed, manifests, store, device, rows)
     with compute_slot():
-        return evaluate_seed(p, seed, ckpt, manifests, out, device)
+        return evaluate_seed(p, seed, ckpt, manifests, out, device), manifests
 
 
 def run_results(run: ResultsRun) -> dict:
@@ -392,7 +378,6 @@ def run_results(run: ResultsRun) -> dict:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{run.out.resolve()}/mlruns.db")
     store = (run.out.resolve() / "store").as_uri()
     started = time.perf_counter()
-    manifests = prepare_data(p, run.out, store)
     if run.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -404,21 +389,27 @@ def run_results(run: ResultsRun) -> dict:
         slots = FifoSlots(cores, ctx) if workers > cores else None
         compute_slots = min(workers, cores)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=install_slots, initargs=(slots,)) as pool:
-            futures = {s: pool.submit(seed_job, p, s, manifests, store, run.out, run.device, 1, rows)
+            futures = {s: pool.submit(seed_job, p, s, store, run.out, run.device, 1, rows)
                        for s in range(run.seeds)}
-            per_seed = {s: f.result() for s, f in futures.items()}
+            done = {s: f.result() for s, f in futures.items()}
     else:
-        per_seed = {s: seed_job(p, s, manifests, store, run.out, run.device, None, rows) for s in range(run.seeds)}
+        done = {s: seed_job(p, s, store, run.out, run.device, None, rows) for s in range(run.seeds)}
         compute_slots = 1
     from dakd_core.bench.report import summarise, write_report
 
+    per_seed = {s: metrics for s, (metrics, _) in done.items()}
+    manifests = {s: m for s, (_, m) in done.items()}
     doc = summarise(per_seed, rows)
-    doc["class_pixel_shares"] = {domain: class_pixel_shares(manifests[key])
+    # the pair of the first seed (every seed draws its own from the same distribution)
+    doc["class_pixel_shares"] = {domain: class_pixel_shares(manifests[0][key])
                                  for domain, key in (("source", "source"), ("target", "target_labelled"))}
     doc.update(size=run.size, preset=asdict(p), seeds=list(range(run.seeds)), command=run.command,
                groups=sorted({r.group for r in rows}),
-               machine=machine_description(run.device), jobs=run.jobs, compute_slots=compute_slots, wall_seconds=round(time.perf_counter() - started, 1),
-               val_manifest=manifests["val"], tune_manifest=manifests["tune"])
+               data_seeds={str(s): s for s in range(run.seeds)},
+               machine=machine_description(run.device), jobs=run.jobs, compute_slots=compute_slots,
+               wall_seconds=round(time.perf_counter() - started, 1),
+               val_manifests={str(s): m["val"] for s, m in manifests.items()},
+               tune_manifests={str(s): m["tune"] for s, m in manifests.items()})
     # The JSON first, then the Markdown that cites it: a crash leaves no table without its data.
     run.json_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = run.json_path.with_suffix(".json.tmp")

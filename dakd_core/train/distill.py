@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dakd_core.cache import TeacherCache, load_frozen_teacher, sha256_uri, teacher_targets
+from dakd_core.cache import (
+    TeacherCache, load_frozen_teacher, sha256_uri, source_statistics_teacher, teacher_targets,
+)
 from dakd_core.data.dataset import ManifestDataset
 from dakd_core.data.transforms import IGNORE_LABEL
 from dakd_core.errors import ConfigError, DakdError, TrainingError
@@ -308,8 +310,9 @@ def run(cfg: DistillConfig) -> engine.TrainResult:
 
 
 def _open_cache(cfg: DistillConfig, domains) -> TeacherCache | None:
-    """The cache, checked against the teacher checkpoint and every distilled manifest."""
-    if cfg.teacher_online:
+    """The cache, checked against the teacher checkpoint and every distilled manifest (None when
+    the teacher runs live or no domain is distilled)."""
+    if cfg.teacher_online or not domains:
         return None
     cache = TeacherCache(cfg.teacher_cache, memo_mib=cfg.data_memo_mib)
     teacher_sha = sha256_uri(cfg.teacher) if cfg.teacher else None
@@ -346,11 +349,17 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
                             cache if "source" in domains else None, "source_manifest", 0)
     target = distill_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, cfg.target_augment,
                             cache if "target" in domains else None, "target_manifest", 1)
-    live_teacher = load_frozen_teacher(cfg.teacher, device) if cfg.teacher_online else None
+    live_teacher = load_frozen_teacher(cfg.teacher, device) if cfg.teacher_online and domains else None
+    # the live teacher labels each domain with its own BatchNorm statistics, as the cache does
+    live_source_teacher = live_teacher
+    if live_teacher is not None and "source" in domains:
+        live_source_teacher = source_statistics_teacher(
+            live_teacher, [cfg.source_manifest], lambda _uri: cfg.source_resize, cfg.bn_source_images, device)
     adapter = None
     if cfg.feature_distillation:
         adapter = build_adapter(cfg, model, live_teacher)
         live_teacher = FeatureTap(live_teacher, cfg.feature_level)
+        live_source_teacher = FeatureTap(live_source_teacher, cfg.feature_level)
         if adapter is not None:
             adapter.to(device)
             # A new layer: the heads' lr multiplier (build_optimizer decides it); the schedule is
@@ -393,7 +402,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
     adversary.wrap()
 
     with keeper.tracking():
-        if start == 0 and dist.is_main:
+        if start == 0 and dist.is_main and domains:
             _run_gate(cfg, model, live_teacher, cache, device, amp)
         net.train()
         for step in keeper.steps(start):
@@ -408,7 +417,7 @@ def _train(cfg: DistillConfig, dist: engine.Dist) -> engine.TrainResult:
             with engine.no_sync(net):  # the target backward below all-reduces both gradients
                 with engine.autocast(device, amp), engine.bn_running_stats_frozen(net, cfg.bn_statistics == "target"):
                     out_s, feat_s = net(src["image"])
-                src_targets = batch_targets(src, live_teacher) if "source" in domains else None
+                src_targets = batch_targets(src, live_source_teacher) if "source" in domains else None
                 terms = source_terms(out_s, src["label"], cfg, src_targets)
                 loss_s = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"]
                 if src_targets is not None:

@@ -13,7 +13,9 @@ from pydantic import Field, field_validator, model_validator
 from dakd_core.train.configs import AdaptConfig, Size
 
 # Which domains' images are distilled under each of DAKD's paradigms (d = b from a c checkpoint).
-PARADIGM_DOMAINS = {"a": ("source",), "b": ("target",), "c": ("source", "target"), "d": ("target",)}
+# "none" distils nothing: the student's own adaptation continued with the distillation schedule,
+# the control that a distilled student must beat (dakd bench results' student_continued).
+PARADIGM_DOMAINS = {"a": ("source",), "b": ("target",), "c": ("source", "target"), "d": ("target",), "none": ()}
 
 
 class DistillConfig(AdaptConfig):
@@ -21,13 +23,18 @@ class DistillConfig(AdaptConfig):
 
     method: Literal["adaptsegnet", "advent"] = Field(
         "adaptsegnet", description="the student's own adversarial adaptation loss while distilling")
-    paradigm: Literal["a", "b", "c", "d"] = Field(
+    paradigm: Literal["a", "b", "c", "d", "none"] = Field(
         "c", description="DAKD paradigm: a distils on source, b on target, c on both, d is b started from a c "
-        "checkpoint")
+        "checkpoint; none distils nothing (the student's adaptation continued for the same iterations: the "
+        "control without a teacher)")
     teacher: str | None = None  # teacher checkpoint URI (required with teacher_online or a gate)
     teacher_cache: str | None = None  # index.parquet URI written by `dakd cache-teacher`
     teacher_online: bool = Field(False, description="run the teacher live on every batch instead of reading its "
                                  "cache (required by the feature losses)")
+    bn_source_images: int = Field(
+        256, ge=0, description="with teacher_online and source distillation (paradigms a, c): source images the "
+        "live teacher's BatchNorm statistics are re-estimated on for the source batches (its own are the target "
+        "domain's); 0 keeps the checkpoint's for both domains (dakd cache-teacher has the same setting)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of the KL distillation")
     kl_reduction: Literal["class_mean", "class_sum"] = Field(
         "class_sum", description="reduction of KL(teacher || student) over the classes: class_sum = the per-pixel "
@@ -78,7 +85,7 @@ class DistillConfig(AdaptConfig):
     def _targets_source(self) -> "DistillConfig":
         if self.teacher_online and not self.teacher:
             raise ValueError("teacher_online needs 'teacher' (the teacher checkpoint URI)")
-        if not self.teacher_online and not self.teacher_cache:
+        if not self.teacher_online and not self.teacher_cache and self.paradigm != "none":
             raise ValueError("set 'teacher_cache' (index.parquet of dakd cache-teacher) or teacher_online")
         if self.feature_distillation and not self.teacher_online:
             raise ValueError(
