@@ -151,7 +151,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     short; every other row is a DistillConfig override of the same code path."""
     rows = tuple(r for r in bench_rows.ROWS if r.group == "baseline" and r.key != "student_photometric"
                  or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd",
-                              "student_continued", "student_continued_d", "student_adabn"))
+                              "student_continued", "student_continued_d", "student_adabn", "paradigm_c_checkpoint_bn"))
     monkeypatch.setattr(bench_rows, "ROWS", rows)  # select_rows(None): every row of ROWS
     # the real-time rows' own pretraining and distillation budgets (tiny's shared ones: 2 and 2)
     monkeypatch.setitem(results.PRESETS, "tiny", dataclasses.replace(
@@ -181,6 +181,11 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert cont["init"].endswith("adapt_student/best.pt")
     assert load_checkpoint(str(runs / "distill_student_continued_d/best.pt"))["config"]["init"].endswith(
         "distill_student_continued/best.pt")
+    # (c) before per-domain statistics: its own cache, source labelled with the checkpoint's statistics
+    caches = {k: load_checkpoint(str(runs / f"distill_{k}/best.pt"))["config"]["teacher_cache"]
+              for k in ("paradigm_c", "paradigm_c_checkpoint_bn")}
+    assert caches["paradigm_c"].endswith("/teacher_cache/seed0_teacher_adapted/index.parquet")
+    assert caches["paradigm_c_checkpoint_bn"].endswith("/teacher_cache/seed0_teacher_adapted_checkpoint_bn/index.parquet")
     adabn = load_checkpoint(str(runs / "adapt_student_adabn/best.pt"))["config"]
     assert (adabn["lambda_adv_main"], adabn["lambda_adv_aux"], adabn["iterations"]) == (0.0, 0.0, 2)
     # class pixel shares of both labelled train sets: fractions summing to 1, road present in both
@@ -189,9 +194,16 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         assert set(shares) == set(CLASS_NAMES) and sum(shares.values()) == pytest.approx(1.0)
         assert shares["road"] > 0.05
     assert "## The pair: per-class pixel shares (%)" in (docs / "results.md").read_text()
-    # selection ran on tune, never on val
-    cfg = json.loads((tmp_path / "work/store/runs/seed0/distill_paradigm_d/result.json").read_text())
-    assert cfg["best_checkpoint_uri"].endswith("distill_paradigm_d/best.pt")
+    # selection ran on tune, never on val: every stage selected on the seed's tune manifest, and the
+    # tune mIoU the table reports is the one its stage selected the checkpoint with
+    tune_uri = doc["tune_manifests"]["0"]
+    assert tune_uri.endswith("/datasets/tgt/tune/manifest.parquet") and tune_uri != doc["val_manifests"]["0"]
+    for key in ("paradigm_d", "student_adapted", "student_continued"):
+        stage = {"paradigm_d": "distill_paradigm_d", "student_adapted": "adapt_student",
+                 "student_continued": "distill_student_continued"}[key]
+        result = json.loads((tmp_path / f"work/store/runs/seed0/{stage}/result.json").read_text())
+        assert load_checkpoint(result["best_checkpoint_uri"])["config"]["select_manifest"] == tune_uri
+        assert doc["rows"][key]["tune_miou"]["mean"] == result["metrics"]["select/best_miou"]
     steps = {stage: json.loads((tmp_path / f"work/store/runs/seed0/{stage}/result.json").read_text())["metrics"]["steps"]
              for stage in ("pretrain_student", "distill_paradigm_c", "pretrain_rt", "distill_rt_cwd")}
     assert steps == {"pretrain_student": 2, "distill_paradigm_c": 2, "pretrain_rt": 4, "distill_rt_cwd": 3}
@@ -207,7 +219,9 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
         "DAKD student (paradigm chosen on tune) >= the same budget without a teacher + 2",
         "DAKD student (paradigm chosen on tune) >= its teacher - 1",
         "DAKD student (paradigm chosen on tune) >= its teacher",
-        "(c) >= adapted student + 2", "adapted teacher >= 35 % mIoU",
+        "(c) >= adapted student + 2",
+        "(c): source labelled with source BN statistics > with the teacher's target ones",
+        "adapted teacher >= 35 % mIoU",
         "source-only student (end of training) >= 60 % mIoU on source val", "target oracle > adapted teacher"]
     assert 0.0 <= doc["rows"]["student_source_only"]["source_val_miou"]["mean"] <= 1.0
     assert 0.0 <= doc["rows"]["student_source_only"]["source_val_last_miou"]["mean"] <= 1.0

@@ -167,7 +167,7 @@ def test_every_parameter_is_described_from_its_config_field_with_its_choices(spe
             assert text.endswith(f"(one of: {', '.join(get_args(info.annotation))})"), name
         else:
             assert text == info.description, name
-    assert params["paradigm"]["description"].endswith("(one of: a, b, c, d)")
+    assert params["paradigm"]["description"].endswith("(one of: a, b, c, d, none)")
     for exposed in ("promotion_min_gain", "gpus_per_task", "teacher_weights", "student_weights"):
         assert params[exposed]["description"], exposed
 

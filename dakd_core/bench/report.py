@@ -64,6 +64,11 @@ CLAIMS = (
     ("DAKD student (paradigm chosen on tune) >= its teacher - 1", "@chosen", ">=", "@teacher", -1.0),
     ("DAKD student (paradigm chosen on tune) >= its teacher", "@chosen", ">=", "@teacher"),
     ("(c) >= adapted student + 2", "paradigm_c", ">=", "student_adapted", 2.0),
+    # the cache's per-domain teacher statistics against the checkpoint's (target) ones on source
+    ("(a): source labelled with source BN statistics > with the teacher's target ones", "paradigm_a", ">",
+     "paradigm_a_checkpoint_bn"),
+    ("(c): source labelled with source BN statistics > with the teacher's target ones", "paradigm_c", ">",
+     "paradigm_c_checkpoint_bn"),
     ("adapted teacher >= 35 % mIoU", "teacher_adapted", ">=", None, 35.0),
     # the network at the end of its source training: the reported checkpoint is selected on the
     # TARGET tune split and may be an early one

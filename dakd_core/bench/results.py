@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dakd_core.bench.report import best_on_tune
 from dakd_core.bench.rows import (  # noqa: F401  (ROW_KEYS, GROUPS, Row: the module's public names)
-    GROUPS, NO_ADVERSARY, PARADIGMS, ROW_KEYS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row,
+    CHECKPOINT_BN_ROWS, GROUPS, NO_ADVERSARY, PARADIGMS, ROW_KEYS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row,
     select_rows,
 )
 from dakd_core.bench.slots import FifoSlots, compute_slot
@@ -69,6 +69,7 @@ class ResultsPreset:
     # AdaptSegNet's on CPU
     sfda_budget: float = 1.0
     target_layout: str = "source"  # target scene geometry (dakd synth --target-layout)
+    bn_source_images: int = 256  # the teacher cache's source statistics (CacheConfig; 0: the checkpoint's)
 
 
 PRESETS = {
@@ -269,11 +270,16 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         teacher = best_on_tune({k: tune_miou(ckpt[k]) for k in TEACHER_RECIPES if k in ckpt})
         if teacher is None:
             raise ConfigError("no tune mIoU for any adapted teacher: every stage needs select_manifest")
-        with compute_slot():
-            cache = run_cache(CacheConfig(
-                teacher=ckpt[teacher], manifests=[manifests["source"], manifests["target"]], store=store,
-                name=f"seed{seed}_{teacher}", size=hw, device=device)).index_uri
-        distill_common.update(teacher=ckpt[teacher], teacher_cache=cache)
+        def teacher_cache(bn_source_images: int, suffix: str = "") -> str:
+            with compute_slot():
+                return run_cache(CacheConfig(
+                    teacher=ckpt[teacher], manifests=[manifests["source"], manifests["target"]], store=store,
+                    name=f"seed{seed}_{teacher}{suffix}", size=hw, device=device,
+                    bn_source_images=bn_source_images)).index_uri
+
+        distill_common.update(teacher=ckpt[teacher], teacher_cache=teacher_cache(p.bn_source_images))
+        if keys & set(CHECKPOINT_BN_ROWS):
+            checkpoint_bn_cache = teacher_cache(0, "_checkpoint_bn")
     # "just train longer": no teacher, the distillation stage's schedule from the same init; _d
     # continues from student_continued as (d) continues from (c)
     for key, init in (("student_continued", "student_adapted"), ("student_continued_d", "student_continued")):
@@ -286,7 +292,10 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             continue
         # d continues from (c)'s selected checkpoint; every other row from the adapted student
         init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
-        cfg = DistillConfig(**(distill_common | row.overrides), init=init, out=f"{runs}/distill_{row.key}")
+        fields = distill_common | row.overrides
+        if row.key in CHECKPOINT_BN_ROWS:
+            fields["teacher_cache"] = checkpoint_bn_cache
+        cfg = DistillConfig(**fields, init=init, out=f"{runs}/distill_{row.key}")
         ckpt[row.key] = _train(distill, cfg)
     for row in rows:
         if row.group != "realtime":

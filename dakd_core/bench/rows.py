@@ -61,6 +61,12 @@ ROWS = (
     Row("pseudo_only", "ablation", "(c) L_pseudoT only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_mse": 0.0}),
     Row("lambda_target_0.1", "ablation", "(c) lambda_target 0.1", {"paradigm": "c", "lambda_target": 0.1}),
     Row("lambda_target_0.5", "ablation", "(c) lambda_target 0.5", {"paradigm": "c", "lambda_target": 0.5}),
+    # the teacher cache before per-domain statistics: source images labelled with the adapted
+    # teacher's own running statistics, which are the target domain's (issue 29)
+    Row("paradigm_a_checkpoint_bn", "ablation", "(a), source labelled with the teacher's target BN statistics",
+        {"paradigm": "a"}),
+    Row("paradigm_c_checkpoint_bn", "ablation", "(c), source labelled with the teacher's target BN statistics",
+        {"paradigm": "c"}),
     # issue 17: KL summed over the classes (19x the default class mean at the same lambda_kl)
     Row("kl_class_mean", "ablation", "(c) KL averaged over classes (reference code's scale)",
         {"paradigm": "c", "kl_reduction": "class_mean"}),
@@ -91,6 +97,8 @@ WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d"
 # Rows also evaluated on held-out source images (a network that has not learned its own domain
 # makes every adaptation gain look larger than it is).
 SOURCE_VAL_ROWS = ("teacher_source_only", "student_source_only")
+# Rows distilled from a cache whose source images were labelled with the checkpoint's statistics.
+CHECKPOINT_BN_ROWS = ("paradigm_a_checkpoint_bn", "paradigm_c_checkpoint_bn")
 # The candidate teachers of the distillation rows, chosen per seed on the tune split.
 TEACHER_RECIPES = ("teacher_adapted", "teacher_adapted_photometric", "teacher_diga")
 ROW_KEYS = tuple(r.key for r in ROWS)
