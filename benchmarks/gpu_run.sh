@@ -12,7 +12,7 @@
 # each also under its own bound; `timeout` stops it at 510 s regardless (SIGTERM: the running
 # section is written down as interrupted), inside the device tool's 600 s.
 # The lent machines lack dakd's pure-Python dependencies and cannot download them: when the kit
-# (.whl/, made here by benchmarks/gpu_kit.sh) travels along, it is installed offline first.
+# (.whl/, made here by `python benchmarks/gpu_kit.py`) travels along, it is installed offline first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d -t dakd-gpu-run-XXXXXX)}"
