@@ -2,7 +2,7 @@
 
 The stream is what every training stage reads (`engine.image_stream`: store PNG reads, decode,
 random scale, crop, flip, normalise, label to long) over a split of built-in scenes stored at
-`--size`. The first batch of each run (worker start-up) is excluded; each worker count is timed
+`--size`. The first batch of each run (worker start-up) and those prefetched meanwhile are excluded; each worker count is timed
 `--repeats` times in turn with the others and its best rate kept.
 
 Reported: the speed-up from 1 to N workers next to the cores this process may use (the ideal is
@@ -31,10 +31,13 @@ from dakd_core.train import engine  # noqa: E402
 
 def stream_rate(manifest: str, crop: tuple[int, int], batch: int, workers: int, batches: int,
                 device: torch.device) -> float:
-    """Images/s of `batches` batches of the training stream after its first one (start-up)."""
+    """Images/s of `batches` batches of the training stream after its first one (start-up) and the
+    ones its workers prefetched meanwhile (DataLoader's default prefetch_factor, 2 per worker):
+    those arrive ready-made and would inflate the rate."""
     dataset = ManifestDataset(manifest, crop=crop, train=True, with_labels=True, seed=0)
     stream = engine.BatchStream(dataset, batch, 0, engine.Dist(0, 1, device), workers, "bench")
-    stream.next()
+    for _ in range(1 + 2 * workers):
+        stream.next()
     start = time.perf_counter()
     for _ in range(batches):
         stream.next()

@@ -6,7 +6,9 @@ float16 autocast with a GradScaler (dakd's AMP). Both read and decode the same P
 step through a DataLoader with the same worker count (the limit: a minimal torch Dataset, PIL
 decode, normalise, random flip, channels-last layout; reading the data is part of a step's work, and on 2 cores a
 DataLoader worker takes cycles from the training threads); dakd adds its store layer, scale/crop
-augmentation, the NaN guard, MLflow logging and its final checkpoint. Rates vary 20-30% run to
+augmentation, the NaN guard and MLflow logging. Both are timed over the same steps, from the end of
+step `--warmup` + 1 to the end of the last (start-up and dakd's final checkpoint are not steps; on
+dakd's side the gaps between the engine's end-of-step stamps). Rates vary 20-30% run to
 run on shared machines, so both are measured in one run, alternating bare / dakd / bare, and the
 ratio is reported (goal 0.9 to 1.2).
 
@@ -60,9 +62,10 @@ class PngPairs(torch.utils.data.Dataset):
         return image, label
 
 
-def bare_rate(cfg: PretrainConfig, device) -> float:
+def bare_rate(cfg: PretrainConfig, device, warmup: int = 0) -> float:
     """Steps/s of the plain loop: the same PNGs through a DataLoader with the stage's worker count,
-    the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler."""
+    the stage's optimiser, schedule and (on CUDA) AMP with a GradScaler. Timed like dakd's side
+    (`dakd_rate`): from the end of step `warmup + 1` to the end of the last."""
     torch.manual_seed(cfg.seed)
     # channels-last images and weights: the fastest layout known for these convolutions (dakd's too)
     model = create_model(cfg.model, num_classes=cfg.num_classes).to(device, memory_format=torch.channels_last).train()
@@ -73,8 +76,8 @@ def bare_rate(cfg: PretrainConfig, device) -> float:
     loader = torch.utils.data.DataLoader(PngPairs(cfg.source_manifest), batch_size=cfg.batch_size, shuffle=True,
                                          drop_last=True, num_workers=cfg.num_workers,
                                          persistent_workers=cfg.num_workers > 0)
-    start = time.perf_counter()  # like dakd's rate: from the first request for data to the last step
-    batches, step = iter(loader), 0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches, step, start = iter(loader), 0, 0.0
     while step < cfg.iterations:
         try:
             image, label = next(batches)
@@ -92,9 +95,21 @@ def bare_rate(cfg: PretrainConfig, device) -> float:
         scaler.update()
         sched.step()
         step += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return cfg.iterations / (time.perf_counter() - start)
+        if step == warmup + 1:  # the clock starts once the warm-up steps and this one are done
+            sync()
+            start = time.perf_counter()
+    sync()
+    return (cfg.iterations - warmup - 1) / (time.perf_counter() - start)
+
+
+def dakd_rate(cfg: PretrainConfig, warmup: int = 0) -> float:
+    """Steps/s of `dakd pretrain` from its step gaps after the warm-up (bench_distill.step_gaps:
+    stamped at the engine's end_step), so its start-up and final checkpoint writes (1.1 GB
+    fsync'd for R101 with its SGD momentum) are not counted against the steps."""
+    from dakd_core.bench.perf import load_benchmark
+
+    gaps = load_benchmark("bench_distill").step_gaps(pretrain.run, cfg)[warmup:]
+    return len(gaps) / sum(gaps)
 
 
 def measure(argv=None) -> dict:
@@ -105,7 +120,10 @@ def measure(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=0, help="steps before the clock starts (cuDNN autotuning, caches)")
     args = ap.parse_args(argv)
+    if args.iters < args.warmup + 2:
+        ap.error(f"--iters {args.iters}: at least --warmup + 2 = {args.warmup + 2} steps (one timed step gap)")
     from dakd_core.bench.scratch import scratch_dir
 
     with scratch_dir("dakd-bench-train-") as tmp:
@@ -126,15 +144,15 @@ def _measure_in(tmp: Path, args) -> dict:
             num_workers=args.workers, checkpoint_every=args.iters, eval_every=args.iters, log_every=10,
             out=(tmp / name).as_uri(),
         )
-        bare = [bare_rate(cfg, device)]
-        result = pretrain.run(cfg)
-        dakd = result.metrics["steps_per_second"]
-        bare.append(bare_rate(cfg, device))
+        bare = [bare_rate(cfg, device, args.warmup)]
+        dakd = dakd_rate(cfg, args.warmup)
+        bare.append(bare_rate(cfg, device, args.warmup))
         bare_mean = sum(bare) / len(bare)
         print(f"{name:<24}{bare_mean * args.batch:>12.2f}{dakd * args.batch:>12.2f}{dakd / bare_mean:>8.2f}")
         rows.append({"model": name, "bare_img_s": bare_mean * args.batch, "dakd_img_s": dakd * args.batch,
                      "dakd_over_bare": dakd / bare_mean})
-    return {"device": str(device), "batch": args.batch, "size": list(args.size), "rows": rows}
+    return {"device": str(device), "batch": args.batch, "size": list(args.size), "warmup": args.warmup,
+            "timed_steps": args.iters - args.warmup - 1, "rows": rows}
 
 
 def main(argv=None) -> int:

@@ -525,7 +525,9 @@ class RunKeeper:
     def _agree(self, flag: bool) -> bool:
         if not self.dist.enabled:
             return flag
-        value = torch.tensor([int(flag)])
+        # on the process group's device: NCCL takes CUDA tensors only, gloo CPU ones
+        device = self.dist.device if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+        value = torch.tensor([int(flag)], device=device)
         torch_dist.broadcast(value, src=0)
         return bool(value.item())
 
@@ -607,7 +609,9 @@ def verify_replicas(model: nn.Module, dist: Dist) -> None:
         return
     with torch.no_grad():
         flat = torch.cat([p.detach().double().reshape(-1) for p in unwrap(model).parameters()])
-        local = torch.stack([flat.sum(), (flat * flat).sum()]).cpu()
+        local = torch.stack([flat.sum(), (flat * flat).sum()])
+    # on the process group's device: NCCL takes CUDA tensors only, gloo CPU ones
+    local = local.to(dist.device if torch_dist.get_backend() == "nccl" else torch.device("cpu"))
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     torch_dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):

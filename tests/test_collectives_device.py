@@ -1,0 +1,73 @@
+"""The tensors handed to torch.distributed sit on the process group's device: NCCL (CUDA runs)
+takes CUDA tensors only, so a CPU tensor there fails every multi-GPU task at its end. Proved
+without a GPU: the collectives are replaced by recorders that apply NCCL's rule with the `meta`
+device standing in for CUDA, and gloo's rule (CPU tensors) for a CPU run."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from dakd_core.train import engine
+from dakd_core.train.engine import Dist, RunKeeper, verify_replicas
+
+
+class Handed(Exception):
+    """Raised by the recorders once the rule is met: a meta tensor's value cannot be read back,
+    and the call itself is what is checked."""
+
+
+class Collectives:
+    """torch.distributed stand-in for one backend: every tensor a collective receives is recorded
+    and must be on `device` (nccl: the rank's GPU, gloo: the CPU)."""
+
+    def __init__(self, monkeypatch, backend: str, device: torch.device):
+        self.backend, self.device, self.seen = backend, device, []
+        for name in ("broadcast", "all_gather"):
+            monkeypatch.setattr(engine.torch_dist, name, getattr(self, name))
+        monkeypatch.setattr(engine.torch_dist, "get_backend", lambda group=None: backend)
+
+    def _check(self, *tensors) -> None:
+        for t in tensors:
+            self.seen.append(t.device)
+            if t.device != self.device:
+                raise RuntimeError(f"{self.backend}: tensor on {t.device}, the process group's device is {self.device}")
+
+    def broadcast(self, tensor, src=0, group=None, async_op=False):
+        self._check(tensor)
+        if self.device.type == "meta":
+            raise Handed
+
+    def all_gather(self, tensor_list, tensor, group=None, async_op=False):
+        self._check(*tensor_list, tensor)
+        if self.device.type == "meta":
+            raise Handed
+        for out in tensor_list:  # a world of identical replicas
+            out.copy_(tensor)
+
+
+def _keeper(dist: Dist):
+    return SimpleNamespace(dist=dist)  # _agree reads only the run's Dist
+
+
+def test_nccl_collectives_get_tensors_on_the_gpu(monkeypatch):
+    gpu = torch.device("meta")  # stands in for cuda:LOCAL_RANK
+    nccl = Collectives(monkeypatch, "nccl", gpu)
+    dist = Dist(rank=0, world_size=2, device=gpu)
+    with pytest.raises(Handed):
+        RunKeeper._agree(_keeper(dist), True)
+    with pytest.raises(Handed):
+        verify_replicas(nn.Linear(3, 2), dist)
+    assert nccl.seen == [gpu, gpu, gpu, gpu]  # broadcast's flag; all_gather's 2 outputs and its input
+
+
+def test_gloo_collectives_get_cpu_tensors_and_still_decide(monkeypatch):
+    gloo = Collectives(monkeypatch, "gloo", torch.device("cpu"))
+    dist = Dist(rank=0, world_size=2, device=torch.device("cpu"))
+    assert RunKeeper._agree(_keeper(dist), True) is True
+    assert RunKeeper._agree(_keeper(dist), False) is False
+    verify_replicas(nn.Linear(3, 2), dist)  # identical replicas: no error
+    assert gloo.seen == [torch.device("cpu")] * 5
