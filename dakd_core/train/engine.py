@@ -525,9 +525,7 @@ class RunKeeper:
     def _agree(self, flag: bool) -> bool:
         if not self.dist.enabled:
             return flag
-        # on the process group's device: NCCL takes CUDA tensors only, gloo CPU ones
-        device = self.dist.device if torch_dist.get_backend() == "nccl" else torch.device("cpu")
-        value = torch.tensor([int(flag)], device=device)
+        value = torch.tensor([int(flag)], device=collective_device(self.dist))
         torch_dist.broadcast(value, src=0)
         return bool(value.item())
 
@@ -601,6 +599,11 @@ class RunKeeper:
         return int(payload["step"])
 
 
+def collective_device(dist: Dist) -> torch.device:
+    """Where tensors handed to torch.distributed must live: NCCL takes CUDA tensors only, gloo CPU ones."""
+    return dist.device if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def verify_replicas(model: nn.Module, dist: Dist) -> None:
     """DDP keeps the replicas' parameters identical; a divergence (e.g. a rank-dependent code path)
     would silently publish rank 0's weights only, so it is an error. Buffers are not compared:
@@ -610,8 +613,7 @@ def verify_replicas(model: nn.Module, dist: Dist) -> None:
     with torch.no_grad():
         flat = torch.cat([p.detach().double().reshape(-1) for p in unwrap(model).parameters()])
         local = torch.stack([flat.sum(), (flat * flat).sum()])
-    # on the process group's device: NCCL takes CUDA tensors only, gloo CPU ones
-    local = local.to(dist.device if torch_dist.get_backend() == "nccl" else torch.device("cpu"))
+    local = local.to(collective_device(dist))
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     torch_dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
