@@ -288,12 +288,16 @@ class FileStore(ObjectStore):
             raise StoreError(f"cannot delete {self.url(key)}: {e.strerror or e}") from None
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            data = self.get_bytes(key)
-        except StoreError:
-            if not self._path(key).exists():
-                return None
-            raise
+        for attempt in range(2):
+            try:
+                data = self.get_bytes(key)
+                break
+            except StoreError:
+                if not self._path(key).exists():
+                    return None
+                if attempt:
+                    raise  # there, but unreadable (a directory...)
+                # created between the read and exists() (a racing writer's first put_if): read it now
         return data, hashlib.sha256(data).hexdigest()
 
     def write_lock(self, key: str):
