@@ -35,8 +35,8 @@ import threading
 import time
 import uuid
 
-from dakd_core.errors import ConfigError, StoreError
-from dakd_core.storage import LEASE_SUFFIX, ObjectStore
+from dakd_core.errors import StoreError
+from dakd_core.storage import LEASE_SUFFIX, ObjectStore, env_number
 
 DEFAULT_TTL_S = 120.0
 
@@ -46,16 +46,7 @@ def lease_key(scope: str) -> str:
 
 
 def ttl_seconds() -> float:
-    raw = os.environ.get("DAKD_LEASE_TTL_S", "").strip()
-    if not raw:
-        return DEFAULT_TTL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable DAKD_LEASE_TTL_S={raw!r} is not a number") from None
-    if not 0.5 <= value <= 86400:
-        raise ConfigError(f"environment variable DAKD_LEASE_TTL_S={raw!r} must be between 0.5 and 86400 seconds")
-    return value
+    return env_number("DAKD_LEASE_TTL_S", DEFAULT_TTL_S, float, 0.5, 86400)
 
 
 def _process_gone(record: dict) -> bool:
