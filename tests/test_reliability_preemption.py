@@ -45,8 +45,10 @@ def _argv(stage: str, w: dict, out: Path) -> list[str]:
               "--log-every", "1", "--lr", "0.01", "--device", "cpu"]
     if stage == "pretrain":
         return ["pretrain", *common]
-    return ["distill", *common, "--target-manifest", w["tgt"], "--target-resize", str(H), str(W),
-            "--init", w["student"], "--teacher", w["teacher"], "--teacher-cache", w["index"], "--paradigm", "c"]
+    uda = ["--target-manifest", w["tgt"], "--target-resize", str(H), str(W), "--init", w["student"]]
+    if stage == "adapt":
+        return ["adapt", *common, *uda]
+    return ["distill", *common, *uda, "--teacher", w["teacher"], "--teacher-cache", w["index"], "--paradigm", "c"]
 
 
 def _mlflow_runs(env: dict) -> list:
@@ -63,7 +65,7 @@ def _steps_logged(env: dict, run) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/seg_main"))
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "distill"])
+@pytest.mark.parametrize("stage", ["pretrain", "adapt", "distill"])
 def test_sigterm_checkpoints_releases_and_a_retry_on_another_host_resumes(
         zygote, world, tmp_path, _mlflow_template_db, stage):
     out, marker = tmp_path / "out", tmp_path / f"at-{STOP_AT}"
