@@ -8,9 +8,11 @@ resumes from that checkpoint at once and ends with the weights of an uninterrupt
 
 Deterministic: tests/faults/step_hook.py holds the stage right after step STOP_AT until the
 signal has arrived, and the test signals only once the hook's marker file exists, so the signal
-lands inside step STOP_AT whatever the machine's load. Checked 10 times in a row beside a
-CPU-bound neighbour (`nice -n 0 python -c 'while True: pass' &`, killed afterwards):
-`for i in $(seq 10); do pytest tests/test_reliability_preemption.py -q || break; done`.
+lands inside step STOP_AT whatever the machine's load. Passed 6 of 6 runs (all three stages each
+time, 69-87 s a run) beside a CPU-bound neighbour on the shared 2-core machine
+(`nice -n 0 python -c 'while True: pass' &`, killed afterwards), alternating with the
+tracking-outage tests: `for i in $(seq 6); do pytest tests/test_reliability_preemption.py -q;
+pytest tests/test_reliability_tracking_outage.py -q; done`.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@
   --out and fails with exit 2 naming both.
 
 Deterministic: tests/faults/step_hook.py holds the stage after chosen steps until the test has
-stopped or restarted the server. Checked 10 times in a row beside a CPU-bound neighbour
-(`nice -n 0 python -c 'while True: pass' &`, killed afterwards):
-`for i in $(seq 10); do pytest tests/test_reliability_tracking_outage.py -q || break; done`.
+stopped or restarted the server. Passed 6 of 6 runs (101-128 s a run: starting `mlflow server`
+dominates) beside a CPU-bound neighbour on the shared 2-core machine (`nice -n 0 python -c
+'while True: pass' &`, killed afterwards), alternating with tests/test_reliability_preemption.py.
 """
 
 from __future__ import annotations
