@@ -386,9 +386,13 @@ def by_domain_of(rows: list[dict], uri: str) -> str:
 
 def run_cache(cfg: CacheConfig) -> CacheResult:
     """Compute (this slice of) the teacher cache; publish index.parquet when every shard exists."""
-    from dakd_core.storage import open_store
+    from dakd_core.train.engine import open_output, require_objects, resolve_device
 
-    store = open_store(cfg.store).child(f"teacher_cache/{cfg.name}")
+    # Output, device and inputs first: a refused run creates nothing in the store (not even the lease).
+    store = open_output(cfg.store, "store").child(f"teacher_cache/{cfg.name}")
+    if cfg.device:
+        resolve_device(cfg.device)
+    require_objects([("teacher", cfg.teacher)] + [("manifests", m) for m in cfg.manifests])
     # Parallel shard tasks write disjoint slices, so the lease is per slice: two runs computing
     # the same slice (or two finalize steps) at once are refused.
     scope = "index" if cfg.finalize_only else f"slice-{cfg.shard_index}-of-{cfg.num_shards}"

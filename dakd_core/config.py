@@ -108,12 +108,14 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
 
 
-def _format_validation_error(cls: type, err: ValidationError, source: str) -> str:
-    lines = [f"invalid {cls.__name__} ({source}):"]
+def format_validation_error(model: str, err: ValidationError, source: str) -> str:
+    """One line (the CLI's error contract): each failing field with its message and value."""
+    problems = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  field '{field}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+        field = ".".join(str(p) for p in e["loc"])
+        # a model-level check (no field) has the whole input as its value: its message names what is wrong
+        problems.append(f"field '{field}': {e['msg']} (got {e.get('input')!r})" if field else e["msg"])
+    return f"invalid {model} ({source}): " + "; ".join(problems)
 
 
 def build_config(cls: type[C], yaml_path: str | Path | None = None, **overrides: Any) -> C:
@@ -134,7 +136,7 @@ def build_config(cls: type[C], yaml_path: str | Path | None = None, **overrides:
         # JSON-mode validation: YAML/CLI give lists where tuples are declared, ints where floats are.
         return cls.model_validate_json(_to_json(data))
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(cls, e, source)) from None
+        raise ConfigError(format_validation_error(cls.__name__, e, source)) from None
 
 
 def _to_json(data: dict[str, Any]) -> str:

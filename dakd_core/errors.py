@@ -24,3 +24,21 @@ class DataError(DakdError):
 
 class TrainingError(DakdError):
     """Training cannot continue (NaN/inf loss, incompatible checkpoint)."""
+
+
+class Preempted(DakdError):
+    """A stop signal (SIGTERM from Kubernetes, SIGINT from a terminal) ended a stage early, after a
+    resumable checkpoint. The CLI exits with 128 + the signal number, the status a process killed
+    by that signal reports, so schedulers treat it as the interruption it is (and retry it)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class TrackingError(DakdError):
+    """The MLflow tracking server did not answer within its deadline (DAKD_MLFLOW_DEADLINE_S)."""

@@ -35,8 +35,8 @@ import threading
 import time
 import uuid
 
-from dakd_core.errors import ConfigError, StoreError
-from dakd_core.storage import LEASE_SUFFIX, ObjectStore
+from dakd_core.errors import StoreError
+from dakd_core.storage import LEASE_SUFFIX, ObjectStore, env_number
 
 DEFAULT_TTL_S = 120.0
 
@@ -46,16 +46,7 @@ def lease_key(scope: str) -> str:
 
 
 def ttl_seconds() -> float:
-    raw = os.environ.get("DAKD_LEASE_TTL_S", "").strip()
-    if not raw:
-        return DEFAULT_TTL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable DAKD_LEASE_TTL_S={raw!r} is not a number") from None
-    if not 0.5 <= value <= 86400:
-        raise ConfigError(f"environment variable DAKD_LEASE_TTL_S={raw!r} must be between 0.5 and 86400 seconds")
-    return value
+    return env_number("DAKD_LEASE_TTL_S", DEFAULT_TTL_S, float, 0.5, 86400)
 
 
 def _process_gone(record: dict) -> bool:
@@ -83,6 +74,10 @@ class WriterLease:
         self.ttl = ttl_seconds() if ttl_s is None else ttl_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._version: str | None = None
+        # When this lease was taken: stamped after the read that found it free, before the
+        # conditional write that took it (so it precedes anything published under it and follows
+        # the previous holder's release). The record's `acquired_at`.
+        self.acquired_at: float | None = None
         self._lock = threading.Lock()  # the heartbeat and check/release share _version
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,12 +119,12 @@ class WriterLease:
 
     # -- acquire / renew / release
     def acquire(self) -> WriterLease:
-        self._started = time.time()
         for _ in range(5):  # each lost compare-and-set means another writer moved; re-read
             record, version = self._read()
             if record is not None and self._is_live(record) and record.get("owner") != self.owner:
                 raise self._held_by_other(record)
-            new = self.store.put_if(self.key, self._record(acquired_at=self._started), version)
+            self.acquired_at = time.time()
+            new = self.store.put_if(self.key, self._record(acquired_at=self.acquired_at), version)
             if new is not None:
                 self._version = new
                 self._thread = threading.Thread(target=self._heartbeat, name="dakd-lease", daemon=True)
@@ -141,7 +136,7 @@ class WriterLease:
         while not self._stop.wait(self.ttl / 3):
             try:
                 with self._lock:
-                    new = self.store.put_if(self.key, self._record(acquired_at=self._started), self._version)
+                    new = self.store.put_if(self.key, self._record(acquired_at=self.acquired_at), self._version)
                     if new is None:
                         self.lost = "another writer took it over"
                         return
@@ -181,7 +176,7 @@ class WriterLease:
         with self._lock:
             if self._version is not None:
                 try:  # lost to a takeover: the record is not ours to mark
-                    self.store.put_if(self.key, self._record(released=True, acquired_at=self._started), self._version)
+                    self.store.put_if(self.key, self._record(released=True, acquired_at=self.acquired_at), self._version)
                 except StoreError:
                     pass  # the record then expires by itself (ttl); the run's outputs are complete
                 self._version = None

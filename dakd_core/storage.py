@@ -288,12 +288,16 @@ class FileStore(ObjectStore):
             raise StoreError(f"cannot delete {self.url(key)}: {e.strerror or e}") from None
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            data = self.get_bytes(key)
-        except StoreError:
-            if not self._path(key).exists():
-                return None
-            raise
+        for attempt in range(2):
+            try:
+                data = self.get_bytes(key)
+                break
+            except StoreError:
+                if not self._path(key).exists():
+                    return None
+                if attempt:
+                    raise  # there, but unreadable (a directory...)
+                # created between the read and exists() (a racing writer's first put_if): read it now
         return data, hashlib.sha256(data).hexdigest()
 
     def write_lock(self, key: str):
@@ -360,7 +364,8 @@ def _count_retry(context: dict | None = None, **_: Any) -> None:
             _retries += 1
 
 
-def _env_number(name: str, default: float, cast: type, minimum: float) -> Any:
+def env_number(name: str, default: float, cast: type, minimum: float, maximum: float | None = None) -> Any:
+    """Environment variable `name` as `cast` (default when unset or empty), or a ConfigError naming it."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return cast(default)
@@ -368,8 +373,9 @@ def _env_number(name: str, default: float, cast: type, minimum: float) -> Any:
         value = cast(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}={raw!r} is not a valid {cast.__name__}") from None
-    if value < minimum:
-        raise ConfigError(f"environment variable {name}={raw!r} must be >= {minimum}")
+    if not value >= minimum or (maximum is not None and not value <= maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigError(f"environment variable {name}={raw!r} must be {bound}")
     return value
 
 
@@ -430,10 +436,10 @@ def _s3_client():
             import boto3
             from botocore.config import Config
 
-            attempts = _env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)
-            connect = _env_number("DAKD_S3_CONNECT_TIMEOUT", 5, float, 0.001)
-            read = _env_number("DAKD_S3_READ_TIMEOUT", 20, float, 0.001)
-            deadline = _env_number("DAKD_S3_DEADLINE_S", 60, float, 0.001)
+            attempts = env_number("DAKD_S3_MAX_ATTEMPTS", 8, int, 1)
+            connect = env_number("DAKD_S3_CONNECT_TIMEOUT", 5, float, 0.001)
+            read = env_number("DAKD_S3_READ_TIMEOUT", 20, float, 0.001)
+            deadline = env_number("DAKD_S3_DEADLINE_S", 60, float, 0.001)
             if connect + read > deadline:
                 raise ConfigError(
                     f"DAKD_S3_CONNECT_TIMEOUT + DAKD_S3_READ_TIMEOUT ({connect:g} + {read:g} s) exceed "

@@ -30,6 +30,16 @@ What a stage run records
 Helpers (``log_metrics``, ``log_dict``, ...) log to the active run and raise ``DakdError`` when
 there is none, so a stage that forgot ``stage_run`` fails loudly instead of losing its metrics.
 
+Tracking-server outages (``http(s)://`` tracking URIs)
+  Every call to the server ends within ``DAKD_MLFLOW_DEADLINE_S`` seconds (default 30): MLflow's
+  HTTP retries are bounded to 3 attempts of ``(deadline - 2) / 3`` s each with 0 + 2 s of backoff,
+  unless ``MLFLOW_HTTP_REQUEST_*`` are set explicitly. A stage refuses to start (exit 2, naming the
+  URI with its password masked) when the server does not answer within the deadline
+  (``check_reachable``). Mid-stage, metrics the server does not take are kept (``MetricOutbox``,
+  written to the stage's output beside its checkpoints) and training goes on; the stage publishes
+  its result, then sends the kept metrics, or, if the server still does not answer, fails with
+  exit 2 after publishing, the metrics kept in its output (see docs/reliability.md).
+
 Secrets
   Params, tags, ``log_text``, ``log_dict`` and text files given to ``log_bytes`` are masked by
   ``redact``: values under secret names, the exact values of secret-named environment variables,
@@ -46,12 +56,14 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dakd_core.errors import DakdError
+from dakd_core.errors import DakdError, Preempted
 
 DEFAULT_EXPERIMENT = "dakd"
 REDACTED = "***"
@@ -203,6 +215,138 @@ def _clip(text: str, limit: int) -> str:
 def loggable_params(flat: Mapping[str, Any]) -> dict[str, str]:
     """Flattened params as MLflow may record them: redacted, keys and values within its limits."""
     return {k[:250]: _clip(redact(k, v), _MAX_PARAM_LEN) for k, v in flat.items()}
+
+
+# ------------------------------------------------------------------------------ server outages
+
+ENV_DEADLINE = "DAKD_MLFLOW_DEADLINE_S"
+DEFAULT_DEADLINE_S = 30.0
+
+
+def deadline_seconds() -> float:
+    """The longest one call to a tracking server may take, retries included (DAKD_MLFLOW_DEADLINE_S)."""
+    from dakd_core.storage import env_number
+
+    return env_number(ENV_DEADLINE, DEFAULT_DEADLINE_S, float, 3, 3600)
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def bound_http_retries() -> None:
+    """MLflow's HTTP settings (where not set explicitly) for calls that end within the deadline:
+    urllib3 sleeps 0 s before the first retry and 2 * backoff_factor before the second, so 3
+    attempts of (deadline - 2) / 3 s take at most the deadline. MLflow's own defaults (7 retries,
+    backoff up to 64 s, 120 s timeout) stalled a stage ~8 min per call when the server died."""
+    timeout = max(1, int((deadline_seconds() - 2) / 3))
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))):
+        os.environ.setdefault(name, value)
+
+
+def check_reachable(uri: str | None = None) -> None:
+    """DakdError naming the (masked) URI when a tracking server does not answer within the deadline.
+
+    Any HTTP answer below 500 counts (an authenticating server answers 401 to /health without
+    credentials). Not a server URI (sqlite, file): nothing to check."""
+    import urllib.error
+    import urllib.request
+
+    uri = uri or tracking_uri()
+    if not is_server(uri):
+        return
+    bound_http_retries()
+    deadline = deadline_seconds()
+    # urllib would take user:password@ for part of the host name
+    url = _URL_USERINFO_RE.sub(lambda m: m.group("scheme"), uri).rstrip("/") + "/health"
+    end = time.monotonic() + deadline
+    reason = "no answer"
+    while (left := end - time.monotonic()) > 0:
+        try:
+            with urllib.request.urlopen(url, timeout=min(left, 5.0)):
+                return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+            reason = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+    raise DakdError(f"MLflow tracking server {redact_text(uri)} did not answer within {deadline:g} s ({reason}): "
+                    f"start it, point MLFLOW_TRACKING_URI at one that answers, or raise {ENV_DEADLINE}")
+
+
+def server_unavailable(e: BaseException) -> bool:
+    """Whether an exception of an MLflow call means the tracking server did not answer."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(e, (MlflowException, requests.RequestException, OSError)) and is_server(tracking_uri())
+
+
+class MetricOutbox:
+    """The metrics of one run, sent as they come while the tracking server answers; while it does
+    not, kept (in order, with their steps and times) and re-sent together, at most once per
+    deadline so that a dead server costs training one bounded call per deadline, not per step."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.pending: list[dict] = []
+        self._retry_at = 0.0
+        self.failure: str | None = None  # why the last send failed
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> bool:
+        """Send (or keep) `metrics` at `step`; True when nothing is kept any more."""
+        now = int(time.time() * 1000)
+        for name, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise DakdError(f"metric '{name}' is not a number: {value!r}") from None
+            self.pending.append({"key": name, "value": number, "step": step, "timestamp": now})
+        if time.monotonic() < self._retry_at:
+            return False
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Try to send every kept metric now; True when none is left."""
+        from mlflow.entities import Metric
+
+        import mlflow
+
+        try:
+            client = mlflow.MlflowClient(tracking_uri())
+            for i in range(0, len(self.pending), 1000):  # MLflow's limit per batch
+                batch = self.pending[i:i + 1000]
+                client.log_batch(self.run_id, metrics=[Metric(m["key"], m["value"], m["timestamp"], m["step"])
+                                                       for m in batch])
+            self.pending = []
+            self.failure = None
+            return True
+        except Exception as e:
+            if not server_unavailable(e):
+                raise
+            if self.failure is None:
+                print(f"dakd: MLflow tracking server {redact_text(tracking_uri())} did not take metrics "
+                      f"({type(e).__name__}); training goes on, metrics are kept and re-sent", file=sys.stderr,
+                      flush=True)
+            self.failure = redact_text(f"{type(e).__name__}: {e}")[:300]
+            self._retry_at = time.monotonic() + deadline_seconds()
+            return False
+
+    def end_if_running(self) -> None:
+        """Mark the run FAILED if the server still has it RUNNING (its process ended while the
+        server did not answer); called once its kept metrics are sent by a later attempt."""
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri())
+        if client.get_run(self.run_id).info.status == "RUNNING":
+            client.set_terminated(self.run_id, "FAILED")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"mlflow_run_id": self.run_id, "tracking_uri": redact_text(tracking_uri()),
+                           "metrics": self.pending}, indent=1).encode()
 
 
 # ------------------------------------------------------------------------------ where runs go
@@ -368,6 +512,7 @@ def stage_run(
     source = config if config is not None else params
     flat = flatten(source) if source is not None else {}
     uri = tracking_uri()
+    check_reachable(uri)  # an unreachable server: exit 2 within the deadline, not minutes of retries
     mlflow.set_tracking_uri(uri)
     # MLFLOW_RUN_ID stays out of the environment until the stage run has ended: end_run() would
     # delete it, and the next stage in this process must still find the platform's run.
@@ -409,10 +554,31 @@ def stage_run(
             tags=run_tags,
             log_system_metrics=_system_metrics(),
         )
-        with run:  # ends the run: FINISHED, or FAILED/KILLED when the block raises
+        try:
             if flat:
                 mlflow.log_params(loggable_params(flat))
             yield run
+        except Preempted:  # stopped by a signal, resumable: KILLED, not FAILED
+            _end_run("KILLED")
+            raise
+        except BaseException:
+            _end_run("FAILED")
+            raise
+        _end_run("FINISHED")
+
+
+def _end_run(status: str) -> None:
+    """End the active run; a tracking server that does not answer leaves it RUNNING there (said on
+    stderr) instead of replacing the stage's own outcome with its error."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as e:
+        if not server_unavailable(e):
+            raise
+        print(f"dakd: MLflow tracking server {redact_text(tracking_uri())} did not answer: the run stays "
+              f"RUNNING there instead of {status} ({type(e).__name__})", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -458,7 +458,7 @@ CASES = [
     Case("pretrain-empty-manifest", "pretrain", "manifest with the right schema and no rows",
          r"manifest file://\S+/m/manifest\.parquet is empty", _train("pretrain", _empty_manifest)),
     Case("pretrain-manifest-not-found", "pretrain", "manifest URI that does not exist",
-         r"manifest file://\S+/nowhere/manifest\.parquet cannot be read",
+         r"field 'source_manifest': no object at 'file://\S+/nowhere/manifest\.parquet'",
          _train("pretrain", lambda w, tmp: {"source_manifest": (tmp / "nowhere" / "manifest.parquet").as_uri()})),
     Case("pretrain-manifest-not-parquet", "pretrain", "manifest that is not Parquet",
          r"manifest file://\S+/o/manifest\.parquet is not a readable Parquet file",

@@ -83,7 +83,11 @@ def test_two_concurrent_runs_keep_their_own_outputs_and_mlflow_runs(zygote, tmp_
 # --------------------------------------------------------------------- writer leases, randomised
 
 WRITER = Path(__file__).resolve().parent / "faults" / "lease_writer.py"
-TTL = 1.0  # seconds; every writer's 3 steps take < 1.5 ttl, its start delay < 2 ttl
+# Lease ttl in seconds; every writer's 3 steps take < 1.5 ttl, its start delay < 2 ttl. A holder's
+# renewal (every ttl/3) may come up to 5/12 ttl late before `publishing` refuses (< ttl/4 left):
+# with ttl 1 s on a loaded machine (load average 11 on 2 cores) renewals fell that far behind and,
+# correctly, no writer published (2 of 14 runs); 3 s leaves 1.25 s.
+TTL = 3.0
 
 
 def _start_writer(store_uri: str, run: str, seed: int, delay: float | None = None) -> subprocess.Popen:
@@ -130,7 +134,13 @@ def test_racing_writers_each_publish_only_their_own_result(backend, seed, pause,
     interleaving: holders never overlap, refused writers name the holder, the frozen one publishes
     nothing after losing its lease, and the published result.json, `last` and every checkpoint
     belong to the one run that published it. (S3 runs without the freeze: there a freeze between
-    the lease check and the end of the put, longer than ttl/4, is the documented residual window.)"""
+    the lease check and the end of the put, longer than ttl/4, is the documented residual window.)
+
+    Not flaky: 20 of 20 runs passed beside a CPU-bound neighbour on the shared 2-core machine (load
+    average 11-14), all three parameterisations each time:
+        nice -n 0 python -c 'while True: pass' &   # killed afterwards
+        for i in $(seq 20); do pytest tests/test_reliability_concurrency.py -q -x -k racing_writers; done
+    (before: 5 of 10 runs failed, issue 31; the causes are in docs/reliability.md section 6)."""
     store_uri = request.getfixturevalue("s3_store") if backend == "s3" else (tmp_path / "out").as_uri()
     store = open_store(store_uri)
     rng = random.Random(seed)
@@ -160,7 +170,10 @@ def test_racing_writers_each_publish_only_their_own_result(backend, seed, pause,
     assert {store.get_bytes(f"checkpoints/step_{k}") for k in (1, 2, 3)} == {winner.encode()}, what
     if pause:
         frozen = outcomes[paused]
-        takers = [o for o in published if o["run"] != paused and o["acquired"] > frozen["acquired"]]
+        # a taker's acquire returned after the frozen one's lease was written (the record's own
+        # acquired_at: a clock read after acquire() returned can land after the SIGCONT, later
+        # than the takeover, which made this test fail 5 of 10 runs on a loaded machine)
+        takers = [o for o in published if o["run"] != paused and o["acquired"] > frozen["acquired_at"]]
         assert takers, what  # the expired lease was taken over (by the late writer or a slow starter)
         if frozen["outcome"] == "lost":
             assert "is no longer this run's (now held by" in frozen["error"], what

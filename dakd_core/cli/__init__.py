@@ -2,7 +2,9 @@
 
 Each module in this package is one subcommand: it defines NAME, HELP, `add_arguments(parser)` and
 `run(args) -> int`. Modules are discovered, so adding a command is adding a file.
-A DakdError is printed as `dakd <command>: error: <message>` and exits with status 2.
+Every refusal is one line on stderr, `dakd <command>: error: <message>` naming the flag or field and
+its value, and exit status 2: a DakdError, a pydantic validation failure (on construction or on
+assignment) and a bad flag alike (argparse's usage block is left out: `--help` has it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import pkgutil
 import sys
 
-from dakd_core.errors import DakdError
+from dakd_core.errors import DakdError, Preempted
 
 
 def _commands():
@@ -22,6 +24,13 @@ def _commands():
         yield importlib.import_module(f"{__name__}.{info.name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other refusal (subcommand parsers inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given the command line, only the chosen command gets its flags.
 
@@ -29,7 +38,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     them for `dakd --help` cost more than the whole help needs (issue 14: help under 1 s).
     Without `argv` every command is complete."""
     chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
-    parser = argparse.ArgumentParser(prog="dakd", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="dakd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in _commands():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
@@ -64,10 +73,20 @@ def _tracking_store_failure(e: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    from pydantic import ValidationError
+
     try:
         return int(args._run(args) or 0)
+    except Preempted as e:  # a stop signal: checkpointed, lease released; exit as the signal would
+        print(f"dakd {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
     except DakdError as e:
         print(f"dakd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # a value assigned to a validated config after construction
+        from dakd_core.config import format_validation_error
+
+        print(f"dakd {args.command}: error: {format_validation_error(e.title, e, 'assignment')}", file=sys.stderr)
         return 2
     except Exception as e:
         message = _tracking_store_failure(e)

@@ -37,3 +37,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StrictConfig
 def config_from_args(cls: type[StrictConfig], args: argparse.Namespace):
     overrides = {name: getattr(args, name) for name in cls.model_fields}
     return build_config(cls, args.config, **overrides)
+
+
+def require_output_path(path: str, flag: str) -> None:
+    """ConfigError naming the flag and value when a local output path (file or directory) cannot
+    be created: a non-directory on its way, or an unwritable directory. Creates nothing: checked
+    before any work, so a refused command leaves nothing behind."""
+    import os
+    from pathlib import Path
+
+    from dakd_core.errors import ConfigError
+
+    probe = Path(path).absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != Path(path).absolute() and not probe.is_dir():
+        raise ConfigError(f"{flag} {path!r}: {probe} is not a directory")
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path!r}: directory {probe} is not writable")

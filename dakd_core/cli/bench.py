@@ -38,7 +38,21 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from dakd_core.cli._config_args import require_output_path
+    from dakd_core.errors import ConfigError
+
     command = "dakd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    # everything a bench run would refuse after minutes of work is refused here, before it starts
+    for flag in ("out", "docs", "json"):
+        if getattr(args, flag, None) is not None:
+            require_output_path(getattr(args, flag), f"--{flag}")
+    if args.bench == "results":
+        from dakd_core.train.engine import resolve_device
+
+        for flag, value in (("--seeds", args.seeds), ("--jobs", args.jobs)):
+            if value < 1:
+                raise ConfigError(f"{flag}: must be >= 1, got {value}")
+        resolve_device(args.device, "--device")
     if args.bench == "results":
         from dakd_core.bench.results import ResultsRun, run_results
 

@@ -16,6 +16,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from dakd_core.orchestration.kfp_client import compile_pipeline, default_yaml_path
 
+    from dakd_core.cli._config_args import require_output_path
+    from dakd_core.errors import ConfigError
+
+    if args.output is not None:
+        if not args.output.endswith((".yaml", ".yml")):
+            raise ConfigError(f"--output {args.output!r}: the compiled pipeline is a .yaml file")
+        require_output_path(args.output, "--output")
     images = None
     if args.images:
         from dakd_core.orchestration.images import pinned_environ

@@ -20,7 +20,11 @@ def run(args) -> int:
     from dakd_core.cli._config_args import config_from_args
     from dakd_core.deploy import DeployConfig, deploy
 
-    result = deploy(config_from_args(DeployConfig, args))
+    from dakd_core.train.engine import open_output
+
+    cfg = config_from_args(DeployConfig, args)
+    open_output(cfg.out, "out")  # a bad --out is refused before any input is read
+    result = deploy(cfg)
     print(f"deployed {result.source} -> {result.model_dir}")
     print(f"  platform {result.platform}, max_batch_size {result.max_batch_size}, dynamic batching")
     for kind, specs in (("input", result.inputs), ("output", result.outputs)):

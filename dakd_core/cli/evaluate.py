@@ -38,8 +38,9 @@ def run(args) -> int:
     hashes = None
     if args.sha256:
         pairs = [s.rpartition("=") for s in args.sha256]
-        if any(not sep for _, sep, _ in pairs):
-            raise ConfigError("--sha256 expects URI=HEX")
+        for given, (_, sep, _) in zip(args.sha256, pairs):
+            if not sep:
+                raise ConfigError(f"--sha256 {given!r}: expected URI=HEX")
         hashes = {uri: hex_ for uri, _, hex_ in pairs}
     cfg = build_config(
         EvalConfig, args.config, models=args.models, manifest=args.manifest, out=args.out,
@@ -47,6 +48,9 @@ def run(args) -> int:
         amp=args.amp, table_classes=args.table_classes, max_samples=args.max_samples, sha256=hashes,
         log_mlflow=args.log_mlflow,
     )
+    from dakd_core.train.engine import open_output
+
+    open_output(cfg.out, "out")  # a bad --out is refused before any input is read
     result = evaluate(cfg)
     for name, m in result.metrics["models"].items():
         print(f"{name}: mIoU {pct(m['miou'], 2)}  pixel acc {pct(m['pixel_accuracy'], 2)}"

@@ -34,6 +34,9 @@ def run(args) -> int:
         batch_size=args.batch_size, iters=args.iters, opset=args.opset, device=args.device,
         log_mlflow=args.log_mlflow,
     )
+    from dakd_core.train.engine import open_output
+
+    open_output(cfg.out, "out")  # a bad --out is refused before any input is read
     result = export(cfg)
     rec = result.record
     for kind, a in rec["artifacts"].items():

@@ -30,6 +30,9 @@ def run(args) -> int:
     fields = ("format", "root", "split", "domain", "store", "name", "workers", "labels",
               "unknown_ids", "split_list", "pool")
     cfg = build_config(IngestConfig, args.config, **{f: getattr(args, f) for f in fields})
+    from dakd_core.train.engine import open_output
+
+    open_output(cfg.store, "store")  # a bad --store is refused before any input is read
     result = run_ingest(cfg)
     print(format_summary(result.class_summary))
     print(f"{result.num_samples} samples ({result.num_written} written, {result.num_skipped} unchanged)"

@@ -26,6 +26,10 @@ def run(args) -> int:
     from dakd_core.orchestration.local import format_summary, run_local
     from dakd_core.orchestration.params import load_run_config
 
+    from dakd_core.cli._config_args import require_output_path
+
+    if args.out is not None:
+        require_output_path(args.out, "--out")
     config = args.config or _default_config()
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)

@@ -21,6 +21,9 @@ def run(args) -> int:
     from dakd_core.evaluation.score import run as score
 
     cfg = build_config(ScoreConfig, pred=args.pred, gt=args.gt, gt_format=args.gt_format, split=args.split, out=args.out)
+    from dakd_core.train.engine import open_output
+
+    open_output(cfg.out, "out")  # a bad --out is refused before any input is read
     result = score(cfg)
     m = result.metrics
     print(f"mIoU {pct(m['miou'], 2)}  pixel acc {pct(m['pixel_accuracy'], 2)}  "

@@ -24,7 +24,16 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import re
+
+    from dakd_core.errors import ConfigError
     from dakd_core.orchestration.kfp_client import submit, submit_params
+
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", args.host):
+        raise ConfigError(f"--host {args.host!r}: expected the KFP endpoint's http(s)://HOST[:PORT]")
+    for flag, name in (("--namespace", args.namespace), ("--service-account", args.service_account)):
+        if name is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+            raise ConfigError(f"{flag} {name!r}: not a Kubernetes name (lower-case letters, digits, '-', '.')")
 
     result = submit(args.host, submit_params(args.config), args.experiment, args.run_name, args.namespace,
                     args.service_account, args.package)

@@ -35,7 +35,12 @@ def run(args) -> int:
     from dakd_core.data.synth import generate, parse_size, preview
     from dakd_core.errors import ConfigError
 
+    from dakd_core.cli._config_args import require_output_path
+
     size = parse_size(args.size)
+    for flag, path in (("--out", args.out), ("--preview", args.preview)):
+        if path is not None:
+            require_output_path(path, flag)
     if args.preview:
         print(preview(args.preview, size=size, seed=args.seed))
         return 0

@@ -121,11 +121,13 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     from dakd_core.storage import open_store, read_bytes
 
     out = Path(cfg.local.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
+    # A bad --run-name fails here (ConfigError naming it), before anything is created or assigned.
+    run_prefix(out.as_uri(), name)
     params = cfg.params.model_copy()
     params.store_uri = (out / "store").as_uri()
-    params.run_name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
-    run_prefix(params.store_uri, params.run_name)  # a bad --run-name fails here, before any task runs
+    params.run_name = name
+    out.mkdir(parents=True, exist_ok=True)
     log_path = out / "logs" / f"{params.run_name}.log"
     tracking, tracking_from_env = tracking_uri_for(out)
     print(f"dakd run {params.run_name}: output of kfp.local and of every task (executor records, warnings,"

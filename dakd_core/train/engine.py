@@ -29,7 +29,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from dakd_core.errors import ConfigError, DataError, TrainingError
+from dakd_core.errors import ConfigError, DataError, Preempted, StoreError, TrainingError
 from dakd_core.evaluation.metrics import confusion_matrix, miou_from_confusion
 from dakd_core.models.checkpoint import load_checkpoint, save_checkpoint
 from dakd_core.storage import ObjectStore, open_store
@@ -49,6 +51,9 @@ from dakd_core.storage import ObjectStore, open_store
 LAST = "last.pt"
 BEST = "best.pt"
 RESULT = "result.json"
+# Metrics the tracking server did not take (server down), kept beside the checkpoints until sent:
+# one file per MLflow run (a retry of the stage sends an earlier attempt's to that attempt's run).
+PENDING_METRICS = "mlflow_pending_metrics/{run_id}.json"
 CHECKPOINT_KEY = "checkpoints/step_{:07d}.pt"
 
 
@@ -111,18 +116,108 @@ def init_distributed(device_name: str | None = None) -> Dist:
 
 
 _LEASE: contextvars.ContextVar = contextvars.ContextVar("dakd_writer_lease", default=None)
+# Config fields naming an object the stage reads (road_reference and backbone_weights may also
+# name a method or a hub tag: only their URIs are objects).
+_INPUT_FIELDS = ("source_manifest", "select_manifest", "target_manifest", "gate_manifest", "init", "teacher",
+                 "teacher_cache", "road_reference", "backbone_weights")
+_NOT_OBJECTS = ("init", "imagenet")
+
+
+def open_output(uri: str, name: str) -> ObjectStore:
+    """The store of an output location, or a ConfigError naming the field and its unusable URI;
+    commands open their output first, so a bad one is refused before any input is read."""
+    try:
+        return open_store(uri)
+    except StoreError as e:
+        raise ConfigError(f"field '{name}': {e}") from None
+
+
+def require_objects(inputs: list[tuple[str, str]]) -> None:
+    """ConfigError naming the field and value of the first (field, URI) whose object is missing or
+    whose URI is unusable. Stages call it before taking a writer lease: a refused run creates nothing."""
+    from dakd_core.storage import uri_exists
+
+    for name, uri in inputs:
+        try:
+            found = uri_exists(uri)
+        except StoreError as e:
+            raise ConfigError(f"field '{name}': {uri!r}: {e}") from None
+        if not found:
+            raise ConfigError(f"field '{name}': no object at {uri!r}")
+
+
+def check_inputs(cfg) -> None:
+    """ConfigError naming the field and value when the network is unknown or an input object is
+    missing. Called before the writer lease, so a refused run creates nothing under --out."""
+    from dakd_core.models.registry import list_models
+    from dakd_core.models.weights import hub_tag
+
+    if cfg.model not in list_models():
+        raise ConfigError(f"field 'model': unknown network {cfg.model!r} (known: {', '.join(list_models())})")
+    require_objects([(name, uri) for name in _INPUT_FIELDS
+                     if (uri := getattr(cfg, name, None)) and uri not in _NOT_OBJECTS and hub_tag(uri) is None])
+
+
+class StopSignals:
+    """SIGTERM and SIGINT during a training stage: the first is remembered and acted on at the next
+    step boundary (`RunKeeper.steps`: checkpoint, then `Preempted`); a second one stops the process
+    at once, the default way. A signal this process ignores (nohup) stays ignored, and handlers
+    are only installed from the main thread (Python delivers signals there only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._received)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _received(self, signum: int, frame) -> None:
+        if self.signum is not None:  # the second signal: no more waiting for the step to end
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step "
+              "(checkpoint, MLflow run KILLED, writer lease released); send it again to stop at once",
+              file=sys.stderr, flush=True)
+
+
+STOP = StopSignals()
 
 
 def launch(train: Callable, cfg):
     """Run `train(cfg, dist)` inside this process's (possibly single-process) group, rank 0 holding
-    the writer lease of `cfg.out` (a second run into the same --out is refused; see lease.py)."""
+    the writer lease of `cfg.out` (a second run into the same --out is refused; see lease.py).
+    SIGTERM/SIGINT end it gracefully at a step boundary (`StopSignals`, `RunKeeper.steps`)."""
+    with STOP:
+        return _launch(train, cfg)
+
+
+def _launch(train: Callable, cfg):
     from dakd_core.lease import WriterLease
 
     dist = init_distributed(cfg.device)
     try:
         if not dist.is_main:  # only rank 0 writes
             return train(cfg, dist)
-        with WriterLease(open_store(cfg.out), f"training output {cfg.out}") as lease:
+        from dakd_core.tracking import check_reachable
+
+        out = open_output(cfg.out, "out")
+        check_inputs(cfg)
+        check_reachable()  # before the lease: a run refused for its tracking server leaves nothing
+        with WriterLease(out, f"training output {cfg.out}") as lease:
             token = _LEASE.set(lease)
             try:
                 return train(cfg, dist)
@@ -431,8 +526,10 @@ class RunKeeper:
                 cfg.select_manifest, train=False, with_labels=True, resize=cfg.select_resize,
                 memo_mib=cfg.data_memo_mib,
             )
+        self._saved_step = 0  # the step of the newest resumable checkpoint (last.pt)
         self._tracking = False  # inside this rank-0 process's MLflow stage run
         self._run_id: str | None = None
+        self._outbox = None  # tracking.MetricOutbox of the stage run
         self._bar = None
         self._started = time.perf_counter()
 
@@ -465,16 +562,41 @@ class RunKeeper:
                 file=sys.stderr,
             )
         restore_rng(rng[self.dist.rank % len(rng)])
+        self._saved_step = int(payload["step"])
         return payload
 
     # -- the loop
     def steps(self, start: int) -> Iterator[int]:
+        """Steps start+1 .. iterations. Before each one, a stop signal received meanwhile (on any
+        rank) ends the stage: a checkpoint of the last finished step if it has none, then
+        `Preempted` (the MLflow run becomes KILLED, launch() releases the writer lease)."""
         self._started = time.perf_counter()  # the rate counts the loop, not MLflow/startup
         self._bar = tqdm(
             range(start + 1, self.cfg.iterations + 1), initial=start, total=self.cfg.iterations,
             desc=self.stage, disable=progress_disabled() or not self.dist.is_main, dynamic_ncols=True,
         )
-        return iter(self._bar)
+        for step in self._bar:
+            signum = self._stop_signal()
+            if signum:
+                self._preempt(step - 1, signum)
+            yield step
+
+    def _stop_signal(self) -> int:
+        """The stop signal received by this rank, or under DDP by any rank (all stop together:
+        a rank leaving alone would hang the others in their next collective); 0 if none."""
+        signum = STOP.signum or 0
+        if not self.dist.enabled:
+            return signum
+        flag = torch.tensor([signum], device=self.dist.device)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _preempt(self, done: int, signum: int) -> None:
+        if done > self._saved_step:
+            self._checkpoint(done, best=False, periodic=True)
+        where = f"{self.store.url(LAST)} (step {self._saved_step})" if self._saved_step else "none yet"
+        raise Preempted(f"{signal.Signals(signum).name}: {self.stage} stopped after step {done} of "
+                        f"{self.cfg.iterations}; resume point {where}: rerun the same command to continue", signum)
 
     @contextlib.contextmanager
     def tracking(self):
@@ -482,13 +604,15 @@ class RunKeeper:
         if not self.dist.is_main:
             yield None
             return
-        from dakd_core.tracking import stage_run
+        from dakd_core.tracking import MetricOutbox, stage_run
 
         import mlflow
 
         with stage_run(self.stage, params=self.cfg.model_dump(mode="json")) as run:
             active = mlflow.active_run()
             self._run_id = active.info.run_id if active is not None else None
+            self._outbox = MetricOutbox(self._run_id)
+            self._send_kept()
             self._tracking = True
             try:
                 yield run
@@ -532,6 +656,8 @@ class RunKeeper:
     def _checkpoint(self, step: int, best: bool, periodic: bool) -> None:
         payload = self.snapshot(step)
         rng = gather_rng(self.dist)  # a collective: every rank gets here
+        if periodic:
+            self._saved_step = step  # on every rank: _preempt's decision to checkpoint must agree
         if not self.dist.is_main:
             return
         payload.update(
@@ -547,6 +673,8 @@ class RunKeeper:
                 save_checkpoint(self.store, payload, BEST)
             if periodic:
                 save_checkpoint(self.store, payload, LAST)
+            if self._outbox is not None and self._outbox.pending:  # with the checkpoint they belong to
+                self.store.put_bytes(self._pending_key(), self._outbox.to_json())
 
     def _publishing(self, what: str):
         """Inside: this run still holds the writer lease of --out (see lease.py)."""
@@ -554,9 +682,7 @@ class RunKeeper:
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self._tracking:
-            from dakd_core.tracking import log_metrics
-
-            log_metrics(metrics, step=step)
+            self._outbox.log(metrics, step)  # kept while the tracking server does not answer
 
     def finish(self, steps_run: int, model: nn.Module | None = None) -> TrainResult:
         """Publish result.json (last, after every checkpoint it names) and return the result.
@@ -578,12 +704,56 @@ class RunKeeper:
             with self._publishing(self.store.url(RESULT)):
                 self.store.put_bytes(RESULT, json.dumps(document, indent=2, sort_keys=True).encode())
             if self._tracking:
-                from dakd_core import tracking
+                self._sync_tracking(result, document)
+        return result
 
+    def _sync_tracking(self, result: TrainResult, document: dict) -> None:
+        """After result.json: the kept metrics, tags and result artifact to MLflow; if the server
+        still does not answer, a TrackingError (exit 2) naming the published result and the kept
+        metrics, which stay in --out (the trained checkpoints are published either way)."""
+        from dakd_core import tracking
+        from dakd_core.errors import TrackingError
+
+        synced = self._outbox.flush()
+        if synced:
+            try:
                 tracking.set_tags({"dakd.best_checkpoint": result.best_checkpoint_uri,
                                    "dakd.last_checkpoint": result.last_checkpoint_uri})
                 tracking.log_dict(document, RESULT)
-        return result
+            except Exception as e:
+                if not tracking.server_unavailable(e):
+                    raise
+                synced, self._outbox.failure = False, f"{type(e).__name__}: {str(e)[:300]}"
+        key = self._pending_key()
+        if synced:
+            if self.store.exists(key):
+                with self._publishing(f"the removal of {self.store.url(key)}"):
+                    self.store.delete(key)
+            return
+        with self._publishing(self.store.url(key)):
+            self.store.put_bytes(key, self._outbox.to_json())
+        raise TrackingError(
+            f"{self.stage} finished and published {self.store.url(RESULT)}, but MLflow tracking server "
+            f"{tracking.redact_text(tracking.tracking_uri())} did not answer ({self._outbox.failure}): "
+            f"{len(self._outbox.pending)} metrics of run {self._run_id} kept at {self.store.url(key)}; "
+            "a rerun sends them")
+
+    def _pending_key(self, run_id: str | None = None) -> str:
+        return PENDING_METRICS.format(run_id=run_id or self._run_id)
+
+    def _send_kept(self) -> None:
+        """Metrics earlier attempts of this stage kept (their tracking server was down) go to
+        those attempts' MLflow runs now; what the server still does not take stays kept."""
+        from dakd_core.tracking import MetricOutbox
+
+        for key in self.store.list(PENDING_METRICS.partition("{")[0]):
+            kept = json.loads(self.store.get_bytes(key))
+            earlier = MetricOutbox(kept["mlflow_run_id"])
+            earlier.pending = kept["metrics"]
+            if earlier.flush():
+                earlier.end_if_running()
+                with self._publishing(f"the removal of {self.store.url(key)}"):
+                    self.store.delete(key)
 
     def restore_segmenter(self, payload: dict, model, optimizer, scheduler, scaler, streams: dict) -> int:
         """Load the state every loop has (segmenter, its optimiser/schedule, scaler, data streams)

@@ -10,7 +10,8 @@ thread, so killed, resumed and uninterrupted runs do the same arithmetic and the
 be compared with `torch.equal`.
 
 Protocol (one JSON object per line on the zygote's stdin/stdout):
-    {"op": "spawn", "argv": [...], "env": {...}, "log": "/path"}  ->  {"pid": N}
+    {"op": "spawn", "argv": [...], "env": {...}, "log": "/path", "hooks": [...]}  ->  {"pid": N}
+(`hooks`: modules of tests/faults the child imports before running the CLI, e.g. step_hook)
     {"op": "wait", "pid": N}                                      ->  {"status": exit code, -9 if killed}
 """
 
@@ -51,9 +52,11 @@ class Zygote:
         self.proc.stdin.flush()
         return self._read()
 
-    def spawn(self, argv: list[str], log: Path, env: dict | None = None) -> int:
-        """Fork `dakd <argv>`; stdout and stderr go to `log`. Returns the child's pid."""
-        return self._call({"op": "spawn", "argv": [str(a) for a in argv], "env": env or {}, "log": str(log)})["pid"]
+    def spawn(self, argv: list[str], log: Path, env: dict | None = None, hooks: tuple[str, ...] = ()) -> int:
+        """Fork `dakd <argv>`; stdout and stderr go to `log`; the child imports the modules `hooks`
+        (of tests/faults) first. Returns the child's pid."""
+        return self._call({"op": "spawn", "argv": [str(a) for a in argv], "env": env or {}, "log": str(log),
+                           "hooks": list(hooks)})["pid"]
 
     def wait(self, pid: int) -> int:
         """The child's exit code (negative signal number if it was killed)."""
@@ -138,6 +141,9 @@ def _child(request: dict) -> None:
 
         torch.set_num_threads(1)
         storage.reset_client_cache()  # the env may name another endpoint
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it; a run must not
+        for hook in request.get("hooks", []):
+            __import__(hook)
         code = main(request["argv"])
     except SystemExit as e:  # argparse errors
         code = e.code if isinstance(e.code, int) else 2

@@ -6,7 +6,10 @@ Follows the protocol of dakd's stages (engine.RunKeeper, ingest, cache): take th
 lease, then for each of 3 steps sleep a random while and, inside `lease.publishing()`, write
 `checkpoints/step_k` and `last` (both holding RUN_ID); then, inside it again, publish
 `result.json` = {"run": RUN_ID, "last_sha256": sha256 of `last` as read back}. Prints one JSON line:
-{"run", "outcome": "published" | "refused" | "lost", "acquired", "published", "error"}.
+{"run", "outcome": "published" | "refused" | "lost", "acquired_at", "acquired", "published", "error"}:
+`acquired_at` is the lease record's own stamp (taken before the write that took the lease, so a
+SIGSTOP cannot move it later), `acquired` a clock read after acquire() returned (no earlier than the
+take-over; a SIGSTOP may move it later), `published` a clock read inside the last publication.
 The test may SIGSTOP this process at any moment (a paused writer whose lease expires).
 """
 
@@ -27,13 +30,14 @@ def main(store_uri: str, run: str, seed: int, ttl: float, start_delay: float | N
     rng = random.Random(seed)
     store = open_store(store_uri)
     time.sleep(rng.uniform(0, 2 * ttl) if start_delay is None else start_delay)
-    outcome = {"run": run, "outcome": "refused", "acquired": None, "published": None, "error": None}
+    outcome = {"run": run, "outcome": "refused", "acquired_at": None, "acquired": None, "published": None,
+               "error": None}
     try:
         lease = WriterLease(store, f"output {store_uri}", ttl_s=ttl).acquire()
     except StoreError as e:
         outcome["error"] = str(e)
         return outcome
-    outcome["acquired"] = time.time()
+    outcome.update(acquired_at=lease.acquired_at, acquired=time.time())
     try:
         for step in range(1, 4):
             time.sleep(rng.uniform(0, ttl / 2))
