@@ -11,6 +11,9 @@ Per iteration (B target crops, B noise vectors):
                 hard (higher-entropy) half of every patch position to look "easy" to D
 3. D:           easy patches -> label 0, hard patches -> label 1 (BCE, as bce_adversarial)
 Every gradient is computed before any optimizer step, so the NaN guard sees all terms first.
+S's running BatchNorm averages (what evaluation uses) move once per iteration, on step 2's target
+batch; step 1 leaves them alone (S is fixed there) and step 2's fakes do too under bn_statistics
+"target" (with "both" the fakes of step 2 move them as well).
 S uses SGD with Nesterov momentum and weight decay 1e-4 (the paper's optimiser; an AdamW segmenter
 stays AdamW); G and D use Adam at the paper's lr 0.1 (sfda_g_lr, sfda_d_lr).
 Dual attention is computed on the stride-8 `dense_feature` map (DeepLab: the last backbone stage); the fakes are sfda_fake_size (default half
@@ -24,10 +27,9 @@ import math
 import torch
 from torch import nn
 
-from dakd_core.losses import bce_adversarial
 from dakd_core.losses.sfda import (
-    ConditionalPatchDiscriminator, bn_statistics, bns_loss, dad_ss, dad_st, mae_loss, max_squares, patch_entropy,
-    patches, rank_easy_hard, select_patches,
+    ConditionalPatchDiscriminator, bn_statistics, bns_loss, dad_ss, dad_st, ipsm_adversarial_loss,
+    ipsm_discriminator_loss, mae_loss, max_squares, patch_entropy, patches, rank_easy_hard,
 )
 from dakd_core.losses._util import resize_bilinear
 from dakd_core.models import Discriminator, create_model
@@ -142,7 +144,10 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 o.zero_grad(set_to_none=True)
             terms = {}
 
-            # 1. generator step: S and D fixed (S called unwrapped: its gradients are not wanted)
+            # 1. generator step: S and D fixed (S called unwrapped: its gradients are not wanted).
+            # "Fixed" includes S's running BatchNorm averages: its train-mode passes here (the fakes,
+            # and the target batch that step 2 counts once) normalise with their batch statistics
+            # but leave the averages alone, so only step 2's target pass moves them.
             model.requires_grad_(False)
             disc.requires_grad_(False)
             with engine.autocast(device, amp):
@@ -150,10 +155,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 with bn_statistics(fixed) as records:
                     fixed_feats = fixed.forward_features(fake)
                 fixed_out = fixed.forward_head(fixed_feats)
-                feats = model.forward_features(fake)
-                out = model.forward_head(feats)
-                with torch.no_grad():
-                    target_feats = model.forward_features(x_t)[level]
+                with engine.bn_running_stats_frozen(model):
+                    feats = model.forward_features(fake)
+                    out = model.forward_head(feats)
+                    with torch.no_grad():
+                        target_feats = model.forward_features(x_t)[level]
             terms["bns"] = bns_loss(records)
             terms["g_mae"] = mae_loss(out.main, fixed_out.main)
             terms["g_dad_ss"] = dad_ss(fixed_feats[level], feats[level])
@@ -180,16 +186,13 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             probs = torch.softmax(resize_bilinear(out_t.main.float(), x_t.shape[-2:]), dim=1)
             easy, hard = rank_easy_hard(patch_entropy(out_t.main, cfg.sfda_patches).detach())
             patch_maps = patches(probs, cfg.sfda_patches, Discriminator.MIN_SIZE)
-            terms["adv"] = bce_adversarial(disc(select_patches(patch_maps, hard)), True)
+            terms["adv"] = ipsm_adversarial_loss(disc, patch_maps, hard)
             scaler.scale(terms["tar"] + cfg.sfda_gamma * terms["adv"]).backward()
 
             # 3. discriminator step: easy -> 0 ("source" side of bce_adversarial), hard -> 1
             disc.requires_grad_(True)
-            detached = patch_maps.detach()
             with engine.autocast(device, amp):
-                d_out = d_net(torch.cat([select_patches(detached, easy), select_patches(detached, hard)]))
-            half = d_out.shape[0] // 2
-            terms["d_ipsm"] = (bce_adversarial(d_out[:half], True) + bce_adversarial(d_out[half:], False)) / 2
+                terms["d_ipsm"] = ipsm_discriminator_loss(d_net, patch_maps, easy, hard)
             scaler.scale(terms["d_ipsm"]).backward()
 
             losses = engine.check_finite(step, terms)
