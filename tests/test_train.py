@@ -25,7 +25,7 @@ from dakd_core.models.checkpoint import load_checkpoint, load_model
 from dakd_core.train import adapt, engine, pretrain
 from dakd_core.train.configs import AdaptConfig, PretrainConfig
 
-from _loop_spies import LossSpy
+from _loop_spies import LossSpy, bn_moves
 from _train_data import make_split, tiny_fields
 
 
@@ -298,32 +298,14 @@ def test_bn_running_stats_frozen_keeps_averages_but_normalises_with_the_batch():
 
 @pytest.mark.parametrize("bn_statistics,source_passes_move_stats", [("target", False), ("both", True)])
 def test_adapt_bn_statistics_decides_which_passes_move_the_running_averages(
-        data, pretrained, tmp_path, bn_statistics, source_passes_move_stats):
-    """Every training-mode forward of the first BatchNorm layer, in order: did its running mean
-    move? Adaptation alternates a source pass and a target pass per iteration."""
-    moved, before, first = [], {}, []
-
-    def pre(module, args):
-        if isinstance(module, torch.nn.BatchNorm2d) and module.training:
-            if not first:
-                first.append(module)
-            if module is first[0]:
-                before[module] = module.running_mean.clone()
-
-    def post(module, args, output):
-        if module in before:
-            moved.append(not torch.equal(before.pop(module), module.running_mean))
-
+        data, pretrained, tmp_path, monkeypatch, bn_statistics, source_passes_move_stats):
+    """Every training-mode forward of the segmenter's first BatchNorm layer, in order: did its
+    running mean move? Adaptation alternates a source pass and a target pass per iteration."""
+    moved = bn_moves(monkeypatch)
     cfg = build_config(AdaptConfig, None, **tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
                                     init=pretrained.last_checkpoint_uri, out=(tmp_path / "a").as_uri(),
                                     iterations=3, bn_statistics=bn_statistics))
-    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(pre),
-             torch.nn.modules.module.register_module_forward_hook(post)]
-    try:
-        adapt.run(cfg)
-    finally:
-        for h in hooks:
-            h.remove()
+    adapt.run(cfg)
     assert moved == [source_passes_move_stats, True] * 3
 
 
