@@ -31,13 +31,10 @@ from dakd_core.losses.diga import (
     batch_prototypes, class_mix_mask, consensus_labels, crdomix, mean_std_style, nearest_prototype_labels,
     symmetric_distillation, update_prototypes,
 )
-from dakd_core.models import create_model
-from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
-from dakd_core.train.uda_common import (
-    WithFeatures, ema_update, forward_by_domain, frozen_copy, launch, load_init, split_output,
-)
+from dakd_core.train.loop_setup import cpu_state, setup
+from dakd_core.train.uda_common import WithFeatures, ema_update, forward_by_domain, frozen_copy, launch, split_output
 
 STAGE = "adapt"
 
@@ -70,13 +67,8 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
 
 
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)
-    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
+    loop = setup(cfg, dist, ("source", "target"))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
     warmup, xi = warmup_steps(cfg), ema_decay(cfg)
     dim = model.feature_channels[model.dense_feature]  # prototypes live on the stride-8 features
     state = {  # what self-training adds; all of it goes into checkpoints
@@ -87,38 +79,29 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     def snapshot(step: int) -> dict:
         warm = state["warm"]
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            teacher={n: t.detach().cpu() for n, t in teacher.state_dict().items()},
-            warm_model=None if warm is None else {n: t.detach().cpu() for n, t in warm.state_dict().items()},
+        return loop.payload(
+            step, teacher=cpu_state(teacher), warm_model=None if warm is None else cpu_state(warm),
             prototypes=state["prototypes"].cpu(), prototypes_valid=state["valid"].cpu(),
-            data={"source": source.state_dict(), "target": target.state_dict()},
             method=cfg.method, init=cfg.init,
         )
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
-    start = 0
-    payload = keeper.resume()
+    payload, start = loop.resume(keeper, init=cfg.init)
+    teacher = frozen_copy(model)  # the EMA teacher starts as the init (or resumes below)
     if payload is not None:
-        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source, "target": target})
-        teacher = frozen_copy(model)
         teacher.load_state_dict(payload["teacher"])
         if payload["warm_model"] is not None:
             state["warm"] = frozen_copy(model)
             state["warm"].load_state_dict(payload["warm_model"])
         state["prototypes"] = payload["prototypes"].to(device)
         state["valid"] = payload["prototypes_valid"].to(device)
-    else:
-        load_init(model, cfg.init)
-        teacher = frozen_copy(model)
     net = engine.wrap_ddp(WithFeatures(model), dist)
     net.train()
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            src = engine.to_device(source.next(), device)
-            tgt = engine.to_device(target.next(), device)
+            src = engine.to_device(loop.streams["source"].next(), device)
+            tgt = engine.to_device(loop.streams["target"].next(), device)
             x_s, y_s, x_t = src["image"], src["label"], tgt["image"]
             n = x_s.shape[0]
             self_training = step > warmup
@@ -149,7 +132,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            loop.scheduler.step()
             ema_update(teacher, model, xi)
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)

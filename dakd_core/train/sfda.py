@@ -33,9 +33,9 @@ from dakd_core.losses.sfda import (
 )
 from dakd_core.losses._util import resize_bilinear
 from dakd_core.models import Discriminator, create_model
-from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.loop_setup import cpu_state, setup
 from dakd_core.train.uda_common import WithFeatures, frozen_copy, launch, load_init
 
 STAGE = "adapt"
@@ -84,14 +84,9 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
     return launch(_train, cfg)
 
 
-def _state(module: nn.Module) -> dict:
-    return {n: t.detach().cpu() for n, t in module.state_dict().items()}
-
-
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    loop = setup(cfg, dist, ("target",))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
     level = model.dense_feature  # DAD compares the stride-8 features the classifiers read
     use_nesterov(optimizer)
     generator = Generator(cfg.sfda_latent, fake_size(cfg)).to(device)
@@ -100,36 +95,22 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     d_optimizer = engine.adam(disc, cfg.sfda_d_lr, cfg.d_betas)
     g_scheduler = engine.poly_schedule(g_optimizer, cfg.iterations, cfg.poly_power)
     d_scheduler = engine.poly_schedule(d_optimizer, cfg.iterations, cfg.poly_power)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
     tau = cfg.sfda_beta if cfg.sfda_tau is None else cfg.sfda_tau
-
-    def snapshot(step: int) -> dict:
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            generator=_state(generator), g_optimizer=g_optimizer.state_dict(), g_scheduler=g_scheduler.state_dict(),
-            discriminator=_state(disc), d_optimizer=d_optimizer.state_dict(), d_scheduler=d_scheduler.state_dict(),
-            data={"target": target.state_dict()}, method=cfg.method, init=cfg.init,
-        )
-
-    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, lambda step: loop.payload(
+        step, generator=cpu_state(generator), g_optimizer=g_optimizer.state_dict(), g_scheduler=g_scheduler.state_dict(),
+        discriminator=cpu_state(disc), d_optimizer=d_optimizer.state_dict(), d_scheduler=d_scheduler.state_dict(),
+        method=cfg.method, init=cfg.init))
     fixed = engine.channels_last(create_model(cfg.model, num_classes=cfg.num_classes), device)
     load_init(fixed, cfg.init)
     fixed = frozen_copy(fixed)  # S~: the source model, BatchNorm on its source running statistics
-    start = 0
-    payload = keeper.resume()
+    payload, start = loop.resume(keeper, init=cfg.init)
     if payload is not None:
-        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"target": target})
         generator.load_state_dict(payload["generator"])
         g_optimizer.load_state_dict(payload["g_optimizer"])
         g_scheduler.load_state_dict(payload["g_scheduler"])
         disc.load_state_dict(payload["discriminator"])
         d_optimizer.load_state_dict(payload["d_optimizer"])
         d_scheduler.load_state_dict(payload["d_scheduler"])
-    else:
-        model.load_state_dict(fixed.state_dict())
     net = engine.wrap_ddp(WithFeatures(model), dist)
     g_net = engine.wrap_ddp(generator, dist)
     d_net = engine.wrap_ddp(disc, dist)
@@ -138,7 +119,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            x_t = engine.to_device(target.next(), device)["image"]
+            x_t = engine.to_device(loop.streams["target"].next(), device)["image"]
             b = x_t.shape[0]
             for o in (optimizer, g_optimizer, d_optimizer):
                 o.zero_grad(set_to_none=True)
@@ -199,7 +180,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             for o in (optimizer, g_optimizer, d_optimizer):
                 scaler.step(o)
             scaler.update()
-            for s in (scheduler, g_scheduler, d_scheduler):
+            for s in (loop.scheduler, g_scheduler, d_scheduler):
                 s.step()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)
