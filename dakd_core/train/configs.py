@@ -164,8 +164,8 @@ class AdaptConfig(TrainConfig):
         DIGA_EMA_HALF_LIFE, gt=0, le=1,
         description="half-life of the EMA teacher (eq. 5) as a fraction of the warm-up steps W: per step "
         "xi = 0.5 ** (1 / (diga_ema_half_life * W)). The default is the paper's xi 0.999 at its 80 000 warm-up "
-        "steps (a 692.8-step half-life); a fixed xi 0.999 over a 200-step warm-up would keep 82 % of the "
-        "source-only weights in the teacher and so in the pseudo-labeller")
+        "steps (a 692.8-step half-life); a fixed xi 0.999 over a 200-step warm-up would keep 0.999^200 = 0.82 of "
+        "the source-only weights in the teacher and so in the pseudo-labeller")
     diga_proto_momentum: float = Field(0.99, ge=0, lt=1)  # delta of eq. 10
     diga_lambda_distil: float = Field(1.0, ge=0)
     diga_lambda_seg: float = Field(1.0, ge=0)
