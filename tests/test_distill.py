@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from _distill_data import H, W, make_checkpoint, make_split
+from _loop_spies import LossSpy
 from dakd_core.cache import CacheConfig, TeacherCache, run_cache, teacher_targets
 from dakd_core.errors import ConfigError, DakdError, DataError, TrainingError
 from dakd_core.losses import pseudo_label_ce
@@ -132,17 +133,41 @@ def test_cached_maps_follow_the_image_geometry(world):
         assert (item["t_label"][~v] == 255).all() and (item["label"][~v] == 255).all()
 
 
+# distinct weights, so that a swapped or dropped weight changes the loss
+WEIGHTS = dict(lambda_kl=0.3, lambda_kl_aux=0.07, lambda_mse=20.0, lambda_pseudo=0.2, lambda_target=3.0,
+               lambda_adv_main=0.02, lambda_adv_aux=0.005, aux_weight=0.4)
+
+
+def _distilled(t: dict, prefix: str) -> float:
+    """DAKD's per-domain loss, by hand: 0.3 KL(main) + 0.07 KL(aux) + 20 MSE(aux) + 0.2 CE(pseudo) (the
+    MSE of probabilities is ~1e-4 here: a large weight keeps it visible in the sum)."""
+    return 0.3 * t[f"{prefix}_kl_main"] + 0.07 * t[f"{prefix}_kl_aux"] + 20 * t[f"{prefix}_mse_aux"] + 0.2 * t[f"{prefix}_pseudo"]
+
+
 def test_all_paradigms_run_and_teacher_stays_frozen(world, mlflow_uri, monkeypatch):
-    results = {}
+    results, spy = {}, LossSpy(monkeypatch)
     for p, init in (("a", None), ("b", None), ("c", None), ("d", "c")):
-        kw = {"paradigm": p}
+        kw = {"paradigm": p, **WEIGHTS}
         if init:
             kw["init"] = results[init].last_checkpoint_uri
         results[p] = distill.run(_cfg(world, f"p{p}", **kw))
         assert read_bytes(results[p].best_checkpoint_uri) and results[p].mlflow_run_id
-    assert "train/s_kl_main" in results["a"].metrics and "train/t_kl_main" not in results["a"].metrics
-    assert "train/t_pseudo" in results["b"].metrics and "train/s_pseudo" not in results["b"].metrics
-    assert {"train/s_mse_aux", "train/t_mse_aux"} <= set(results["c"].metrics)
+    # Per paradigm, which domains are distilled and how the backpropagated losses weigh the terms:
+    # source step seg_main + 0.4 seg_aux [+ distilled(s)], target step 0.02 adv_main + 0.005 adv_aux
+    # [+ 3 * distilled(t)], then D's d_main + d_aux.
+    distilled = {"a": ("s",), "b": ("t",), "c": ("s", "t"), "d": ("t",)}
+    assert len(spy.terms) == 4 * 2  # two iterations per run
+    for i, p in enumerate("abcd"):
+        for t, (loss_s, loss_t, loss_d) in zip(spy.terms[2 * i:2 * i + 2], spy.steps()[2 * i:2 * i + 2], strict=True):
+            assert {k.split("_")[0] for k in t if k[:2] in ("s_", "t_")} == set(distilled[p]), p
+            expected_s = t["seg_main"] + 0.4 * t["seg_aux"] + (_distilled(t, "s") if "s" in distilled[p] else 0.0)
+            expected_t = 0.02 * t["adv_main"] + 0.005 * t["adv_aux"] + (3.0 * _distilled(t, "t") if "t" in distilled[p] else 0.0)
+            assert loss_s == pytest.approx(expected_s, rel=1e-5), p
+            assert loss_t == pytest.approx(expected_t, rel=1e-5), p
+            assert loss_d == pytest.approx(t["d_main"] + t["d_aux"], rel=1e-5), p
+            for prefix in distilled[p]:  # every weighted term is far above the comparisons' tolerance
+                assert min(t[f"{prefix}_{k}"] for k in ("kl_main", "kl_aux", "pseudo")) > 1e-3 and t[f"{prefix}_mse_aux"] > 1e-5
+                assert abs(t[f"{prefix}_kl_main"] - t[f"{prefix}_kl_aux"]) > 1e-3  # a swap would show
     assert load_checkpoint(results["d"].last_checkpoint_uri)["config"]["paradigm"] == "d"
     # Without a gate split: unsupervised proxies for teacher and student are logged.
     import mlflow
@@ -151,7 +176,7 @@ def test_all_paradigms_run_and_teacher_stays_frozen(world, mlflow_uri, monkeypat
     assert proxy.data.tags["dakd.gate_decision"] == "proxies-only"
     assert 0 < proxy.data.metrics["gate/teacher_mean_max_prob"] <= 1
     assert proxy.data.metrics["gate/student_mean_entropy"] >= 0
-    assert proxy.data.params["paradigm"] == "b" and proxy.data.params["lambda_kl"] == "0.1"
+    assert proxy.data.params["paradigm"] == "b" and proxy.data.params["lambda_kl"] == "0.3"
     with pytest.raises(ConfigError, match="paradigm d"):
         distill.run(_cfg(world, "bad_d", paradigm="d"))  # init is not a paradigm-c checkpoint
 

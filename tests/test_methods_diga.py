@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from dakd_core.config import build_config
 from dakd_core.errors import ConfigError
 from dakd_core.losses.diga import (
     batch_prototypes, class_mix_mask, consensus_labels, crdomix, mean_std_style, nearest_prototype_labels,
     soft_cross_entropy, symmetric_distillation, update_prototypes,
 )
+from dakd_core.models import SegOutput
 from dakd_core.models.checkpoint import load_checkpoint
 from dakd_core.train import adapt, diga
+from dakd_core.train.configs import AdaptConfig
 from dakd_core.train.uda_common import ema_update
 
+from _loop_spies import LossSpy, bn_moves
 from _methods_data import method_config, pretrained_pair
 
 
@@ -79,19 +85,91 @@ def test_ema_update_of_parameters_and_buffers():
     assert a.num_batches_tracked.item() == 5
 
 
+def test_ema_decay_keeps_the_papers_half_life_fraction_of_the_warm_up():
+    def cfg(**fields):
+        return build_config(AdaptConfig, None, source_manifest="s", target_manifest="t", init="i", out="o",
+                            method="diga", diga_warmup_fraction=0.5, **fields)
+
+    # the paper: xi 0.999 over an 80 000-step warm-up, a 692.8-step half-life
+    assert diga.ema_decay(cfg(iterations=160_000)) == pytest.approx(0.999, abs=1e-12)
+    # a 200-step warm-up: half-life 692.8 / 400 = 1.732 steps, xi = 0.5 ** (1 / 1.732) = 0.6702; a fixed
+    # 0.999 would leave 0.999 ** 200 = 82 % of the source-only init in the teacher at step W
+    xi = diga.ema_decay(cfg(iterations=400))
+    assert xi == pytest.approx(0.67018, abs=1e-5) and xi ** 200 < 1e-30
+    # a half-life of a quarter of a 4-step warm-up is one step: xi = 0.5
+    assert diga.ema_decay(cfg(iterations=8, diga_ema_half_life=0.25)) == pytest.approx(0.5)
+
+
+class _StubWarmModel(torch.nn.Module):
+    """Input channel 0, 2x2-average-pooled, is the 1-channel `dense_feature` map (stride 2); the
+    other channels are the main logits at full resolution (stride 1)."""
+
+    dense_feature = "dense"
+
+    def forward_features(self, x):
+        return {"dense": F.avg_pool2d(x[:, :1], 2), "logits": x[:, 1:]}
+
+    def forward_head(self, feats):
+        return SegOutput(feats["logits"], feats["logits"])
+
+
+def test_self_training_labels_on_the_logits_grid_and_eq_10_prototype_update():
+    """Hand case: 2 classes, 2x4 images, features at 1x2, logits at 2x4."""
+    x_s = torch.zeros(1, 3, 2, 4)
+    x_s[0, 0, :, 2:] = 4.0  # pooled features (0, 4) -> bilinear on the 2x4 grid, per row: 0, 1, 3, 4
+    y_s = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1]]])
+    x_t = torch.zeros(1, 3, 2, 4)
+    x_t[0, 0, :, :2], x_t[0, 0, :, 2:] = 1.0, 3.0  # features (1, 3) -> per row: 1, 1.5, 2.5, 3
+    warm_argmax = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    x_t[0, 1], x_t[0, 2] = (warm_argmax == 0).float(), (warm_argmax == 1).float()
+    state = {"warm": _StubWarmModel(), "prototypes": torch.tensor([[1.0], [3.0]]), "valid": torch.tensor([True, True])}
+    cfg = SimpleNamespace(num_classes=2, diga_proto_momentum=0.9)
+    student_t = SegOutput(torch.stack([torch.ones(2, 4), torch.zeros(2, 4)])[None], torch.zeros(1, 2, 2, 4))
+    ce, coverage = diga._self_training_term(cfg, state, x_s, y_s, x_t, student_t, torch.device("cpu"), False)
+    # eq. 10, source factor: source prototypes on the grid (0.5, 3.5) -> 0.9 * (1, 3) + 0.1 * (0.5, 3.5) = (0.95, 3.05)
+    # eq. 8: nearest of (0.95, 3.05) per row: 0, 0, 1, 1; consensus with the warm argmax:
+    #   [[0, 255, 1, 1], [0, 0, 1, 255]] (6 of 8 pixels labelled)
+    # target factor: class 0 = mean(1, 1, 1.5) = 7/6, class 1 = mean(2.5, 3, 2.5) = 8/3
+    assert state["prototypes"][:, 0].tolist() == pytest.approx([0.9 * 0.95 + 0.1 * 7 / 6, 0.9 * 3.05 + 0.1 * 8 / 3])
+    assert coverage.item() == pytest.approx(0.75)
+    # CE of logits (1, 0) on the six labels: three 0s at log(1 + e^-1), three 1s at log(1 + e)
+    assert ce.item() == pytest.approx((3 * math.log1p(math.exp(-1)) + 3 * math.log1p(math.e)) / 6, rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, _mlflow_template_db):
     return pretrained_pair(tmp_path_factory, _mlflow_template_db)
 
 
-def test_diga_warms_up_then_self_trains_and_resumes_across_the_boundary(data, tmp_path, mlflow_uri):
+def test_diga_warms_up_then_self_trains_and_resumes_across_the_boundary(data, tmp_path, mlflow_uri, monkeypatch):
     import mlflow
 
-    cfg = method_config(data, tmp_path / "full", "diga", diga_warmup_fraction=0.5, diga_ema=0.5)
-    assert diga.warmup_steps(cfg) == 2
+    moved = bn_moves(monkeypatch)
+    losses = LossSpy(monkeypatch)
+    fields = dict(diga_warmup_fraction=0.5, diga_ema_half_life=0.25, diga_lambda_distil=0.5, diga_lambda_seg=2.0,
+                  checkpoint_every=1)
+    cfg = method_config(data, tmp_path / "full", "diga", **fields)
+    assert diga.warmup_steps(cfg) == 2 and diga.ema_decay(cfg) == pytest.approx(0.25)  # half-life: half a step
     full = adapt.run(cfg)
+    # every step, warm-up included: source and CrDoMix batches leave the running BatchNorm
+    # averages alone, the target batch moves them
+    assert moved == [False, False, True] * 4
+    # eq. 11's weighting of the loss each step backpropagated
+    for t, (loss,) in zip(losses.terms, losses.steps(), strict=True):
+        seg = t["seg_main"] + cfg.aux_weight * t["seg_aux"] + t.get("seg_target", 0.0)
+        assert loss == pytest.approx(0.5 * t["distil"] + 2.0 * seg, rel=1e-5)
+    assert ["seg_target" in t for t in losses.terms] == [False, False, True, True]
+
     ckpt = load_checkpoint(full.last_checkpoint_uri)
-    step2 = load_checkpoint((tmp_path / "full" / "checkpoints" / "step_0000002.pt").as_uri())
+    steps = [load_checkpoint((tmp_path / "full" / "checkpoints" / f"step_{k:07d}.pt").as_uri()) for k in (1, 2)]
+    init = load_checkpoint(data["init"])["model"]
+    # eq. 5 with xi = 0.25: teacher_k = 0.25 teacher_(k-1) + 0.75 student_k (BatchNorm averages too)
+    for before, student, after in ((init, steps[0]["model"], steps[0]["teacher"]),
+                                   (steps[0]["teacher"], steps[1]["model"], steps[1]["teacher"])):
+        for k, v in after.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(v, 0.25 * before[k] + 0.75 * student[k], rtol=1e-5, atol=1e-6)
+    step2 = steps[1]
     assert step2["warm_model"] is None and not step2["prototypes_valid"].any()  # still warming up
     assert ckpt["warm_model"] is not None and ckpt["prototypes_valid"][[0, 2, 8]].all()  # the pair's classes
     # the warm-up model is the EMA teacher of step 2, frozen; the teacher itself moved on
@@ -104,7 +182,7 @@ def test_diga_warms_up_then_self_trains_and_resumes_across_the_boundary(data, tm
     part = tmp_path / "part"
     part.mkdir()
     (part / "last.pt").write_bytes((tmp_path / "full" / "checkpoints" / "step_0000002.pt").read_bytes())
-    resumed = load_checkpoint(adapt.run(method_config(data, part, "diga", diga_warmup_fraction=0.5, diga_ema=0.5)).last_checkpoint_uri)
+    resumed = load_checkpoint(adapt.run(method_config(data, part, "diga", **fields)).last_checkpoint_uri)
     for key in ("model", "teacher", "warm_model"):
         assert all(torch.equal(ckpt[key][k], resumed[key][k]) for k in ckpt[key]), key
     assert torch.equal(ckpt["prototypes"], resumed["prototypes"])
@@ -113,5 +191,5 @@ def test_diga_warms_up_then_self_trains_and_resumes_across_the_boundary(data, tm
 def test_diga_config_fields_are_checked(data, tmp_path):
     with pytest.raises(ConfigError, match="diga_warmup_fraction"):
         method_config(data, tmp_path, "diga", diga_warmup_fraction=0.0)
-    with pytest.raises(ConfigError, match="field 'diga_ema' applies to method 'diga' only"):
-        method_config(data, tmp_path, "road", diga_ema=0.9)
+    with pytest.raises(ConfigError, match="field 'diga_ema_half_life' applies to method 'diga' only"):
+        method_config(data, tmp_path, "road", diga_ema_half_life=0.1)

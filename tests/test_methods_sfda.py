@@ -9,14 +9,20 @@ import torch
 
 from dakd_core.errors import ConfigError, TrainingError
 from dakd_core.losses.sfda import (
-    ConditionalPatchDiscriminator, attention_maps, bn_statistics, bns_loss, dad_ss, dad_st, mae_loss, max_squares,
-    patch_entropy, patches, rank_easy_hard, select_patches,
+    ConditionalPatchDiscriminator, attention_maps, bn_statistics, bns_loss, dad_ss, dad_st, ipsm_adversarial_loss,
+    ipsm_discriminator_loss, mae_loss, max_squares, patch_entropy, patches, rank_easy_hard, select_patches,
 )
-from dakd_core.models.checkpoint import load_checkpoint
+from dakd_core.models.checkpoint import load_checkpoint, load_model
 from dakd_core.storage import FileStore
 from dakd_core.train import adapt, sfda
 
+from _loop_spies import LossSpy, bn_moves
 from _methods_data import method_config, pretrained_pair
+
+
+def softplus(x: float) -> float:
+    """BCE of a logit x against label 0 (the "easy" / source side); against label 1 it is softplus(-x)."""
+    return math.log1p(math.exp(x))
 
 
 def test_max_squares_and_mae():
@@ -105,6 +111,31 @@ def test_conditional_discriminator_equals_the_net_on_maps_concatenated_with_code
         disc(maps[..., :16, :])
 
 
+def test_ipsm_adversarial_and_discriminator_losses_hand_valued():
+    # 2 target images, K = 1 (one patch each), 2 classes, 1x1 maps. Image 0 is confident (easy),
+    # image 1 is not (hard). The stub D scores a patch 4 * p(class 0).
+    logits = torch.tensor([[3.0, -3.0], [0.2, 0.0]]).reshape(2, 2, 1, 1)
+    easy, hard = rank_easy_hard(patch_entropy(logits, 1))
+    assert easy.tolist() == [[0]] and hard.tolist() == [[1]]
+    patch_maps = patches(torch.softmax(logits, 1), 1, min_size=1)  # (2, 1, 2, 1, 1)
+    p0 = torch.softmax(logits, 1)[:, 0, 0, 0].tolist()
+
+    scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def stub_disc(p):  # (B', K*K, C, h, w) -> (B' * K*K, 1, 1, 1)
+        return scale * p[:, :, 0].mean((-2, -1)).reshape(-1, 1, 1, 1)
+
+    # L_ADV: the hard patch scored against the easy label 0 (label 1 would be softplus(-4 p0))
+    assert ipsm_adversarial_loss(stub_disc, patch_maps, hard).item() == pytest.approx(softplus(4 * p0[1]), rel=1e-6)
+    # D: (BCE(easy -> 0) + BCE(hard -> 1)) / 2
+    expected = (softplus(4 * p0[0]) + softplus(-4 * p0[1])) / 2
+    assert ipsm_discriminator_loss(stub_disc, patch_maps, easy, hard).item() == pytest.approx(expected, rel=1e-6)
+    # D's loss trains D and does not reach the segmenter's maps
+    maps = patch_maps.clone().requires_grad_(True)
+    ipsm_discriminator_loss(stub_disc, maps, easy, hard).backward()
+    assert maps.grad is None and scale.grad is not None
+
+
 def test_generator_makes_fakes_of_the_configured_size():
     g = sfda.Generator(latent=8, size=(10, 18), ngf=4)
     x = g(torch.randn(2, 8))
@@ -127,9 +158,20 @@ def test_sfda_adapts_without_reading_any_source_object(data, tmp_path, mlflow_ur
             return _original(self, key, *args, **kwargs)
 
         monkeypatch.setattr(FileStore, name, spy)
+    spy_losses = LossSpy(monkeypatch)
+    fakes = []
+    real_generator = sfda.Generator.forward
+
+    def keep_fakes(self, z):
+        fake = real_generator(self, z)
+        fakes.append(fake.detach().clone())
+        return fake
+
+    monkeypatch.setattr(sfda.Generator, "forward", keep_fakes)
     missing_source = data["store"] + "/datasets/src_gone/train/manifest.parquet"  # never existed
+    weights = dict(sfda_alpha=0.7, sfda_beta=0.3, sfda_tau=0.2, sfda_gamma=0.05)  # all different
     cfg = method_config(data, tmp_path / "sf", "sfda", source_manifest=missing_source, iterations=3,
-                        sfda_patches=2, sfda_g_lr=1e-3, checkpoint_every=3, eval_every=3)
+                        sfda_patches=2, sfda_g_lr=1e-3, checkpoint_every=3, eval_every=3, **weights)
     result = adapt.run(cfg)
     assert not any("/datasets/src" in uri for uri in read), [u for u in read if "/datasets/src" in u]
     assert any("/datasets/tgt/" in uri for uri in read)  # the spy does see the target reads
@@ -141,16 +183,39 @@ def test_sfda_adapts_without_reading_any_source_object(data, tmp_path, mlflow_ur
     assert all(group["nesterov"] for group in ckpt["optimizer"]["param_groups"])
     assert all(group["weight_decay"] == 1e-4 for group in ckpt["optimizer"]["param_groups"])  # the paper's
     assert all(group["initial_lr"] == 0.1 for group in ckpt["d_optimizer"]["param_groups"])  # the paper's
-    m = result.metrics
-    # Within an iteration G's and S's objectives see the same fakes through the same weights (every
-    # optimizer steps after all terms), so their MAE / DAD^ss terms are the same numbers; the
-    # segmenter (train-mode BatchNorm) and the fixed source model (running statistics) differ.
-    assert m["train/g_mae"] == pytest.approx(m["train/mae"], rel=1e-5) and m["train/mae"] > 1e-4
-    assert m["train/g_dad_ss"] == pytest.approx(m["train/dad_ss"], rel=1e-5) and m["train/dad_ss"] > 1e-4
-    # max squares: -sum_c p_c^2 lies in [-1, -1/C]
-    assert -1 <= m["train/tar"] <= -1 / 19
-    for term in ("bns", "g_dad_st", "adv", "d_ipsm"):
-        assert math.isfinite(m[f"train/{term}"]), term
+    # Each step backpropagates, in order: G's eq. 11, S's transfer on the fakes, S's target terms
+    # (eq. 16), D's IPSM loss - with the configured weights and signs.
+    a, b, tau, g = (weights[k] for k in ("sfda_alpha", "sfda_beta", "sfda_tau", "sfda_gamma"))
+    for t, (g_loss, transfer, target, d_loss) in zip(spy_losses.terms, spy_losses.steps(), strict=True):
+        assert g_loss == pytest.approx(t["bns"] - a * t["g_mae"] - b * t["g_dad_ss"] + tau * t["g_dad_st"], rel=1e-5)
+        assert transfer == pytest.approx(a * t["mae"] + b * t["dad_ss"], rel=1e-5)
+        assert target == pytest.approx(t["tar"] + g * t["adv"], rel=1e-5)
+        assert d_loss == pytest.approx(t["d_ipsm"], rel=1e-6)
+        # Within an iteration G's and S's objectives see the same fakes through the same weights (every
+        # optimizer steps after all terms), so their MAE / DAD^ss terms are the same numbers; the
+        # segmenter (train-mode BatchNorm) and the fixed source model (running statistics) differ.
+        assert t["g_mae"] == pytest.approx(t["mae"], rel=1e-5) and t["mae"] > 1e-4
+        assert t["g_dad_ss"] == pytest.approx(t["dad_ss"], rel=1e-5) and t["dad_ss"] > 1e-4
+        assert -1 <= t["tar"] <= -1 / 19  # max squares: -sum_c p_c^2 lies in [-1, -1/C]
+    # L_BNS of step 1 is the source model's (the init checkpoint, eval mode) on that step's fakes
+    source_model, _ = load_model(data["init"])
+    with torch.no_grad(), bn_statistics(source_model.eval()) as records:
+        source_model(fakes[0])
+    assert spy_losses.terms[0]["bns"] == pytest.approx(bns_loss(records).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("bn_statistics_mode,moves", [
+    # per iteration: G's step (fakes, target batch), then S's (fakes, target batch)
+    ("target", [False, False, False, True]),
+    ("both", [False, False, True, True]),
+])
+def test_sfda_only_the_segmenter_steps_target_batch_moves_running_statistics(
+        data, tmp_path, mlflow_uri, monkeypatch, bn_statistics_mode, moves):
+    moved = bn_moves(monkeypatch)
+    cfg = method_config(data, tmp_path / "bn", "sfda", iterations=2, sfda_patches=2, checkpoint_every=2,
+                        eval_every=100, bn_statistics=bn_statistics_mode)
+    adapt.run(cfg)
+    assert moved == moves * 2
 
 
 def test_sfda_nesterov_only_on_an_sgd_segmenter():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -24,6 +25,7 @@ from dakd_core.models.checkpoint import load_checkpoint, load_model
 from dakd_core.train import adapt, engine, pretrain
 from dakd_core.train.configs import AdaptConfig, PretrainConfig
 
+from _loop_spies import LossSpy, bn_moves
 from _train_data import make_split, tiny_fields
 
 
@@ -128,8 +130,43 @@ def test_adapt_alternates_generator_and_discriminators(data, pretrained, tmp_pat
         assert states and all(int(s["step"]) == 3 for s in states.values())
     assert all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())
     assert not _weights_equal(ckpt["model"], init["model"])
-    for term in ("seg_main", "adv_main", "adv_aux", "d_main", "d_aux"):
-        assert 0 < result.metrics[f"train/{term}"] < 10
+
+
+class _StubDiscriminator(torch.nn.Module):
+    """Logit c + i for every pixel of batch row i, whatever the map: hand-computable BCEs."""
+
+    def __init__(self, num_classes, ndf):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        row = torch.arange(x.shape[0], dtype=x.dtype).view(-1, 1, 1, 1)
+        return self.c + row + 0 * x.sum(dim=(1, 2, 3), keepdim=True)  # keeps the graph to the maps
+
+
+def test_adapt_adversarial_losses_hand_valued_on_a_stub_discriminator(data, pretrained, tmp_path, monkeypatch):
+    """Step 1 of adapt with both discriminators stubbed (batch 2): the generator term is BCE of
+    D(target maps) against the SOURCE label 0, D's term averages source -> 0 and target -> 1;
+    the segmenter backpropagates seg + lambda_adv-weighted adv, the discriminators d_main + d_aux."""
+    monkeypatch.setattr(adapt, "Discriminator", _StubDiscriminator)
+    losses = LossSpy(monkeypatch)
+    cfg = build_config(AdaptConfig, None, **tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
+                                    init=pretrained.last_checkpoint_uri, out=(tmp_path / "a").as_uri(),
+                                    iterations=1, lambda_adv_main=0.3, lambda_adv_aux=0.07))
+    adapt.run(cfg)
+
+    def bce(logit, label):
+        return math.log1p(math.exp(-logit if label else logit))
+
+    (t,), ((seg, generator, discriminator),) = losses.terms, losses.steps()
+    adv = (bce(0.5, 0) + bce(1.5, 0)) / 2  # target rows 0, 1 against label 0: 1.338 (label 1 would give 0.338)
+    d = ((bce(0.5, 0) + bce(1.5, 0)) / 2 + (bce(2.5, 1) + bce(3.5, 1)) / 2) / 2  # source rows 0, 1; target rows 2, 3
+    for lvl in ("main", "aux"):
+        assert t[f"adv_{lvl}"] == pytest.approx(adv, rel=1e-6)
+        assert t[f"d_{lvl}"] == pytest.approx(d, rel=1e-6)
+    assert seg == pytest.approx(t["seg_main"] + cfg.aux_weight * t["seg_aux"], rel=1e-6)
+    assert generator == pytest.approx((0.3 + 0.07) * adv, rel=1e-6)
+    assert discriminator == pytest.approx(2 * d, rel=1e-6)
 
 
 def test_discriminators_see_maps_at_d_input_scale_of_the_crop():
@@ -261,32 +298,14 @@ def test_bn_running_stats_frozen_keeps_averages_but_normalises_with_the_batch():
 
 @pytest.mark.parametrize("bn_statistics,source_passes_move_stats", [("target", False), ("both", True)])
 def test_adapt_bn_statistics_decides_which_passes_move_the_running_averages(
-        data, pretrained, tmp_path, bn_statistics, source_passes_move_stats):
-    """Every training-mode forward of the first BatchNorm layer, in order: did its running mean
-    move? Adaptation alternates a source pass and a target pass per iteration."""
-    moved, before, first = [], {}, []
-
-    def pre(module, args):
-        if isinstance(module, torch.nn.BatchNorm2d) and module.training:
-            if not first:
-                first.append(module)
-            if module is first[0]:
-                before[module] = module.running_mean.clone()
-
-    def post(module, args, output):
-        if module in before:
-            moved.append(not torch.equal(before.pop(module), module.running_mean))
-
+        data, pretrained, tmp_path, monkeypatch, bn_statistics, source_passes_move_stats):
+    """Every training-mode forward of the segmenter's first BatchNorm layer, in order: did its
+    running mean move? Adaptation alternates a source pass and a target pass per iteration."""
+    moved = bn_moves(monkeypatch)
     cfg = build_config(AdaptConfig, None, **tiny_fields(source_manifest=data["source"], target_manifest=data["target"],
                                     init=pretrained.last_checkpoint_uri, out=(tmp_path / "a").as_uri(),
                                     iterations=3, bn_statistics=bn_statistics))
-    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(pre),
-             torch.nn.modules.module.register_module_forward_hook(post)]
-    try:
-        adapt.run(cfg)
-    finally:
-        for h in hooks:
-            h.remove()
+    adapt.run(cfg)
     assert moved == [source_passes_move_stats, True] * 3
 
 

@@ -11,7 +11,8 @@
 - eq. 7  L_DAD^st = KL(S_fake || S_target) + KL(R_fake || R_target), row-wise, target features
          adaptively pooled to the fake map's size first (the paper's "adaptive pooling")
 - eqs. 13-15 IPSM: split each target prediction into K x K patches, mean entropy per patch, rank
-         the B images per patch position: the lower-entropy half is "easy", the rest "hard".
+         the B images per patch position: the lower-entropy half is "easy", the rest "hard";
+         D learns easy -> 0, hard -> 1, the segmenter's L_ADV pushes hard patches towards 0.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from dakd_core.errors import TrainingError
 from dakd_core.losses._util import resize_bilinear
+from dakd_core.losses.adversarial import bce_adversarial
 from dakd_core.losses.road import region_bounds  # the same K x K grid split as ROAD's regions
 
 
@@ -131,6 +133,20 @@ def select_patches(patch_maps: torch.Tensor, index: torch.Tensor) -> torch.Tenso
     """Gather (B/2, K*K, C, h, w) patches: element [i, k] = patch_maps[index[i, k], k]."""
     positions = torch.arange(patch_maps.shape[1], device=patch_maps.device)
     return patch_maps[index, positions[None, :]]
+
+
+def ipsm_adversarial_loss(disc, patch_maps: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """The segmenter's L_ADV: D's BCE on the hard patches against the "easy" label (0, the source
+    side of bce_adversarial), so gradients make hard patches look easy."""
+    return bce_adversarial(disc(select_patches(patch_maps, hard)), True)
+
+
+def ipsm_discriminator_loss(disc, patch_maps: torch.Tensor, easy: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """D's loss on detached patches: (BCE(easy -> 0) + BCE(hard -> 1)) / 2, one forward for both."""
+    detached = patch_maps.detach()
+    d_out = disc(torch.cat([select_patches(detached, easy), select_patches(detached, hard)]))
+    half = d_out.shape[0] // 2
+    return (bce_adversarial(d_out[:half], True) + bce_adversarial(d_out[half:], False)) / 2
 
 
 class ConditionalPatchDiscriminator(nn.Module):

@@ -18,12 +18,11 @@ import importlib
 
 import torch
 
-from dakd_core.errors import TrainingError
 from dakd_core.losses import bce_adversarial
 from dakd_core.models import Discriminator, discriminator_input
-from dakd_core.models.checkpoint import load_checkpoint, load_state_into, make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import ADVERSARIAL_METHODS, AdaptConfig
+from dakd_core.train.loop_setup import cpu_state, setup
 
 STAGE = "adapt"
 LEVELS = ("main", "aux")
@@ -59,7 +58,7 @@ class OutputSpaceAdversary:
     def state_dict(self) -> dict:
         """Checkpoint payload entries (keys `discriminators`, `d_optimizers`, `d_schedulers`)."""
         return {
-            "discriminators": {k: {n: t.detach().cpu() for n, t in d.state_dict().items()} for k, d in self.discs.items()},
+            "discriminators": {k: cpu_state(d) for k, d in self.discs.items()},
             "d_optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "d_schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
         }
@@ -122,38 +121,14 @@ class OutputSpaceAdversary:
 
 
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    loop = setup(cfg, dist, ("source", "target"))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
     adversary = OutputSpaceAdversary(cfg, dist)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)  # one scaler, updated once per iteration
-    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
-
-    def snapshot(step: int) -> dict:
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            **adversary.state_dict(),
-            data={"source": source.state_dict(), "target": target.state_dict()},
-            method=cfg.method, init=cfg.init,
-        )
-
-    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
-    start = 0
-    payload = keeper.resume()
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, lambda step: loop.payload(
+        step, **adversary.state_dict(), method=cfg.method, init=cfg.init))
+    payload, start = loop.resume(keeper, init=cfg.init)
     if payload is not None:
-        start = keeper.restore_segmenter(
-            payload, model, optimizer, scheduler, scaler, {"source": source, "target": target}
-        )
         adversary.load_state_dict(payload)
-    else:
-        init = load_checkpoint(cfg.init, map_location="cpu")
-        try:
-            load_state_into(model, init, cfg.init)
-        except TrainingError as e:
-            raise TrainingError(f"init: {e}") from None
 
     net = engine.wrap_ddp(model, dist)
     adversary.wrap()
@@ -162,8 +137,8 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            src = engine.to_device(source.next(), device)
-            tgt = engine.to_device(target.next(), device)
+            src = engine.to_device(loop.streams["source"].next(), device)
+            tgt = engine.to_device(loop.streams["target"].next(), device)
             size = tuple(src["image"].shape[-2:])
             optimizer.zero_grad(set_to_none=True)
             adversary.zero_grad()
@@ -189,7 +164,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             scaler.step(optimizer)
             adversary.step(scaler)
             scaler.update()
-            scheduler.step()
+            loop.scheduler.step()
             adversary.schedule()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)

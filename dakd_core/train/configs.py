@@ -15,6 +15,7 @@ reported split inflates the reported number.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -109,8 +110,12 @@ class PretrainConfig(TrainConfig):
 
 
 ADVERSARIAL_METHODS = ("adaptsegnet", "advent")  # dakd_core.train.adapt; the others: train/{road,diga,sfda}.py
-METHOD_PREFIXES = ("road_", "diga_", "sfda_")
-SFDA_WEIGHT_DECAY = 1e-4  # the segmenter's weight decay under method sfda unless set  # fields that only the method of that name reads
+METHOD_PREFIXES = ("road_", "diga_", "sfda_")  # fields that only the method of that name reads
+# DiGA's EMA teacher: the reference code's xi 0.999 over its 80 000 warm-up iterations
+# (train_DiGA_gta2city_warm_up.py) halves the weight of a past student every ln 0.5 / ln 0.999 =
+# 692.8 steps, 0.87 % of the warm-up; DiGA's loop scales xi to keep that fraction at any budget.
+DIGA_EMA_HALF_LIFE = math.log(0.5) / math.log(0.999) / 80_000
+SFDA_WEIGHT_DECAY = 1e-4  # the segmenter's weight decay under method sfda unless set
 
 
 class AdaptConfig(TrainConfig):
@@ -155,7 +160,12 @@ class AdaptConfig(TrainConfig):
     # DiGA (seed 001): the first diga_warmup_fraction of the iterations warm up, the rest self-train
     diga_warmup_fraction: float = Field(0.5, gt=0, le=1)
     diga_alpha: float = Field(1.0, ge=0)  # weight of H(teacher(strong), student(clean)) in eq. 4
-    diga_ema: float = Field(0.999, ge=0, lt=1)  # xi of the EMA teacher, eq. 5
+    diga_ema_half_life: float = Field(
+        DIGA_EMA_HALF_LIFE, gt=0, le=1,
+        description="half-life of the EMA teacher (eq. 5) as a fraction of the warm-up steps W: per step "
+        "xi = 0.5 ** (1 / (diga_ema_half_life * W)). The default is the paper's xi 0.999 at its 80 000 warm-up "
+        "steps (a 692.8-step half-life); a fixed xi 0.999 over a 200-step warm-up would keep 0.999^200 = 0.82 of "
+        "the source-only weights in the teacher and so in the pseudo-labeller")
     diga_proto_momentum: float = Field(0.99, ge=0, lt=1)  # delta of eq. 10
     diga_lambda_distil: float = Field(1.0, ge=0)
     diga_lambda_seg: float = Field(1.0, ge=0)

@@ -2,13 +2,18 @@
 
 Steps 1 .. W (W = ceil(diga_warmup_fraction * iterations)), no adversarial alignment:
     x_cdm = CrDoMix(strong(x_s), x_s in the style of a target image, ClassMix mask of y_s)
-    student on [x_s; x_cdm], EMA teacher on the same (no gradient)
+    student on x_s and on x_cdm (each its own BatchNorm batch, running averages frozen under
+      bn_statistics "target"), EMA teacher on the same (no gradient); the student also runs the
+      target crops without a loss, so its running BatchNorm averages become target statistics
     L = diga_lambda_distil * L_distil(eq. 4, alpha = diga_alpha) + diga_lambda_seg * L_s^seg
-    after each step: teacher <- xi * teacher + (1 - xi) * student (eq. 5, xi = diga_ema)
+    after each step: teacher <- xi * teacher + (1 - xi) * student (eq. 5; xi = ema_decay(cfg):
+      a half-life of diga_ema_half_life * W steps, the paper's 0.999 at its 80 000-step warm-up)
 Step W+1 freezes the EMA teacher as the warm-up model; steps W+1 .. end add target crops:
     prototypes: EMA (eq. 10, delta = diga_proto_momentum) of per-class mean features of the
-      warm-up model (its stride-8 `dense_feature` map) on source crops (labels) and target crops (consensus)
-    y_t = nearest-prototype label where it equals the warm-up model's argmax, else ignored
+      warm-up model on source crops (labels) and target crops (consensus): its stride-8
+      `dense_feature` map, upsampled to the grid of its main logits
+    y_t = nearest-prototype label where it equals the warm-up model's argmax (both on that grid),
+      else ignored
     L = diga_lambda_distil * L_distil + diga_lambda_seg * (L_s^seg + CE(student(x_t), y_t))   (eq. 11)
 The strong view is photometric only (contrast, brightness, noise per image), so every pixel keeps
 its label and the pixel-wise distillation compares the same scene point.
@@ -21,23 +26,28 @@ import math
 import torch
 
 from dakd_core.losses import segmentation_loss
+from dakd_core.losses._util import resize_bilinear
 from dakd_core.losses.diga import (
     batch_prototypes, class_mix_mask, consensus_labels, crdomix, mean_std_style, nearest_prototype_labels,
     symmetric_distillation, update_prototypes,
 )
-from dakd_core.models import create_model
-from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
-from dakd_core.train.uda_common import (
-    WithFeatures, ema_update, forward_by_domain, frozen_copy, launch, load_init, split_output,
-)
+from dakd_core.train.loop_setup import cpu_state, setup
+from dakd_core.train.uda_common import WithFeatures, ema_update, forward_by_domain, frozen_copy, launch, split_output
 
 STAGE = "adapt"
 
 
 def warmup_steps(cfg: AdaptConfig) -> int:
     return math.ceil(cfg.diga_warmup_fraction * cfg.iterations)
+
+
+def ema_decay(cfg: AdaptConfig) -> float:
+    """xi of eq. 5 for this run: the teacher's half-life is the fraction `diga_ema_half_life` of
+    the warm-up (0.999 at the paper's 80 000 warm-up steps, 0.670 at a 200-step one), so by the
+    end of any warm-up the source-only init weighs 0.5 ** (1 / diga_ema_half_life) in it."""
+    return 0.5 ** (1 / (cfg.diga_ema_half_life * warmup_steps(cfg)))
 
 
 def strong_photometric(images: torch.Tensor) -> torch.Tensor:
@@ -57,14 +67,9 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
 
 
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)
-    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
-    warmup = warmup_steps(cfg)
+    loop = setup(cfg, dist, ("source", "target"))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
+    warmup, xi = warmup_steps(cfg), ema_decay(cfg)
     dim = model.feature_channels[model.dense_feature]  # prototypes live on the stride-8 features
     state = {  # what self-training adds; all of it goes into checkpoints
         "warm": None,  # frozen warm-up model (set at step W+1)
@@ -74,38 +79,29 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     def snapshot(step: int) -> dict:
         warm = state["warm"]
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            teacher={n: t.detach().cpu() for n, t in teacher.state_dict().items()},
-            warm_model=None if warm is None else {n: t.detach().cpu() for n, t in warm.state_dict().items()},
+        return loop.payload(
+            step, teacher=cpu_state(teacher), warm_model=None if warm is None else cpu_state(warm),
             prototypes=state["prototypes"].cpu(), prototypes_valid=state["valid"].cpu(),
-            data={"source": source.state_dict(), "target": target.state_dict()},
             method=cfg.method, init=cfg.init,
         )
 
     keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
-    start = 0
-    payload = keeper.resume()
+    payload, start = loop.resume(keeper, init=cfg.init)
+    teacher = frozen_copy(model)  # the EMA teacher starts as the init (or resumes below)
     if payload is not None:
-        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source, "target": target})
-        teacher = frozen_copy(model)
         teacher.load_state_dict(payload["teacher"])
         if payload["warm_model"] is not None:
             state["warm"] = frozen_copy(model)
             state["warm"].load_state_dict(payload["warm_model"])
         state["prototypes"] = payload["prototypes"].to(device)
         state["valid"] = payload["prototypes_valid"].to(device)
-    else:
-        load_init(model, cfg.init)
-        teacher = frozen_copy(model)
     net = engine.wrap_ddp(WithFeatures(model), dist)
     net.train()
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            src = engine.to_device(source.next(), device)
-            tgt = engine.to_device(target.next(), device)
+            src = engine.to_device(loop.streams["source"].next(), device)
+            tgt = engine.to_device(loop.streams["target"].next(), device)
             x_s, y_s, x_t = src["image"], src["label"], tgt["image"]
             n = x_s.shape[0]
             self_training = step > warmup
@@ -114,19 +110,21 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             # target styling: source image i takes the colour statistics of target image i
             styled = mean_std_style(x_s, x_t[torch.arange(n, device=device) % x_t.shape[0]])
             x_cdm = crdomix(strong_photometric(x_s), styled, class_mix_mask(y_s))
-            images = [x_s, x_cdm] + ([x_t] if self_training else [])
-            is_target = [False, False] + ([True] if self_training else [])
             with engine.autocast(device, amp):
                 # x_cdm is source content (source image, target colours): only x_t is a target batch
-                parts = [out for _, out in forward_by_domain(
-                    net, images, is_target, cfg.bn_statistics)]
+                (_, out_s), (_, out_cdm) = forward_by_domain(net, [x_s, x_cdm], [False, False], cfg.bn_statistics)
+                # The target batch runs in the warm-up too, without a loss (as the reference
+                # code's warm-up does): it gives the running BatchNorm averages - and through the
+                # EMA the teacher and the warm-up model that labels the target - target statistics.
+                with torch.set_grad_enabled(self_training):
+                    (_, out_t), = forward_by_domain(net, [x_t], [True], cfg.bn_statistics)
                 with torch.no_grad():
                     t_out = teacher(torch.cat([x_s, x_cdm]))
             t_clean, t_strong = split_output(t_out, [n, n])
-            terms = engine.source_seg_terms(parts[0], y_s)
-            terms["distil"] = symmetric_distillation(parts[0].main, parts[1].main, t_clean.main, t_strong.main, cfg.diga_alpha)
+            terms = engine.source_seg_terms(out_s, y_s)
+            terms["distil"] = symmetric_distillation(out_s.main, out_cdm.main, t_clean.main, t_strong.main, cfg.diga_alpha)
             if self_training:
-                terms["seg_target"], terms["pseudo_coverage"] = _self_training_term(cfg, state, x_s, y_s, x_t, parts[2], device, amp)
+                terms["seg_target"], terms["pseudo_coverage"] = _self_training_term(cfg, state, x_s, y_s, x_t, out_t, device, amp)
             losses = engine.check_finite(step, terms)
             seg = terms["seg_main"] + cfg.aux_weight * terms["seg_aux"] + terms.get("seg_target", 0.0)
             loss = cfg.diga_lambda_distil * terms["distil"] + cfg.diga_lambda_seg * seg
@@ -134,24 +132,30 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
-            ema_update(teacher, model, cfg.diga_ema)
+            loop.scheduler.step()
+            ema_update(teacher, model, xi)
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)
 
 
 def _self_training_term(cfg: AdaptConfig, state: dict, x_s, y_s, x_t, out_t, device, amp):
-    """CE of the student's target prediction on bilateral-consensus pseudo labels (eqs. 8-10),
-    and the fraction of target pixels that got a label (logged, not optimised)."""
+    """CE of the student's target prediction on bilateral-consensus pseudo labels (eqs. 8-11),
+    and the fraction of target pixels that got a label (logged, not optimised).
+
+    Prototypes and labels live on the grid of the warm-up model's main logits: its stride-8
+    `dense_feature` map is upsampled bilinearly to it (a stride-2 network's 64x128 crop gives
+    32x64 labels, not 8x16), so the consensus compares two maps of one resolution and the
+    labels are as fine as the predictions they supervise."""
     warm = state["warm"]
     with torch.no_grad(), engine.autocast(device, amp):
         feats_s = warm.forward_features(x_s)[warm.dense_feature]
         feats_t = warm.forward_features(x_t)
         logits_t = warm.forward_head(feats_t).main
+    grid = logits_t.shape[-2:]  # source and target crops have one size (cfg.crop): one grid
     delta = cfg.diga_proto_momentum
-    rho, present = batch_prototypes(feats_s, y_s, cfg.num_classes)
+    rho, present = batch_prototypes(resize_bilinear(feats_s.float(), grid), y_s, cfg.num_classes)
     state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)
-    feats_t = feats_t[warm.dense_feature]
+    feats_t = resize_bilinear(feats_t[warm.dense_feature].float(), grid)
     pseudo = consensus_labels(nearest_prototype_labels(feats_t, state["prototypes"], state["valid"]), logits_t)
     rho, present = batch_prototypes(feats_t, pseudo, cfg.num_classes)
     state["prototypes"], state["valid"] = update_prototypes(state["prototypes"], state["valid"], rho, present, delta)

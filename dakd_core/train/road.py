@@ -24,9 +24,9 @@ import torch
 from dakd_core.errors import ConfigError
 from dakd_core.losses.road import RegionDomainClassifiers, spatial_aware_loss, target_guided_distillation
 from dakd_core.models import create_model
-from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.loop_setup import cpu_state, setup
 from dakd_core.train.uda_common import WithFeatures, forward_by_domain, frozen_copy, launch, load_init
 
 STAGE = "adapt"
@@ -54,48 +54,30 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
 
 
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    loop = setup(cfg, dist, ("source", "target"))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
     level = model.dense_feature  # ROAD's features: the stride-8 map the classifiers read
     classifiers = RegionDomainClassifiers(model.feature_channels[level], cfg.road_grid).to(device)
     c_optimizer = engine.adam(classifiers, cfg.d_lr, cfg.d_betas)
     c_scheduler = engine.poly_schedule(c_optimizer, cfg.iterations, cfg.poly_power)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)
-    source = engine.image_stream(cfg, dist, cfg.source_manifest, cfg.source_resize, True, "source_manifest")
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
-
-    def snapshot(step: int) -> dict:
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            classifiers={n: t.detach().cpu() for n, t in classifiers.state_dict().items()},
-            c_optimizer=c_optimizer.state_dict(), c_scheduler=c_scheduler.state_dict(),
-            data={"source": source.state_dict(), "target": target.state_dict()},
-            method=cfg.method, init=cfg.init,
-        )
-
-    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, lambda step: loop.payload(
+        step, classifiers=cpu_state(classifiers), c_optimizer=c_optimizer.state_dict(),
+        c_scheduler=c_scheduler.state_dict(), method=cfg.method, init=cfg.init))
     # The frozen real-style model is rebuilt from its source on a fresh run and on a resume alike.
     reference = engine.channels_last(reference_model(cfg), device)
-    start = 0
-    payload = keeper.resume()
+    payload, start = loop.resume(keeper, init=cfg.init)
     if payload is not None:
-        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"source": source, "target": target})
         classifiers.load_state_dict(payload["classifiers"])
         c_optimizer.load_state_dict(payload["c_optimizer"])
         c_scheduler.load_state_dict(payload["c_scheduler"])
-    else:
-        load_init(model, cfg.init)
     net = engine.wrap_ddp(WithFeatures(model), dist)
     c_net = engine.wrap_ddp(classifiers, dist)
     net.train()
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            src = engine.to_device(source.next(), device)
-            tgt = engine.to_device(target.next(), device)
+            src = engine.to_device(loop.streams["source"].next(), device)
+            tgt = engine.to_device(loop.streams["target"].next(), device)
             with engine.autocast(device, amp):
                 (feats_s, out_s), (feats_t, _) = forward_by_domain(
                     net, [src["image"], tgt["image"]], [False, True], cfg.bn_statistics)
@@ -114,7 +96,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             scaler.step(optimizer)
             scaler.step(c_optimizer)
             scaler.update()
-            scheduler.step()
+            loop.scheduler.step()
             c_scheduler.step()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)

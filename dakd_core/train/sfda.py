@@ -11,6 +11,9 @@ Per iteration (B target crops, B noise vectors):
                 hard (higher-entropy) half of every patch position to look "easy" to D
 3. D:           easy patches -> label 0, hard patches -> label 1 (BCE, as bce_adversarial)
 Every gradient is computed before any optimizer step, so the NaN guard sees all terms first.
+S's running BatchNorm averages (what evaluation uses) move once per iteration, on step 2's target
+batch; step 1 leaves them alone (S is fixed there) and step 2's fakes do too under bn_statistics
+"target" (with "both" the fakes of step 2 move them as well).
 S uses SGD with Nesterov momentum and weight decay 1e-4 (the paper's optimiser; an AdamW segmenter
 stays AdamW); G and D use Adam at the paper's lr 0.1 (sfda_g_lr, sfda_d_lr).
 Dual attention is computed on the stride-8 `dense_feature` map (DeepLab: the last backbone stage); the fakes are sfda_fake_size (default half
@@ -24,16 +27,15 @@ import math
 import torch
 from torch import nn
 
-from dakd_core.losses import bce_adversarial
 from dakd_core.losses.sfda import (
-    ConditionalPatchDiscriminator, bn_statistics, bns_loss, dad_ss, dad_st, mae_loss, max_squares, patch_entropy,
-    patches, rank_easy_hard, select_patches,
+    ConditionalPatchDiscriminator, bn_statistics, bns_loss, dad_ss, dad_st, ipsm_adversarial_loss,
+    ipsm_discriminator_loss, mae_loss, max_squares, patch_entropy, patches, rank_easy_hard,
 )
 from dakd_core.losses._util import resize_bilinear
 from dakd_core.models import Discriminator, create_model
-from dakd_core.models.checkpoint import make_payload
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
+from dakd_core.train.loop_setup import cpu_state, setup
 from dakd_core.train.uda_common import WithFeatures, frozen_copy, launch, load_init
 
 STAGE = "adapt"
@@ -82,14 +84,9 @@ def run(cfg: AdaptConfig) -> engine.TrainResult:
     return launch(_train, cfg)
 
 
-def _state(module: nn.Module) -> dict:
-    return {n: t.detach().cpu() for n, t in module.state_dict().items()}
-
-
 def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
-    device = dist.device
-    engine.seed_everything(cfg.seed + dist.rank)
-    model, optimizer, scheduler = engine.build_segmenter(cfg, dist)
+    loop = setup(cfg, dist, ("target",))
+    model, optimizer, scaler, device, amp = loop.model, loop.optimizer, loop.scaler, loop.device, loop.amp
     level = model.dense_feature  # DAD compares the stride-8 features the classifiers read
     use_nesterov(optimizer)
     generator = Generator(cfg.sfda_latent, fake_size(cfg)).to(device)
@@ -98,36 +95,22 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
     d_optimizer = engine.adam(disc, cfg.sfda_d_lr, cfg.d_betas)
     g_scheduler = engine.poly_schedule(g_optimizer, cfg.iterations, cfg.poly_power)
     d_scheduler = engine.poly_schedule(d_optimizer, cfg.iterations, cfg.poly_power)
-    amp = engine.amp_enabled(cfg, device)
-    scaler = engine.make_scaler(device, amp)
-    target = engine.image_stream(cfg, dist, cfg.target_manifest, cfg.target_resize, False, "target_manifest", 1)
     tau = cfg.sfda_beta if cfg.sfda_tau is None else cfg.sfda_tau
-
-    def snapshot(step: int) -> dict:
-        return make_payload(
-            model, step,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            generator=_state(generator), g_optimizer=g_optimizer.state_dict(), g_scheduler=g_scheduler.state_dict(),
-            discriminator=_state(disc), d_optimizer=d_optimizer.state_dict(), d_scheduler=d_scheduler.state_dict(),
-            data={"target": target.state_dict()}, method=cfg.method, init=cfg.init,
-        )
-
-    keeper = engine.RunKeeper(cfg, STAGE, dist, model, snapshot)
+    keeper = engine.RunKeeper(cfg, STAGE, dist, model, lambda step: loop.payload(
+        step, generator=cpu_state(generator), g_optimizer=g_optimizer.state_dict(), g_scheduler=g_scheduler.state_dict(),
+        discriminator=cpu_state(disc), d_optimizer=d_optimizer.state_dict(), d_scheduler=d_scheduler.state_dict(),
+        method=cfg.method, init=cfg.init))
     fixed = engine.channels_last(create_model(cfg.model, num_classes=cfg.num_classes), device)
     load_init(fixed, cfg.init)
     fixed = frozen_copy(fixed)  # S~: the source model, BatchNorm on its source running statistics
-    start = 0
-    payload = keeper.resume()
+    payload, start = loop.resume(keeper, init=cfg.init)
     if payload is not None:
-        start = keeper.restore_segmenter(payload, model, optimizer, scheduler, scaler, {"target": target})
         generator.load_state_dict(payload["generator"])
         g_optimizer.load_state_dict(payload["g_optimizer"])
         g_scheduler.load_state_dict(payload["g_scheduler"])
         disc.load_state_dict(payload["discriminator"])
         d_optimizer.load_state_dict(payload["d_optimizer"])
         d_scheduler.load_state_dict(payload["d_scheduler"])
-    else:
-        model.load_state_dict(fixed.state_dict())
     net = engine.wrap_ddp(WithFeatures(model), dist)
     g_net = engine.wrap_ddp(generator, dist)
     d_net = engine.wrap_ddp(disc, dist)
@@ -136,13 +119,16 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
 
     with keeper.tracking():
         for step in keeper.steps(start):
-            x_t = engine.to_device(target.next(), device)["image"]
+            x_t = engine.to_device(loop.streams["target"].next(), device)["image"]
             b = x_t.shape[0]
             for o in (optimizer, g_optimizer, d_optimizer):
                 o.zero_grad(set_to_none=True)
             terms = {}
 
-            # 1. generator step: S and D fixed (S called unwrapped: its gradients are not wanted)
+            # 1. generator step: S and D fixed (S called unwrapped: its gradients are not wanted).
+            # "Fixed" includes S's running BatchNorm averages: its train-mode passes here (the fakes,
+            # and the target batch that step 2 counts once) normalise with their batch statistics
+            # but leave the averages alone, so only step 2's target pass moves them.
             model.requires_grad_(False)
             disc.requires_grad_(False)
             with engine.autocast(device, amp):
@@ -150,10 +136,11 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
                 with bn_statistics(fixed) as records:
                     fixed_feats = fixed.forward_features(fake)
                 fixed_out = fixed.forward_head(fixed_feats)
-                feats = model.forward_features(fake)
-                out = model.forward_head(feats)
-                with torch.no_grad():
-                    target_feats = model.forward_features(x_t)[level]
+                with engine.bn_running_stats_frozen(model):
+                    feats = model.forward_features(fake)
+                    out = model.forward_head(feats)
+                    with torch.no_grad():
+                        target_feats = model.forward_features(x_t)[level]
             terms["bns"] = bns_loss(records)
             terms["g_mae"] = mae_loss(out.main, fixed_out.main)
             terms["g_dad_ss"] = dad_ss(fixed_feats[level], feats[level])
@@ -180,23 +167,20 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             probs = torch.softmax(resize_bilinear(out_t.main.float(), x_t.shape[-2:]), dim=1)
             easy, hard = rank_easy_hard(patch_entropy(out_t.main, cfg.sfda_patches).detach())
             patch_maps = patches(probs, cfg.sfda_patches, Discriminator.MIN_SIZE)
-            terms["adv"] = bce_adversarial(disc(select_patches(patch_maps, hard)), True)
+            terms["adv"] = ipsm_adversarial_loss(disc, patch_maps, hard)
             scaler.scale(terms["tar"] + cfg.sfda_gamma * terms["adv"]).backward()
 
             # 3. discriminator step: easy -> 0 ("source" side of bce_adversarial), hard -> 1
             disc.requires_grad_(True)
-            detached = patch_maps.detach()
             with engine.autocast(device, amp):
-                d_out = d_net(torch.cat([select_patches(detached, easy), select_patches(detached, hard)]))
-            half = d_out.shape[0] // 2
-            terms["d_ipsm"] = (bce_adversarial(d_out[:half], True) + bce_adversarial(d_out[half:], False)) / 2
+                terms["d_ipsm"] = ipsm_discriminator_loss(d_net, patch_maps, easy, hard)
             scaler.scale(terms["d_ipsm"]).backward()
 
             losses = engine.check_finite(step, terms)
             for o in (optimizer, g_optimizer, d_optimizer):
                 scaler.step(o)
             scaler.update()
-            for s in (scheduler, g_scheduler, d_scheduler):
+            for s in (loop.scheduler, g_scheduler, d_scheduler):
                 s.step()
             keeper.end_step(step, losses)
         return keeper.finish(cfg.iterations - start, model)
