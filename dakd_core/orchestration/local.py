@@ -25,9 +25,9 @@ from datetime import datetime
 from pathlib import Path
 
 from dakd_core.errors import DakdError, StoreError
-from dakd_core.orchestration.context import environ
+from dakd_core.orchestration.context import ENV_RUN_NAME, environ
 from dakd_core.orchestration.local_compat import artifact_oneof
-from dakd_core.orchestration.params import RunConfig
+from dakd_core.orchestration.params import RunConfig, form_values
 from dakd_core.orchestration.run_output import (
     kfp_local_shared_state,
     log_tail,
@@ -79,10 +79,10 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[str, str]:
     loc = cfg.local
     size = (loc.synth_width, loc.synth_height)
     source, target = out / "data" / "source", out / "data" / "target"
-    generate(source, "source", loc.synth_train, size=size, seed=cfg.params.seed, split="train")
+    generate(source, "source", loc.synth_train, size=size, seed=cfg.params.train_seed, split="train")
     look = dict(weather=loc.weather, shift=loc.synth_shift, target_layout=loc.synth_target_layout)
-    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.seed, split="train", **look)
-    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.seed, split="val", **look)
+    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.train_seed, split="train", **look)
+    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.train_seed, split="val", **look)
     return str(source), str(target)
 
 
@@ -95,15 +95,16 @@ def tracking_uri_for(out: Path) -> tuple[str, bool]:
     return f"sqlite:///{out / 'mlflow.db'}", False
 
 
-def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
+def _local_env(tracking_uri: str, timings_uri: str, run_name: str) -> dict[str, str]:
     """Environment the task subprocesses inherit: where MLflow lives, where each task records its
-    seconds (the overhead report), quiet bars. OpenMP keeps its default (spinning) wait policy:
+    seconds (the overhead report), the run's name (the pipeline has no such parameter), quiet bars. OpenMP keeps its default (spinning) wait policy:
     kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
     PASSIVE made a two-thread training step 1.8x slower (`OMP_WAIT_POLICY=PASSIVE python
     benchmarks/bench_layout.py --threads 2`: swiftnet_tiny 0.0956 s against 0.0523 s)."""
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
         ENV_TIMINGS_URI: timings_uri,
+        ENV_RUN_NAME: run_name,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
@@ -123,25 +124,26 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     out = Path(cfg.local.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params = cfg.params.model_copy()
-    params.store_uri = (out / "store").as_uri()
-    params.run_name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
-    run_prefix(params.store_uri, params.run_name)  # a bad --run-name fails here, before any task runs
-    log_path = out / "logs" / f"{params.run_name}.log"
+    params.data_store_uri = (out / "store").as_uri()
+    run_name = run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
+    run_prefix(params.data_store_uri, run_name)  # a bad --run-name fails here, before any task runs
+    log_path = out / "logs" / f"{run_name}.log"
     tracking, tracking_from_env = tracking_uri_for(out)
-    print(f"dakd run {params.run_name}: output of kfp.local and of every task (executor records, warnings,"
+    print(f"dakd run {run_name}: output of kfp.local and of every task (executor records, warnings,"
           f" task logs) goes to {log_path}", flush=True)
-    print(f"dakd run {params.run_name}: MLflow {describe_tracking(tracking, tracking_from_env)}", flush=True)
+    print(f"dakd run {run_name}: MLflow {describe_tracking(tracking, tracking_from_env)}", flush=True)
 
     # The environment is restored afterwards: a later run in this process must not take this
     # run's database for a user-set MLFLOW_TRACKING_URI.
-    timings_uri = f"{run_prefix(params.store_uri, params.run_name)}/timings"
-    with environ(_local_env(tracking, timings_uri)), output_to_log(log_path) as terminal:
-        print(f"==== dakd run {params.run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
+    timings_uri = f"{run_prefix(params.data_store_uri, run_name)}/timings"
+    with environ(_local_env(tracking, timings_uri, run_name)), output_to_log(log_path) as terminal:
+        print(f"==== dakd run {run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
             t0 = time.perf_counter()
-            params.source_format, params.target_format = "gta5", ("acdc" if cfg.local.weather else "cityscapes")
-            params.source_uri, params.target_uri = prepare_data(cfg, out)
+            params.data_source_format = "gta5"
+            params.data_target_format = "acdc" if cfg.local.weather else "cityscapes"
+            params.data_source_uri, params.data_target_uri = prepare_data(cfg, out)
             terminal.write(f"synthetic domain pair ready in {time.perf_counter() - t0:.1f} s: {out / 'data'}\n")
 
         # imported with DAKD_LOCAL_RUN set: the pipeline then compiles without retries
@@ -154,20 +156,20 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         start = time.perf_counter()
         try:
             with kfp_local_shared_state(), artifact_oneof(), progress:
-                dakd_pipeline(**params.model_dump())
+                dakd_pipeline(**form_values(params))
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
             failure = strip_ansi(str(e))
         wall = time.perf_counter() - start
     if failure is not None:
         failed = progress.failed[0] if progress.failed else None
         whose = f"the output of task '{progress.display_name(failed)}'" if failed else "the log"
-        raise DakdError(f"local pipeline run '{params.run_name}' failed: {failure}\n"
+        raise DakdError(f"local pipeline run '{run_name}' failed: {failure}\n"
                         f"full log: {log_path}; the last lines of {whose}:\n{log_tail(log_path, log_start, failed)}")
     # every task kfp.local ran (executor_output.json per task dir), for the per-task overhead
     runs = sorted((out / "kfp").glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
     num_tasks = len(list(runs[-1].rglob("executor_output.json"))) if runs else 0
 
-    run = open_store(params.store_uri).child(f"runs/{params.run_name}")
+    run = open_store(params.data_store_uri).child(f"runs/{run_name}")
     try:
         # register's record of the run's stage outputs: evaluate's folder is content-addressed
         metrics = json.loads(read_bytes(resolve(json.loads(run.get_bytes("stages.json"))["evaluate"])))
@@ -181,7 +183,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     for key in run.list("timings/"):
         record = json.loads(run.get_bytes(key))
         timings[record["task"]] = float(record["seconds"])
-    res = LocalRunResult(params.run_name, params.store_uri, tracking, tracking_from_env, str(log_path),
+    res = LocalRunResult(run_name, params.data_store_uri, tracking, tracking_from_env, str(log_path),
                          str(out / "results.json"), metrics["models"], (params.eval_resize_h, params.eval_resize_w),
                          promotion, wall, timings, num_tasks)
     # put_bytes writes a temporary file and renames it: a reader never sees half a results.json
