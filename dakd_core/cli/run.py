@@ -11,6 +11,9 @@ def add_arguments(p) -> None:
                    help="RunConfig YAML: `params` (pipeline parameters) and `local` (default: configs/demo.yaml)")
     p.add_argument("--out", help="output directory (default: the config's local.out_dir, demo_out)")
     p.add_argument("--run-name", help="run name (default: local-<timestamp>)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="run every task, even one whose settings, inputs and code match an earlier run's "
+                        "(default: such a task returns that run's recorded outputs, as KFP's cache would)")
 
 
 def _default_config():
@@ -29,6 +32,6 @@ def run(args) -> int:
     config = args.config or _default_config()
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)
-    result = run_local(cfg, run_name=args.run_name)
+    result = run_local(cfg, run_name=args.run_name, reuse=not args.no_reuse)
     print(format_summary(result))
     return 0

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from dakd_core.orchestration.run_output import (
     TaskProgress,
 )
 from dakd_core.orchestration.pins import resolve
+from dakd_core.orchestration.reuse import ENV_REUSE, forget_reused, reused_tasks
 from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, run_prefix
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
@@ -66,6 +68,7 @@ class LocalRunResult:
     wall_seconds: float
     task_seconds: dict = field(default_factory=dict)  # stage calls: seconds inside the stage
     num_tasks: int = 0  # every task kfp.local ran (stages + start/finish/branch helpers)
+    reused: list = field(default_factory=list)  # tasks that returned an earlier run's outputs (reuse.py)
 
     @property
     def overhead_seconds(self) -> float:
@@ -95,16 +98,18 @@ def tracking_uri_for(out: Path) -> tuple[str, bool]:
     return f"sqlite:///{out / 'mlflow.db'}", False
 
 
-def _local_env(tracking_uri: str, timings_uri: str, run_name: str) -> dict[str, str]:
+def _local_env(tracking_uri: str, timings_uri: str, run_name: str, reuse: bool) -> dict[str, str]:
     """Environment the task subprocesses inherit: where MLflow lives, where each task records its
-    seconds (the overhead report), the run's name (the pipeline has no such parameter), quiet bars. OpenMP keeps its default (spinning) wait policy:
-    kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
+    seconds (the overhead report), the run's name (the pipeline has no such parameter), whether a
+    task may return an earlier run's outputs (reuse.py), quiet bars. OpenMP keeps its default
+    (spinning) wait policy: kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
     PASSIVE made a two-thread training step 1.8x slower (`OMP_WAIT_POLICY=PASSIVE python
     benchmarks/bench_layout.py --threads 2`: swiftnet_tiny 0.0956 s against 0.0523 s)."""
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
         ENV_TIMINGS_URI: timings_uri,
         ENV_RUN_NAME: run_name,
+        ENV_REUSE: "1" if reuse else "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
@@ -113,7 +118,7 @@ def _local_env(tracking_uri: str, timings_uri: str, run_name: str) -> dict[str, 
     }
 
 
-def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
+def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -> LocalRunResult:
     """Run the pipeline; kfp.local's and the tasks' output go to {out}/logs/{run_name}.log, the
     terminal (stdout) gets the log's path, one line per finished task, and on failure the log's
     last lines inside the DakdError."""
@@ -136,7 +141,8 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     # The environment is restored afterwards: a later run in this process must not take this
     # run's database for a user-set MLFLOW_TRACKING_URI.
     timings_uri = f"{run_prefix(params.data_store_uri, run_name)}/timings"
-    with environ(_local_env(tracking, timings_uri, run_name)), output_to_log(log_path) as terminal:
+    forget_reused(open_store(params.data_store_uri).child(f"runs/{run_name}"))
+    with environ(_local_env(tracking, timings_uri, run_name, reuse)), output_to_log(log_path) as terminal:
         print(f"==== dakd run {run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
@@ -185,7 +191,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         timings[record["task"]] = float(record["seconds"])
     res = LocalRunResult(run_name, params.data_store_uri, tracking, tracking_from_env, str(log_path),
                          str(out / "results.json"), metrics["models"], (params.eval_resize_h, params.eval_resize_w),
-                         promotion, wall, timings, num_tasks)
+                         promotion, wall, timings, num_tasks, reused_tasks(run))
     # put_bytes writes a temporary file and renames it: a reader never sees half a results.json
     open_store(str(out)).put_bytes("results.json", json.dumps(results_document(res), indent=2).encode())
     return res
@@ -225,10 +231,18 @@ def format_summary(res: LocalRunResult) -> str:
         f"time: {res.wall_seconds:.1f} s wall, {sum(res.task_seconds.values()):.1f} s inside {len(res.task_seconds)} "
         f"stage calls; orchestration overhead {res.overhead_seconds:.1f} s over {res.num_tasks} tasks "
         f"({res.overhead_seconds / max(1, res.num_tasks):.2f} s per task: process start, imports, KFP executor)",
+        *([f"reused: {len(res.reused)} tasks returned an earlier run's outputs (same settings, inputs and code; "
+           f"--no-reuse runs them again): {_counted(res.reused)}"] if res.reused else []),
         f"results: {res.results_path}",
         f"log: {res.log_path}",
     ]
     return "\n".join(lines)
+
+
+def _counted(names: list[str]) -> str:
+    """'a, b x4, c': each name once, with its count when it repeats (ParallelFor items)."""
+    counts = Counter(names)
+    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
 
 
 def describe_tracking(uri: str, from_env: bool) -> str:
