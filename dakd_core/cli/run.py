@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-reuse", action="store_true",
                    help="run every task, even one whose settings, inputs and code match an earlier run's "
                         "(default: such a task returns that run's recorded outputs, as KFP's cache would)")
+    p.add_argument("--sweep", metavar="FILE.yaml",
+                   help="one run per point of the file's `grid:` / `points:` of parameter overrides over its `base:` "
+                        "(or --config), every point planned first; then one comparison table (orchestration/sweep.py)")
 
 
 def _default_config():
@@ -30,6 +33,14 @@ def run(args) -> int:
     from dakd_core.orchestration.params import load_run_config
 
     config = args.config or _default_config()
+    if args.sweep:
+        from datetime import datetime
+
+        from dakd_core.orchestration.sweep import run_sweep
+
+        name = args.run_name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+        print(run_sweep(args.sweep, config, args.out, name, reuse=not args.no_reuse))
+        return 0
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)
     result = run_local(cfg, run_name=args.run_name, reuse=not args.no_reuse)
