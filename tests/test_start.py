@@ -145,3 +145,22 @@ def test_road_adapt_stages_get_each_networks_backbone_weights(roots):
     assert not any("backbone_weights" in settings[s] for s in ("distill_first", "distill_second"))
     _, plan = plan_run({**roots, **weights, "adapt_method": "advent"})
     assert not any("backbone_weights" in json.loads(plan[s]) for s in ("adapt_teacher", "adapt_student"))
+
+
+def test_the_run_is_named_by_kfps_run_name_as_one_store_segment(monkeypatch):
+    """No run-name parameter: start names the run's folder and parent run after KFP's run name
+    (the form's "Run name"), made one safe store key segment, plus the run id's start (two runs may
+    share a name); `dakd run` passes its own name through DAKD_RUN_NAME."""
+    from dakd_core.orchestration.context import run_name_for
+    from dakd_core.orchestration.tasks.common import run_prefix
+
+    monkeypatch.delenv("DAKD_RUN_NAME", raising=False)
+    uuid = "3f2a9c1e-7d4b-4c55-9a1e-000000000000"
+    assert run_name_for("Run of dakd (2026-12-07 10:45:01.123)", uuid) == "Run-of-dakd-2026-12-07-10-45-01.123-3f2a9c1e"
+    assert run_name_for("../../other-team", uuid) == "other-team-3f2a9c1e"
+    assert run_name_for("", uuid) == run_name_for("  /// ", uuid) == f"kfp-{uuid}"
+    assert len(run_name_for("x" * 300, uuid)) == 109
+    for name in ("Run of dakd (a/b)", "../../other-team", "x" * 300, ""):
+        run_prefix("s3://dakd/store", run_name_for(name, uuid))  # always one valid segment
+    monkeypatch.setenv("DAKD_RUN_NAME", "demo12")
+    assert run_name_for("dakd-2026-12-07-10-45-01-123456", uuid) == "demo12"
