@@ -160,7 +160,8 @@ def test_a_reused_task_shows_on_the_terminal_in_the_run_folder_and_on_the_parent
     tags = reuse.tag_reused(store, "r2")
     assert set(tags.values()) == records and len(tags) == 2
     assert all(key.startswith("dakd.reused.cache-teacher-shard.") for key in tags)
-    on_parent = mlflow.MlflowClient().get_run(os.environ["DAKD_PARENT_RUN_ID"]).data.tags
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # not mlflow's global URI
+    on_parent = client.get_run(os.environ["DAKD_PARENT_RUN_ID"]).data.tags
     assert {k: v for k, v in on_parent.items() if k.startswith("dakd.reused.")} == tags
     reuse.forget_reused(run_store)
     assert reuse.reused_tasks(run_store) == [] and reuse.tag_reused(store, "r2") == {}

@@ -98,7 +98,7 @@ def test_compare_tables_the_parent_runs_with_what_differs(tmp_path, monkeypatch,
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # not mlflow's global URI
     common = {"data_source_format": "gta5", "data_target_format": "cityscapes", "train_seed": 7}
     miou = {"teacher_source_only": 0.25, "teacher_adapted": 0.4376, "student_source_only": 0.2272,
             "student_adapted": 0.3917, "student_distilled": 0.4123, "student_distilled_onnx_fp16": 0.4125}
