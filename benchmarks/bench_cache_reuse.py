@@ -47,10 +47,10 @@ def main() -> None:
     tgt = ingest_task(**run, fmt="cityscapes", root_uri=str(root / "tgt"), domain="target", splits=["train"],
                       workers=1)["train_manifest"]
     n = args.iterations
-    base = dict(teacher_model="deeplabv2_tiny", student_model="swiftnet_tiny", source_resize_h=32,
-                source_resize_w=64, target_resize_h=32, target_resize_w=64, crop_h=32, crop_w=64,
+    base = dict(teacher_model="deeplabv2_tiny", student_model="swiftnet_tiny", train_source_resize_h=32,
+                train_source_resize_w=64, train_target_resize_h=32, train_target_resize_w=64, train_crop_h=32, train_crop_w=64,
                 pretrain_iterations=n, adapt_iterations=n, distill_iterations=n, teacher_batch_size=2,
-                student_batch_size=2, eval_every=n, num_workers=0, seed=7, discriminator_width=16)
+                student_batch_size=2, train_eval_every=n, train_num_workers=0, train_seed=7, adapt_discriminator_width=16)
     stage = dict(store_uri=store, experiment="dakd-reuse")
     # not timed: the imports and the MLflow database's creation, which only the first call would pay
     import dakd_core.cache, dakd_core.train.adapt, dakd_core.train.distill, dakd_core.train.pretrain  # noqa: E401,F401
@@ -60,7 +60,7 @@ def main() -> None:
     ensure_experiment()
 
     def one_run(paradigm: str) -> dict[str, tuple[float, str]]:
-        plan = {k: json.dumps(v, sort_keys=True) for k, v in build_plan(PipelineParams(**base, paradigm=paradigm)).items()}
+        plan = {k: json.dumps(v, sort_keys=True) for k, v in build_plan(PipelineParams(**base, distill_paradigm=paradigm)).items()}
         calls: dict[str, tuple[float, str]] = {}
 
         def timed(name, fn, **kw):

@@ -8,11 +8,13 @@
                                ├─ export → evaluate (5 models + FP16 export, one table)
                                └─ register → promote                  exit handler: finish parent run
 
-Parameter defaults come from dakd_core.orchestration.params.PipelineParams (one source of truth).
+The parameters (names, form types, defaults, descriptions) and the pipeline's description (the
+parameter guide) come from dakd_core.orchestration.params.PipelineParams (one source of truth).
 Kubernetes settings (GPU, shm, tolerations, secrets) are ignored by kfp.local with a warning, so
 `dakd run` executes this very function on a laptop.
 """
 
+import inspect
 import os
 
 from kfp import dsl, kubernetes
@@ -27,7 +29,7 @@ from components.ingest import ingest
 from components.pretrain import pretrain
 from components.register import promote, register
 from components.start import finish, start
-from dakd_core.orchestration.params import PipelineParams, pipeline_docstring
+from dakd_core.orchestration.params import PipelineParams, form_guide, form_type, form_values, pipeline_docstring
 from pipelines import _fast_tasks
 
 _fast_tasks.install()  # before the @dsl.pipeline decorators below build the graph
@@ -39,7 +41,6 @@ LOCAL_RUN_ENV = "DAKD_LOCAL_RUN"
 # Teacher-cache shard slices, fixed at compile time: kfp.local cannot fan out over a task's
 # output list inside the exit handler, and a static fan-out compiles to the same IR either way.
 CACHE_SHARDS = int(os.environ.get("DAKD_CACHE_SHARDS", "4"))
-_D = PipelineParams()  # defaults
 
 # Secrets the tasks read as env (k8s/secrets/): object store and MLflow client settings.
 S3_SECRET = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
@@ -114,83 +115,39 @@ def cache_teacher_fanout(config: str, teacher: Input[Model], source_manifest: st
 
 
 DESCRIPTION = "Domain Adaptive Knowledge Distillation for semantic segmentation"
+# The pipeline's description, which the KFP UI shows in its summary panel: the parameter guide
+# (dakd submit uploads it as the pipeline's and the version's description too).
+GUIDE = form_guide(DESCRIPTION)
 
 
-def _documented(fn):
-    """The form's text: every parameter's description from PipelineParams (KFP parses the
-    docstring's Args into the compiled inputDefinitions)."""
+def _form(fn):
+    """The pipeline's signature is PipelineParams: every parameter with its form type and default,
+    in the model's order (KFP reads `inspect.signature` and calls the function with the values in
+    that order), and every description from it (KFP parses the docstring's Args into the compiled
+    inputDefinitions). No parameter is listed twice."""
+    defaults = form_values(PipelineParams())
+    fn.__signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[name],
+                          annotation=form_type(name)) for name in PipelineParams.model_fields])
     fn.__doc__ = pipeline_docstring(DESCRIPTION)
     return fn
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
-@_documented
-def dakd_pipeline(
-    source_format: str = _D.source_format,
-    source_uri: str = _D.source_uri,
-    target_format: str = _D.target_format,
-    target_uri: str = _D.target_uri,
-    store_uri: str = _D.store_uri,
-    run_name: str = _D.run_name,
-    teacher_model: str = _D.teacher_model,
-    student_model: str = _D.student_model,
-    teacher_weights: str = _D.teacher_weights,
-    student_weights: str = _D.student_weights,
-    source_resize_h: int = _D.source_resize_h,
-    source_resize_w: int = _D.source_resize_w,
-    target_resize_h: int = _D.target_resize_h,
-    target_resize_w: int = _D.target_resize_w,
-    crop_h: int = _D.crop_h,
-    crop_w: int = _D.crop_w,
-    pretrain_iterations: int = _D.pretrain_iterations,
-    adapt_iterations: int = _D.adapt_iterations,
-    distill_iterations: int = _D.distill_iterations,
-    teacher_batch_size: int = _D.teacher_batch_size,
-    student_batch_size: int = _D.student_batch_size,
-    gpus_per_task: int = _D.gpus_per_task,
-    optimizer: str = _D.optimizer,
-    lr: float = _D.lr,
-    eval_every: int = _D.eval_every,
-    num_workers: int = _D.num_workers,
-    adaptation_method: str = _D.adaptation_method,
-    distill_adversarial_method: str = _D.distill_adversarial_method,
-    lambda_adv_main: float = _D.lambda_adv_main,
-    lambda_adv_aux: float = _D.lambda_adv_aux,
-    discriminator_width: int = _D.discriminator_width,
-    discriminator_input_scale: float = _D.discriminator_input_scale,
-    paradigm: str = _D.paradigm,
-    lambda_kl: float = _D.lambda_kl,
-    lambda_kl_aux: float = _D.lambda_kl_aux,
-    lambda_mse: float = _D.lambda_mse,
-    lambda_pseudo: float = _D.lambda_pseudo,
-    lambda_target: float = _D.lambda_target,
-    temperature: float = _D.temperature,
-    kl_reduction: str = _D.kl_reduction,
-    seg_loss: str = _D.seg_loss,
-    focal_gamma: float = _D.focal_gamma,
-    lambda_border_kl: float = _D.lambda_border_kl,
-    lambda_l2_feature: float = _D.lambda_l2_feature,
-    lambda_cwd: float = _D.lambda_cwd,
-    cwd_tau: float = _D.cwd_tau,
-    lambda_lad: float = _D.lambda_lad,
-    feature_level: str = _D.feature_level,
-    teacher_online: bool = _D.teacher_online,
-    eval_resize_h: int = _D.eval_resize_h,
-    eval_resize_w: int = _D.eval_resize_w,
-    seed: int = _D.seed,
-    mlflow_experiment: str = _D.mlflow_experiment,
-    registered_model: str = _D.registered_model,
-    promotion_min_gain: float = _D.promotion_min_gain,
-):
-    # Every pipeline parameter (first statement: locals() holds exactly the parameters here). The
-    # start task validates them and builds each stage's settings (dakd_core.orchestration.plan):
-    # the tasks below get one JSON settings string per stage, never the individual parameters.
-    pipeline_params = dict(locals())
+@dsl.pipeline(name=PIPELINE_NAME, description=GUIDE)
+@_form
+def dakd_pipeline(*form_values_in_order):
+    # The start task validates the parameters and builds each stage's settings
+    # (dakd_core.orchestration.plan): the tasks below get one JSON settings string per stage,
+    # never the individual parameters; the few the DAG itself needs are read here.
+    pipeline_params = dict(zip(PipelineParams.model_fields, form_values_in_order))
+    store_uri, mlflow_experiment = pipeline_params["data_store_uri"], pipeline_params["mlflow_experiment"]
+    gpus_per_task, paradigm = pipeline_params["train_gpus_per_task"], pipeline_params["distill_paradigm"]
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     task_name = dsl.PIPELINE_TASK_NAME_PLACEHOLDER
     exit_task = _cpu(finish(kfp_run_id=job_id, experiment=mlflow_experiment), cache=False)
     with dsl.ExitHandler(exit_task, name="dakd-run"):
-        begin = _cpu(start(params=pipeline_params, kfp_run_id=job_id), cache=False)
+        begin = _cpu(start(params=pipeline_params, kfp_run_id=job_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                     cache=False)
         begin.set_display_name("start: MLflow parent run")  # also checks the parameters and plans the stages
         plan = begin.outputs
         # uncached, run-scoped tasks: the run's folder and its MLflow parent run
@@ -200,9 +157,11 @@ def dakd_pipeline(
         stage = dict(store_uri=store_uri, experiment=mlflow_experiment, kfp_task=task_name)
 
         # -- ingest: reads data outside the pipeline's control, so never cached
-        src = _cpu(ingest(fmt=source_format, root_uri=source_uri, domain="source", splits=["train"], **track),
+        src = _cpu(ingest(fmt=pipeline_params["data_source_format"], root_uri=pipeline_params["data_source_uri"],
+                          domain="source", splits=["train"], **track),
                    cache=False, memory="8Gi").set_display_name("ingest source")
-        tgt = _cpu(ingest(fmt=target_format, root_uri=target_uri, domain="target", splits=["train", "val"], **track),
+        tgt = _cpu(ingest(fmt=pipeline_params["data_target_format"], root_uri=pipeline_params["data_target_uri"],
+                          domain="target", splits=["train", "val"], **track),
                    cache=False, memory="8Gi").set_display_name("ingest target")
         src_train = src.outputs["train_manifest"]
         tgt_train, tgt_val = tgt.outputs["train_manifest"], tgt.outputs["val_manifest"]

@@ -15,11 +15,12 @@ from dakd_core.storage import open_store, read_bytes, write_bytes
 
 # The pipeline's parameters for a tiny run: the tasks get their settings from the plan `start`
 # builds from them, as in the pipeline.
-TINY = dict(teacher_model="deeplabv2_tiny", student_model="deeplabv2_tiny", source_resize_h=32, source_resize_w=64,
-            target_resize_h=32, target_resize_w=64, crop_h=32, crop_w=64, pretrain_iterations=2,
-            adapt_iterations=2, distill_iterations=2, teacher_batch_size=2, student_batch_size=2, eval_every=2,
-            num_workers=0, seed=7, lr=1e-3, discriminator_width=16, eval_resize_h=32, eval_resize_w=64,
-            mlflow_experiment="dakd-test", paradigm="d")
+TINY = dict(teacher_model="deeplabv2_tiny", student_model="deeplabv2_tiny", train_source_resize_h=32,
+            train_source_resize_w=64, train_target_resize_h=32, train_target_resize_w=64, train_crop_h=32,
+            train_crop_w=64, pretrain_iterations=2, adapt_iterations=2, distill_iterations=2, teacher_batch_size=2,
+            student_batch_size=2, train_eval_every=2, train_num_workers=0, train_seed=7, train_lr=1e-3,
+            adapt_discriminator_width=16, eval_resize_h=32, eval_resize_w=64, mlflow_experiment="dakd-test",
+            distill_paradigm="d")
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,12 @@ def test_start_checks_plans_opens_parent_run_and_finish_closes_it(env):
     from dakd_core.orchestration.tasks.start import finish_task, start_task
 
     root = env["root"]
-    params = dict(TINY, source_uri=str(root / "src"), target_uri=(root / "tgt").as_uri())
+    params = dict(TINY, data_source_uri=str(root / "src"), data_target_uri=(root / "tgt").as_uri())
     # as KFP delivers a dict of parameters: every value as text, integers as floats
     delivered = {k: str(float(v)) if type(v) is int else str(v) for k, v in params.items()}
-    out = start_task(params=delivered, kfp_run_id="job-1")
-    assert out["run_name"] == "kfp-job-1" and set(out) == {"run_name", "parent_run_id", *STAGES}
+    # the run's name is KFP's run name as one store key segment, with the run id's start
+    out = start_task(params=delivered, kfp_run_id="job-1", kfp_run_name="Run of dakd (gta5/c)")
+    assert out["run_name"] == "Run-of-dakd-gta5-c-job-1" and set(out) == {"run_name", "parent_run_id", *STAGES}
     plan = {stage: json.loads(out[stage]) for stage in STAGES}
     assert plan["pretrain_teacher"]["iterations"] == 2 and plan["pretrain_teacher"]["crop"] == [32, 64]
     assert (plan["distill_first"]["paradigm"], plan["distill_second"]["paradigm"]) == ("c", "d")
@@ -63,7 +65,8 @@ def test_start_checks_plans_opens_parent_run_and_finish_closes_it(env):
     client = mlflow.MlflowClient()
     run = client.get_run(out["parent_run_id"])
     assert run.data.tags["dakd.kfp_run_id"] == "job-1" and run.info.status == "RUNNING"
-    assert run.data.params["crop_h"] == "32"
+    assert run.data.params["train_crop_h"] == "32" and run.info.run_name == "pipeline-Run-of-dakd-gta5-c-job-1"
+    assert (run.data.tags["dakd.paradigm"], run.data.tags["dakd.dataset_pair"]) == ("d", "gta5->cityscapes")
     assert finish_task(kfp_run_id="job-1", experiment="dakd-test", state="FAILED") == out["parent_run_id"]
     assert client.get_run(out["parent_run_id"]).info.status == "FAILED"
     env["results"]["parent"] = out["parent_run_id"]

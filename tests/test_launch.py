@@ -94,7 +94,7 @@ class _Launched(Exception):
 
 def test_training_tasks_launch_their_stage_with_the_plans_gpus_per_task(tmp_path, monkeypatch):
     """The pipeline's training tasks hand the stage to run_stage with the process count the plan
-    holds (PipelineParams.gpus_per_task), and build the stage config without that field."""
+    holds (PipelineParams.train_gpus_per_task), and build the stage config without that field."""
     from dakd_core.orchestration.params import PipelineParams
     from dakd_core.orchestration.plan import build_plan
     from dakd_core.orchestration.tasks.adapt import adapt_task
@@ -108,7 +108,7 @@ def test_training_tasks_launch_their_stage_with_the_plans_gpus_per_task(tmp_path
         raise _Launched
 
     monkeypatch.setattr(launch, "run_stage", run_stage)
-    plan = {k: json.dumps(v) for k, v in build_plan(PipelineParams(gpus_per_task=3)).items()}
+    plan = {k: json.dumps(v) for k, v in build_plan(PipelineParams(train_gpus_per_task=3)).items()}
     common = dict(store_uri=tmp_path.as_uri(), experiment="dakd-test")
     data = dict(source_manifest="file:///m/src.parquet")
     adversarial = dict(data, target_manifest="file:///m/tgt.parquet", init="file:///c/init.pt")

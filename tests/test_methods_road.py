@@ -140,7 +140,7 @@ def test_pipeline_road_reference_is_built_with_each_networks_backbone_weights(tm
         torch.manual_seed(seed)
         files[role] = tmp_path / f"{role}.pt"
         torch.save(create_model("deeplabv2_tiny").backbone.state_dict(), files[role])
-    plan = build_plan(PipelineParams(adaptation_method="road", teacher_model="deeplabv2_tiny",
+    plan = build_plan(PipelineParams(adapt_method="road", teacher_model="deeplabv2_tiny",
                                      student_model="deeplabv2_tiny", teacher_weights=str(files["teacher"]),
                                      student_weights=str(files["student"])))
     for role, path in files.items():

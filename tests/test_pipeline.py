@@ -76,12 +76,17 @@ def test_dag_has_every_stage_in_order(spec):
     assert set(_find_task(pipeline, "register")["dependentTasks"]) >= {"evaluate", "export"}
     assert set(_find_task(pipeline, "promote")["dependentTasks"]) == {"register", "start"}
     params = pipeline["root"]["inputDefinitions"]["parameters"]
-    for p in ["source_format", "source_uri", "target_format", "target_uri", "teacher_model", "student_model",
-              "pretrain_iterations", "student_batch_size", "lambda_kl", "lambda_kl_aux", "lambda_mse",
-              "lambda_pseudo", "lambda_target", "temperature", "paradigm", "seed", "store_uri",
-              "mlflow_experiment", "registered_model", "adaptation_method"]:
+    for p in ["data_source_format", "data_source_uri", "data_target_format", "data_target_uri", "teacher_model",
+              "student_model", "pretrain_iterations", "student_batch_size", "distill_lambda_kl",
+              "distill_lambda_kl_aux", "distill_lambda_mse", "distill_lambda_pseudo", "distill_lambda_target",
+              "distill_temperature", "distill_paradigm", "train_seed", "data_store_uri", "mlflow_experiment",
+              "mlflow_registered_model", "adapt_method"]:
         assert p in params, p
-    assert params["paradigm"]["defaultValue"] == "d" and params["lambda_kl"]["defaultValue"] == 0.1
+    assert params["distill_paradigm"]["defaultValue"] == "d" and params["distill_lambda_kl"]["defaultValue"] == 0.1
+    # KFP's own run name names the run (start gets it as a placeholder): no parameter competes with it
+    assert "run_name" not in params
+    assert _find_task(pipeline, "start")["inputs"]["parameters"]["kfp_run_name"] == \
+        {"runtimeValue": {"constant": "{{$.pipeline_job_name}}"}}
 
 
 def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
@@ -94,8 +99,9 @@ def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
     from dakd_core.orchestration.plan import build_plan
 
     for paradigm in ("b", "d"):
-        plan = build_plan(PipelineParams(source_resize_h=360, source_resize_w=640, target_resize_h=256,
-                                         target_resize_w=600, paradigm=paradigm))
+        plan = build_plan(PipelineParams(train_source_resize_h=360, train_source_resize_w=640,
+                                         train_target_resize_h=256, train_target_resize_w=600,
+                                         distill_paradigm=paradigm))
         assert plan["cache_teacher"] == {"sizes": [[360, 640], [256, 600]]}
         for stage in ("distill_first", "distill_second")[: 2 if paradigm == "d" else 1]:
             assert [plan[stage]["source_resize"], plan[stage]["target_resize"]] == plan["cache_teacher"]["sizes"]
@@ -120,7 +126,7 @@ def test_teacher_cache_runs_at_the_distill_stages_resize(spec):
 def test_training_tasks_request_gpu_shm_tolerations_secrets_retries(spec):
     pipeline, k8s = spec
     executors = pipeline["deploymentSpec"]["executors"]
-    gpus_per_task = "{{$.inputs.parameters['pipelinechannel--gpus_per_task']}}"
+    gpus_per_task = "{{$.inputs.parameters['pipelinechannel--train_gpus_per_task']}}"
     for task in ["pretrain", "pretrain-2", "adapt", "adapt-2", "distill", "distill-2", "cache-teacher-shard"]:
         label = _executor(spec, task)
         resources = executors[label]["container"]["resources"]
@@ -164,25 +170,28 @@ def test_every_parameter_is_described_from_its_config_field_with_its_choices(spe
         text = params[name].get("description", "")
         assert info.description and text.startswith(info.description), name
         if get_origin(info.annotation) is Literal:
-            assert text.endswith(f"(one of: {', '.join(get_args(info.annotation))})"), name
+            assert text.endswith(f"(one of: {', '.join(map(str, get_args(info.annotation)))})"), name
         else:
             assert text == info.description, name
-    assert params["paradigm"]["description"].endswith("(one of: a, b, c, d, none)")
-    for exposed in ("promotion_min_gain", "gpus_per_task", "teacher_weights", "student_weights"):
+    assert params["distill_paradigm"]["description"].endswith("(one of: a, b, c, d, none)")
+    for exposed in ("mlflow_promotion_min_gain", "train_gpus_per_task", "teacher_weights", "student_weights"):
         assert params[exposed]["description"], exposed
 
 
 def test_pipeline_signature_is_exactly_the_parameters_model():
     import inspect
 
-    from dakd_core.orchestration.params import PipelineParams
+    from dakd_core.orchestration.params import PipelineParams, form_type, form_values
     from pipelines.dakd_pipeline import dakd_pipeline
 
     signature = inspect.signature(dakd_pipeline.pipeline_func)
     assert list(signature.parameters) == list(PipelineParams.model_fields)
-    defaults = PipelineParams()
+    defaults = form_values(PipelineParams())
     for name, p in signature.parameters.items():
-        assert p.default == getattr(defaults, name), name
+        assert (p.default, p.annotation) == (defaults[name], form_type(name)), name
+    # a number-or-word parameter is text in the form; a plain number keeps its type
+    assert (signature.parameters["train_lr"].annotation, signature.parameters["distill_lambda_kl"].annotation,
+            signature.parameters["distill_teacher_online"].annotation) == (str, float, bool)
 
 
 def test_stage_tasks_get_one_settings_string_per_stage_not_the_parameters(spec):
@@ -247,11 +256,11 @@ def test_paradigm_reaches_the_cached_stages_only_through_the_distill_settings():
     from dakd_core.orchestration.params import PipelineParams
     from dakd_core.orchestration.plan import build_plan
 
-    c, d = build_plan(PipelineParams(paradigm="c")), build_plan(PipelineParams(paradigm="d"))
+    c, d = build_plan(PipelineParams(distill_paradigm="c")), build_plan(PipelineParams(distill_paradigm="d"))
     same = {k for k in c if c[k] == d[k]}
     assert same == {"pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "cache_teacher",
                     "distill_first", "export", "evaluate", "promote"}
-    b = build_plan(PipelineParams(paradigm="b"))
+    b = build_plan(PipelineParams(distill_paradigm="b"))
     assert b["distill_first"]["paradigm"] == "b" and b["cache_teacher"] == d["cache_teacher"]
     assert c["distill_second"] == {} and d["distill_second"]["paradigm"] == "d"
 
@@ -283,10 +292,11 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "params": {"teacher_model": "deeplabv2_tiny", "student_model": "deeplabv2_tiny",
-                   "source_resize_h": 32, "source_resize_w": 64, "target_resize_h": 32, "target_resize_w": 64,
-                   "crop_h": 32, "crop_w": 64, "pretrain_iterations": 2, "adapt_iterations": 2,
-                   "distill_iterations": 2, "teacher_batch_size": 2, "student_batch_size": 2, "eval_every": 2,
-                   "num_workers": 0, "paradigm": "d", "eval_resize_h": 32, "eval_resize_w": 64,
+                   "train_source_resize_h": 32, "train_source_resize_w": 64, "train_target_resize_h": 32,
+                   "train_target_resize_w": 64, "train_crop_h": 32, "train_crop_w": 64, "pretrain_iterations": 2,
+                   "adapt_iterations": 2, "distill_iterations": 2, "teacher_batch_size": 2,
+                   "student_batch_size": 2, "train_eval_every": 2, "train_num_workers": 0,
+                   "distill_paradigm": "d", "eval_resize_h": 32, "eval_resize_w": 64,
                    "mlflow_experiment": "dakd-e2e"},
         "local": {"synth_train": 4, "synth_val": 2, "synth_width": 64, "synth_height": 32},
     }))
@@ -346,6 +356,8 @@ def test_dakd_run_end_to_end_tiny(tmp_path):
     parent = client.search_runs([client.get_experiment_by_name("dakd-e2e").experiment_id],
                                 filter_string="tags.`dakd.pipeline_parent` = 'true'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    # named by `dakd run --run-name` (the pipeline has no run-name parameter)
+    assert parent[0].info.run_name == "pipeline-e2e" and parent[0].data.params["distill_paradigm"] == "d"
     # the cached stages' runs are linked to the parent run by tags (register sets them)
     tags = parent[0].data.tags
     for stage in ("pretrain_teacher", "pretrain_student", "adapt_teacher", "adapt_student", "distill_first",

@@ -67,6 +67,8 @@ def _float_slots(annotation) -> list[tuple[object, str]]:
         return [(None, "")]
     if origin in (typing.Union, types.UnionType):
         return [slot for a in args if a is not type(None) for slot in _float_slots(a)]
+    if origin is typing.Annotated and args[0] is float:  # a bounded float arm of a union (a number or a word)
+        return [(None, ".constrained-float")]
     if origin is tuple and float in args:
         return [(i, f".{i}") for i, a in enumerate(args) if a is float]
     return []
@@ -85,7 +87,7 @@ FLOAT_FIELDS = list(_float_fields())
 def test_the_float_field_list_covers_the_training_and_pipeline_configs():
     names = {(cls.__name__, name) for cls, name, _, _ in FLOAT_FIELDS}
     assert {("PretrainConfig", "lr"), ("AdaptConfig", "d_betas"), ("DistillConfig", "temperature"),
-            ("PipelineParams", "lr"), ("ExportConfig", "max_miou_delta"), ("AdaptConfig", "sfda_tau")} <= names
+            ("PipelineParams", "train_lr"), ("ExportConfig", "max_miou_delta"), ("AdaptConfig", "sfda_tau")} <= names
     assert len(FLOAT_FIELDS) >= 90  # 93 slots today; guards the introspection against finding nothing
 
 
@@ -111,9 +113,9 @@ def test_every_float_field_of_every_config_refuses_non_finite_values(bad):
 
 
 @pytest.mark.parametrize("text,field", [
-    ("params:\n  lr: .inf\n", "params.lr"),
-    ("params:\n  temperature: .nan\n", "params.temperature"),
-    ("params:\n  lambda_kl: -.inf\n", "params.lambda_kl"),
+    ("params:\n  adapt_lambda_adv_main: .inf\n", "params.adapt_lambda_adv_main"),
+    ("params:\n  distill_temperature: .nan\n", "params.distill_temperature"),
+    ("params:\n  distill_lambda_kl: -.inf\n", "params.distill_lambda_kl"),
 ])
 def test_pipeline_run_config_refuses_non_finite_params(tmp_path, text, field):
     from dakd_core.orchestration.params import load_params, load_run_config

@@ -112,7 +112,8 @@ def test_submit_uploads_pipeline_and_version_once_and_runs_that_version(fake_kfp
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "another-secret")
     monkeypatch.delenv("KFP_TOKEN", raising=False)
-    config = _config(tmp_path, {"paradigm": "c", "pretrain_iterations": 500, "lambda_target": 0.5})
+    config = _config(tmp_path, {"distill_paradigm": "c", "pretrain_iterations": 500, "distill_lambda_target": 0.5,
+                                "train_lr": 0.004})
     # `dakd run` reads the same file
     assert load_run_config(str(config)).params.pretrain_iterations == 500
     argv = ["submit", "--host", host, "--config", str(config), "--package", str(PACKAGE), "--experiment", "exp-a"]
@@ -136,6 +137,11 @@ def test_submit_uploads_pipeline_and_version_once_and_runs_that_version(fake_kfp
     assert [u[2]["name"] for u in uploads] == [["dakd"]]
     assert [(v[2]["name"], v[2]["pipelineid"]) for v in versions] == [([version], ["pl-1"])]
     assert PACKAGE.read_bytes() in versions[0][3] and b"dshm" in versions[0][3]  # platform spec travels
+    # both carry the parameter guide as their description, which the UI shows (the form shows none)
+    from dakd_core.orchestration.params import form_guide
+    from pipelines.dakd_pipeline import DESCRIPTION
+
+    assert uploads[0][2]["description"] == versions[0][2]["description"] == [form_guide(DESCRIPTION)]
 
     runs = _posts(requests, "/apis/v2beta1/runs")
     assert [r[3]["display_name"] for r in runs] == ["r1", "r2"]
@@ -144,16 +150,18 @@ def test_submit_uploads_pipeline_and_version_once_and_runs_that_version(fake_kfp
         assert body["experiment_id"] == "exp-1" and body["service_account"] == account
         assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "v-1"}
         assert "pipeline_spec" not in body  # the run references the uploaded version
-        assert body["runtime_config"]["parameters"] == {"paradigm": "c", "pretrain_iterations": 500,
-                                                        "lambda_target": 0.5}
+        # as the form takes them: train_lr (a number or the word "recipe") as its text
+        assert body["runtime_config"]["parameters"] == {"distill_paradigm": "c", "pretrain_iterations": 500,
+                                                        "distill_lambda_target": 0.5, "train_lr": "0.004"}
     assert _posts(requests, "/apis/v2beta1/experiments")[0][3]["display_name"] == "exp-a"
     everything = repr([r[2:] for r in requests])
     assert "very-secret-value" not in everything and "another-secret" not in everything
 
 
 @pytest.mark.parametrize("text, message", [
-    ("params:\n  paradigm: c\n  lamda_kl: 0.4\n", "lamda_kl"),
-    ("paradigm: c\npretrain_iterations: 5\n", "pipeline parameters go under `params:`.*paradigm, pretrain_iterations"),
+    ("params:\n  distill_paradigm: c\n  distill_lamda_kl: 0.4\n", "distill_lamda_kl"),
+    ("distill_paradigm: c\npretrain_iterations: 5\n",
+     "pipeline parameters go under `params:`.*distill_paradigm, pretrain_iterations"),
     ("- a list\n", "must hold a mapping"),
 ])
 def test_bad_config_fails_before_contacting_the_server(fake_kfp, tmp_path, capsys, text, message):

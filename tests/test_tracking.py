@@ -331,13 +331,13 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
         monkeypatch.setattr(module, "run", _fake_stage(module, stage))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "x").write_text("x")
-    params = PipelineParams(source_format="gta5", target_format="cityscapes", paradigm="d", run_name="r1",
-                            mlflow_experiment="dakd-e", teacher_model="deeplabv2_tiny", adaptation_method="advent",
-                            source_uri=str(tmp_path / "src"), target_uri=str(tmp_path / "src")).model_dump()
+    params = PipelineParams(data_source_format="gta5", data_target_format="cityscapes", distill_paradigm="d",
+                            mlflow_experiment="dakd-e", teacher_model="deeplabv2_tiny", adapt_method="advent",
+                            data_source_uri=str(tmp_path / "src"), data_target_uri=str(tmp_path / "src")).model_dump()
     # as KFP hands the dict to the start task: every value substituted as text, integers as floats
     delivered = {k: json.dumps(v) if isinstance(v, bool) else str(float(v)) if type(v) is int else str(v)
                  for k, v in params.items()}
-    start = start_task(params=delivered, kfp_run_id="job-7")
+    start = start_task(params=delivered, kfp_run_id="job-7", kfp_run_name="r1")
     parent_id = start["parent_run_id"]
     common = dict(store_uri=(tmp_path / "store").as_uri(), experiment="dakd-e")
     data = dict(source_manifest="file:///data/src.parquet")
@@ -381,8 +381,9 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
     assert parent.tags["dakd.stage.pretrain_teacher"] == ckpt["teacher"].split("#")[0]
 
     assert set(parent.params) == set(PipelineParams.model_fields)
-    assert parent.params["crop_h"] == "512" and parent.params["lr"] == "0.0"  # 0: the networks' recipes
-    assert parent.params["teacher_online"] == "false" and parent.params["source_uri"] == params["source_uri"]
+    assert parent.params["train_crop_h"] == "512" and parent.params["train_lr"] == "recipe"  # the networks' recipes
+    assert parent.params["distill_teacher_online"] == "false"
+    assert parent.params["data_source_uri"] == params["data_source_uri"]
     assert parent.tags["dakd.dataset_pair"] == "gta5->cityscapes" and parent.tags["dakd.paradigm"] == "d"
     assert evaluated["miou"]["student distilled"] == pytest.approx(0.33)
 

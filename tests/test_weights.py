@@ -116,9 +116,9 @@ def test_pretrain_task_keeps_a_hub_tag_in_the_store_and_trains_from_it(tmp_path,
     source = make_split(store, "src", 2, "source", seed=0)
     # the settings `start` plans from the pipeline parameters (student_weights -> backbone_weights)
     plan = build_plan(PipelineParams(student_model="deeplabv2_tiny", student_weights="timm:resnet18.a1_in1k",
-                                     source_resize_h=32, source_resize_w=64, crop_h=32, crop_w=64,
-                                     student_batch_size=1, pretrain_iterations=1, lr=1e-9, eval_every=1,
-                                     num_workers=0, seed=0))
+                                     train_source_resize_h=32, train_source_resize_w=64, train_crop_h=32, train_crop_w=64,
+                                     student_batch_size=1, pretrain_iterations=1, train_lr=1e-9, train_eval_every=1,
+                                     train_num_workers=0, train_seed=0))
     out = pretrain_task(store_uri=store, experiment="dakd-test", role="student",
                         config=json.dumps(plan["pretrain_student"]), source_manifest=source)
     checkpoint = load_checkpoint(pins.resolve(out["checkpoint"]))

@@ -11,6 +11,12 @@ def add_arguments(p) -> None:
                    help="RunConfig YAML: `params` (pipeline parameters) and `local` (default: configs/demo.yaml)")
     p.add_argument("--out", help="output directory (default: the config's local.out_dir, demo_out)")
     p.add_argument("--run-name", help="run name (default: local-<timestamp>)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="run every task, even one whose settings, inputs and code match an earlier run's "
+                        "(default: such a task returns that run's recorded outputs, as KFP's cache would)")
+    p.add_argument("--sweep", metavar="FILE.yaml",
+                   help="one run per point of the file's `grid:` / `points:` of parameter overrides over its `base:` "
+                        "(or --config), every point planned first; then one comparison table (orchestration/sweep.py)")
 
 
 def _default_config():
@@ -31,8 +37,16 @@ def run(args) -> int:
     if args.out is not None:
         require_output_path(args.out, "--out")
     config = args.config or _default_config()
+    if args.sweep:
+        from datetime import datetime
+
+        from dakd_core.orchestration.sweep import run_sweep
+
+        name = args.run_name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+        print(run_sweep(args.sweep, config, args.out, name, reuse=not args.no_reuse))
+        return 0
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)
-    result = run_local(cfg, run_name=args.run_name)
+    result = run_local(cfg, run_name=args.run_name, reuse=not args.no_reuse)
     print(format_summary(result))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 
 from dakd_core.storage import write_bytes
@@ -18,6 +19,9 @@ from dakd_core.tracking import ENV_RUN_LABEL, ENV_RUN_TAGS
 ENV_KFP_RUN_ID = "DAKD_KFP_RUN_ID"
 ENV_KFP_TASK = "DAKD_KFP_TASK"
 ENV_PARENT_RUN_ID = "DAKD_PARENT_RUN_ID"
+# `dakd run` names its run (--run-name) through the environment the task processes inherit: the
+# pipeline has no run-name parameter (a KFP run has its own name, run_name_for).
+ENV_RUN_NAME = "DAKD_RUN_NAME"
 
 
 @contextlib.contextmanager
@@ -64,6 +68,12 @@ def task_context(kfp_run_id: str, kfp_task: str, parent_run_id: str = "", experi
             write_bytes(f"{timings_uri.rstrip('/')}/{kfp_task}.json", json.dumps(record).encode())
 
 
-def run_name_for(run_name: str, kfp_run_id: str) -> str:
-    """The run-scoped output folder name: the configured one, else the KFP run id."""
-    return run_name or f"kfp-{kfp_run_id}"
+def run_name_for(kfp_run_name: str, kfp_run_id: str) -> str:
+    """The run-scoped output folder name and MLflow parent run name: `dakd run`'s own
+    (DAKD_RUN_NAME, its --run-name), else KFP's run name as one store key segment (letters, digits,
+    '.', '_', '-') followed by the run id's first 8 characters (two KFP runs may share a name)."""
+    local = os.environ.get(ENV_RUN_NAME, "")
+    if local:
+        return local
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", kfp_run_name).strip("-._")[:100]
+    return f"{readable}-{kfp_run_id[:8]}" if readable else f"kfp-{kfp_run_id}"

@@ -50,18 +50,19 @@ PIPELINE_NAME = "dakd"
 
 def submit_params(config_file: str | None) -> dict:
     """The run's arguments from the file `dakd run --config` reads: the keys its `params` section
-    sets (the uploaded version holds the defaults), validated; `local` is for `dakd run` only."""
+    sets (the uploaded version holds the defaults), validated, as the form takes them (a
+    number-or-word parameter as its text); `local` is for `dakd run` only."""
     if config_file is None:
         return {}
-    from dakd_core.orchestration.params import PipelineParams, load_run_config
+    from dakd_core.orchestration.params import PipelineParams, form_values, load_run_config
 
     data = _load_yaml(config_file)
     stray = sorted(set(data) & set(PipelineParams.model_fields))
     if stray:
         raise ConfigError(f"{config_file}: pipeline parameters go under `params:` (the file `dakd run --config` "
                           f"reads), found at the top level: {', '.join(stray)}")
-    full = load_run_config(config_file).params  # unknown keys / bad values: ConfigError
-    return {k: getattr(full, k) for k in data.get("params") or {}}
+    full = form_values(load_run_config(config_file).params)  # unknown keys / bad values: ConfigError
+    return {k: full[k] for k in data.get("params") or {}}
 
 
 def _load_yaml(path: str) -> dict:
@@ -103,6 +104,16 @@ def version_name(package: str | os.PathLike) -> str:
     return f"{__version__}-{git_commit()}-{digest}"
 
 
+def package_description(package: str | os.PathLike) -> str:
+    """The compiled pipeline's description (pipelineInfo.description): the parameter guide of the
+    code that compiled it (dakd_core.orchestration.params.form_guide)."""
+    import yaml
+
+    with open(package) as f:
+        spec = next(yaml.safe_load_all(f))
+    return spec["pipelineInfo"].get("description", "")
+
+
 def _find_version(client, pipeline_id: str, name: str) -> str | None:
     import json
 
@@ -129,11 +140,12 @@ def submit(host: str, params: dict, experiment: str, run_name: str | None = None
         version = version_name(package)
         try:
             client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
+            # the parameter guide: the UI shows a pipeline's and a version's description, not the parameters'
+            guide = package_description(package)
             pipeline_id = client.get_pipeline_id(PIPELINE_NAME) or client.upload_pipeline(
-                package, PIPELINE_NAME, description="dakd: domain-adaptive knowledge distillation",
-                namespace=namespace).pipeline_id
+                package, PIPELINE_NAME, description=guide, namespace=namespace).pipeline_id
             version_id = _find_version(client, pipeline_id, version) or client.upload_pipeline_version(
-                package, version, pipeline_id=pipeline_id).pipeline_version_id
+                package, version, pipeline_id=pipeline_id, description=guide).pipeline_version_id
             experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
             result = client.run_pipeline(
                 experiment_id, run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}", params=params,

@@ -20,14 +20,15 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from dakd_core.errors import DakdError, StoreError
-from dakd_core.orchestration.context import environ
+from dakd_core.orchestration.context import ENV_RUN_NAME, environ
 from dakd_core.orchestration.local_compat import artifact_oneof
-from dakd_core.orchestration.params import RunConfig
+from dakd_core.orchestration.params import RunConfig, form_values
 from dakd_core.orchestration.run_output import (
     kfp_local_shared_state,
     log_tail,
@@ -38,6 +39,7 @@ from dakd_core.orchestration.run_output import (
     TaskProgress,
 )
 from dakd_core.orchestration.pins import resolve
+from dakd_core.orchestration.reuse import ENV_REUSE, forget_reused, reused_tasks
 from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, run_prefix
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
@@ -66,6 +68,7 @@ class LocalRunResult:
     wall_seconds: float
     task_seconds: dict = field(default_factory=dict)  # stage calls: seconds inside the stage
     num_tasks: int = 0  # every task kfp.local ran (stages + start/finish/branch helpers)
+    reused: list = field(default_factory=list)  # tasks that returned an earlier run's outputs (reuse.py)
 
     @property
     def overhead_seconds(self) -> float:
@@ -79,10 +82,10 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[str, str]:
     loc = cfg.local
     size = (loc.synth_width, loc.synth_height)
     source, target = out / "data" / "source", out / "data" / "target"
-    generate(source, "source", loc.synth_train, size=size, seed=cfg.params.seed, split="train")
+    generate(source, "source", loc.synth_train, size=size, seed=cfg.params.train_seed, split="train")
     look = dict(weather=loc.weather, shift=loc.synth_shift, target_layout=loc.synth_target_layout)
-    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.seed, split="train", **look)
-    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.seed, split="val", **look)
+    generate(target, "target", loc.synth_train, size=size, seed=cfg.params.train_seed, split="train", **look)
+    generate(target, "target", loc.synth_val, size=size, seed=cfg.params.train_seed, split="val", **look)
     return str(source), str(target)
 
 
@@ -95,15 +98,18 @@ def tracking_uri_for(out: Path) -> tuple[str, bool]:
     return f"sqlite:///{out / 'mlflow.db'}", False
 
 
-def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
+def _local_env(tracking_uri: str, timings_uri: str, run_name: str, reuse: bool) -> dict[str, str]:
     """Environment the task subprocesses inherit: where MLflow lives, where each task records its
-    seconds (the overhead report), quiet bars. OpenMP keeps its default (spinning) wait policy:
-    kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
+    seconds (the overhead report), the run's name (the pipeline has no such parameter), whether a
+    task may return an earlier run's outputs (reuse.py), quiet bars. OpenMP keeps its default
+    (spinning) wait policy: kfp.local runs one task at a time here (the cache shards too, pipelines/dakd_pipeline.py), and
     PASSIVE made a two-thread training step 1.8x slower (`OMP_WAIT_POLICY=PASSIVE python
     benchmarks/bench_layout.py --threads 2`: swiftnet_tiny 0.0956 s against 0.0523 s)."""
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
         ENV_TIMINGS_URI: timings_uri,
+        ENV_RUN_NAME: run_name,
+        ENV_REUSE: "1" if reuse else "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "HF_HUB_OFFLINE": "1",
         "DAKD_NO_PROGRESS": os.environ.get("DAKD_NO_PROGRESS", "1"),
@@ -112,7 +118,7 @@ def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
     }
 
 
-def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
+def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -> LocalRunResult:
     """Run the pipeline; kfp.local's and the tasks' output go to {out}/logs/{run_name}.log, the
     terminal (stdout) gets the log's path, one line per finished task, and on failure the log's
     last lines inside the DakdError."""
@@ -121,29 +127,30 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     from dakd_core.storage import open_store, read_bytes
 
     out = Path(cfg.local.out_dir).resolve()
-    name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
+    run_name = run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
     # A bad --run-name fails here (ConfigError naming it), before anything is created or assigned.
-    run_prefix(out.as_uri(), name)
+    run_prefix((out / "store").as_uri(), run_name)
     params = cfg.params.model_copy()
-    params.store_uri = (out / "store").as_uri()
-    params.run_name = name
+    params.data_store_uri = (out / "store").as_uri()
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "logs" / f"{params.run_name}.log"
+    log_path = out / "logs" / f"{run_name}.log"
     tracking, tracking_from_env = tracking_uri_for(out)
-    print(f"dakd run {params.run_name}: output of kfp.local and of every task (executor records, warnings,"
+    print(f"dakd run {run_name}: output of kfp.local and of every task (executor records, warnings,"
           f" task logs) goes to {log_path}", flush=True)
-    print(f"dakd run {params.run_name}: MLflow {describe_tracking(tracking, tracking_from_env)}", flush=True)
+    print(f"dakd run {run_name}: MLflow {describe_tracking(tracking, tracking_from_env)}", flush=True)
 
     # The environment is restored afterwards: a later run in this process must not take this
     # run's database for a user-set MLFLOW_TRACKING_URI.
-    timings_uri = f"{run_prefix(params.store_uri, params.run_name)}/timings"
-    with environ(_local_env(tracking, timings_uri)), output_to_log(log_path) as terminal:
-        print(f"==== dakd run {params.run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
+    timings_uri = f"{run_prefix(params.data_store_uri, run_name)}/timings"
+    forget_reused(open_store(params.data_store_uri).child(f"runs/{run_name}"))
+    with environ(_local_env(tracking, timings_uri, run_name, reuse)), output_to_log(log_path) as terminal:
+        print(f"==== dakd run {run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
             t0 = time.perf_counter()
-            params.source_format, params.target_format = "gta5", ("acdc" if cfg.local.weather else "cityscapes")
-            params.source_uri, params.target_uri = prepare_data(cfg, out)
+            params.data_source_format = "gta5"
+            params.data_target_format = "acdc" if cfg.local.weather else "cityscapes"
+            params.data_source_uri, params.data_target_uri = prepare_data(cfg, out)
             terminal.write(f"synthetic domain pair ready in {time.perf_counter() - t0:.1f} s: {out / 'data'}\n")
 
         # imported with DAKD_LOCAL_RUN set: the pipeline then compiles without retries
@@ -156,20 +163,20 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         start = time.perf_counter()
         try:
             with kfp_local_shared_state(), artifact_oneof(), progress:
-                dakd_pipeline(**params.model_dump())
+                dakd_pipeline(**form_values(params))
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
             failure = strip_ansi(str(e))
         wall = time.perf_counter() - start
     if failure is not None:
         failed = progress.failed[0] if progress.failed else None
         whose = f"the output of task '{progress.display_name(failed)}'" if failed else "the log"
-        raise DakdError(f"local pipeline run '{params.run_name}' failed: {failure}\n"
+        raise DakdError(f"local pipeline run '{run_name}' failed: {failure}\n"
                         f"full log: {log_path}; the last lines of {whose}:\n{log_tail(log_path, log_start, failed)}")
     # every task kfp.local ran (executor_output.json per task dir), for the per-task overhead
     runs = sorted((out / "kfp").glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.stat().st_mtime)
     num_tasks = len(list(runs[-1].rglob("executor_output.json"))) if runs else 0
 
-    run = open_store(params.store_uri).child(f"runs/{params.run_name}")
+    run = open_store(params.data_store_uri).child(f"runs/{run_name}")
     try:
         # register's record of the run's stage outputs: evaluate's folder is content-addressed
         metrics = json.loads(read_bytes(resolve(json.loads(run.get_bytes("stages.json"))["evaluate"])))
@@ -183,9 +190,9 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     for key in run.list("timings/"):
         record = json.loads(run.get_bytes(key))
         timings[record["task"]] = float(record["seconds"])
-    res = LocalRunResult(params.run_name, params.store_uri, tracking, tracking_from_env, str(log_path),
+    res = LocalRunResult(run_name, params.data_store_uri, tracking, tracking_from_env, str(log_path),
                          str(out / "results.json"), metrics["models"], (params.eval_resize_h, params.eval_resize_w),
-                         promotion, wall, timings, num_tasks)
+                         promotion, wall, timings, num_tasks, reused_tasks(run))
     # put_bytes writes a temporary file and renames it: a reader never sees half a results.json
     open_store(str(out)).put_bytes("results.json", json.dumps(results_document(res), indent=2).encode())
     return res
@@ -225,10 +232,18 @@ def format_summary(res: LocalRunResult) -> str:
         f"time: {res.wall_seconds:.1f} s wall, {sum(res.task_seconds.values()):.1f} s inside {len(res.task_seconds)} "
         f"stage calls; orchestration overhead {res.overhead_seconds:.1f} s over {res.num_tasks} tasks "
         f"({res.overhead_seconds / max(1, res.num_tasks):.2f} s per task: process start, imports, KFP executor)",
+        *([f"reused: {len(res.reused)} tasks returned an earlier run's outputs (same settings, inputs and code; "
+           f"--no-reuse runs them again): {_counted(res.reused)}"] if res.reused else []),
         f"results: {res.results_path}",
         f"log: {res.log_path}",
     ]
     return "\n".join(lines)
+
+
+def _counted(names: list[str]) -> str:
+    """'a, b x4, c': each name once, with its count when it repeats (ParallelFor items)."""
+    counts = Counter(names)
+    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
 
 
 def describe_tracking(uri: str, from_env: bool) -> str:

@@ -58,9 +58,9 @@ def _log_pipeline_params(client, run_id: str, run_name: str, params: dict) -> No
     from dakd_core.tracking import TAG_DATASET_PAIR, TAG_PARADIGM, flatten, loggable_params
 
     client.log_batch(run_id, params=[Param(k, v) for k, v in loggable_params(flatten(params)).items()])
-    tags = {"dakd.run_name": run_name, TAG_PARADIGM: params.get("paradigm", "")}
-    if params.get("source_format") and params.get("target_format"):
-        tags[TAG_DATASET_PAIR] = f"{params['source_format']}->{params['target_format']}"
+    tags = {"dakd.run_name": run_name, TAG_PARADIGM: params.get("distill_paradigm", "")}
+    if params.get("data_source_format") and params.get("data_target_format"):
+        tags[TAG_DATASET_PAIR] = f"{params['data_source_format']}->{params['data_target_format']}"
     _set_tags(client, run_id, {k: v for k, v in tags.items() if v})
 
 

@@ -4,9 +4,9 @@ The one mapping from the KFP form (PipelineParams) to the stage config models (P
 AdaptConfig, DistillConfig, ExportConfig, EvalConfig, RegisterConfig, PromoteConfig). Each stage's
 settings travel to its task as one JSON string; the task adds only what upstream tasks produce
 (manifests, checkpoints, the cache index) and its output folder. Adding a stage setting is then
-adding its config field and, if it is a UI parameter, one `_from` line in PipelineParams (and the
-pipeline signature): a parameter named as its field reaches every stage whose config has that
-field without a line here; no component or task signature lists it.
+adding its config field and, if it is a UI parameter, one `_from` line in PipelineParams (the
+pipeline's signature is generated from it): a parameter that is a whole field reaches every stage
+whose config has that field without a line here; no component or task signature lists it.
 
 `check_plan` builds every stage's config from the plan with placeholders for the upstream outputs,
 so a bad value fails in the first (CPU) task, in seconds, naming the field, not in the distill task
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from dakd_core.errors import ConfigError, DataError
-from dakd_core.orchestration.params import PipelineParams, stage_fields
+from dakd_core.orchestration.params import AUTO, NONE, PipelineParams, from_form, stage_fields
 from dakd_core.train.configs import AdaptConfig, PretrainConfig
 from dakd_core.train.distill_config import DistillConfig
 
@@ -41,27 +41,26 @@ def _hw(h: int, w: int) -> list[int]:
     return [h, w]
 
 
-def _same_named(p: PipelineParams, config: type) -> dict:
-    """The parameters that are fields of `config` under their own name (PipelineParams `_from`),
-    passed through as they are; one at its `unset` value ("network", 0) is left out, so the
-    stage takes the network's recipe (dakd_core/train/recipes.py)."""
-    return {name: getattr(p, name) for name, source in stage_fields().items()
-            if source.field == name and issubclass(config, source.config) and getattr(p, name) != source.unset}
+def _whole_fields(p: PipelineParams, config: type) -> dict:
+    """The parameters that are whole fields of `config` (PipelineParams `_from`, not `split`), under
+    the field's name; one at its `unset` word ("recipe", "auto") is left out, so the stage takes
+    the field's own default (the network's recipe, dakd_core/train/recipes.py; lambda_kl / 10)."""
+    return {source.field: getattr(p, name) for name, source in stage_fields().items()
+            if not source.split and issubclass(config, source.config) and getattr(p, name) != source.unset}
 
 
 def _training(p: PipelineParams, role: str, iterations: int, config: type) -> dict:
     """TrainConfig fields of one network's training stage: the same-named parameters plus what
     the form splits per network, per stage or into H and W."""
-    return dict(_same_named(p, config), model=getattr(p, f"{role}_model"),
-                source_resize=_hw(p.source_resize_h, p.source_resize_w), crop=_hw(p.crop_h, p.crop_w),
-                batch_size=getattr(p, f"{role}_batch_size"), iterations=iterations,
-                checkpoint_every=p.eval_every, **{LAUNCH_FIELD: p.gpus_per_task})
+    return dict(_whole_fields(p, config), model=getattr(p, f"{role}_model"),
+                source_resize=_hw(p.train_source_resize_h, p.train_source_resize_w),
+                crop=_hw(p.train_crop_h, p.train_crop_w), batch_size=getattr(p, f"{role}_batch_size"),
+                iterations=iterations, checkpoint_every=p.train_eval_every, **{LAUNCH_FIELD: p.train_gpus_per_task})
 
 
 def _adversarial(p: PipelineParams, method: str) -> dict:
-    """AdaptConfig fields whose parameters are named otherwise (or are H and W)."""
-    return dict(target_resize=_hw(p.target_resize_h, p.target_resize_w), method=method, d_ndf=p.discriminator_width,
-                d_input_scale=p.discriminator_input_scale)
+    """AdaptConfig fields that are split per stage (the method) or into H and W."""
+    return dict(target_resize=_hw(p.train_target_resize_h, p.train_target_resize_w), method=method)
 
 
 def _distill(p: PipelineParams, paradigm: str) -> dict:
@@ -69,13 +68,19 @@ def _distill(p: PipelineParams, paradigm: str) -> dict:
             **_adversarial(p, p.distill_adversarial_method), "paradigm": paradigm}
 
 
+def _weights(p: PipelineParams, role: str) -> str | None:
+    """A network's initial backbone weights; None for "none" (from scratch)."""
+    weights = getattr(p, f"{role}_weights")
+    return None if weights == NONE else weights
+
+
 def check_road_weights(p: PipelineParams) -> None:
     """ROAD's reference model z is the network built with ImageNet backbone weights (AdaptConfig
     road_reference 'imagenet', which the pipeline keeps): under adaptation_method road both
     networks need them. Checked on the parameters, so the error names the form's fields."""
-    missing = [f"'{role}_weights'" for role in ROLES if not getattr(p, f"{role}_weights")]
-    if p.adaptation_method == "road" and missing:
-        raise ConfigError(f"field {' and '.join(missing)}: adaptation_method 'road' needs the ImageNet backbone "
+    missing = [f"'{role}_weights'" for role in ROLES if not _weights(p, role)]
+    if p.adapt_method == "road" and missing:
+        raise ConfigError(f"field {' and '.join(missing)}: adapt_method 'road' needs the ImageNet backbone "
                           "weights of both networks (ROAD's reference model, road_reference 'imagenet', is the "
                           "network built with them): a store URI of a state dict or timm:TAG")
 
@@ -86,26 +91,28 @@ def build_plan(p: PipelineParams) -> dict[str, dict]:
     plan: dict[str, dict] = {}
     for role in ROLES:
         pretrain = _training(p, role, p.pretrain_iterations, PretrainConfig)
-        adapt = {**_training(p, role, p.adapt_iterations, AdaptConfig), **_adversarial(p, p.adaptation_method)}
-        weights = getattr(p, f"{role}_weights")
+        adapt = {**_training(p, role, p.adapt_iterations, AdaptConfig), **_adversarial(p, p.adapt_method)}
+        weights = _weights(p, role)
         if weights:
             pretrain["backbone_weights"] = weights
-            if p.adaptation_method == "road":  # the reference model (check_road_weights); others start from init
+            if p.adapt_method == "road":  # the reference model (check_road_weights); others start from init
                 adapt["backbone_weights"] = weights
         plan[f"pretrain_{role}"], plan[f"adapt_{role}"] = pretrain, adapt
-    plan["distill_first"] = _distill(p, "c" if p.paradigm == "d" else p.paradigm)
+    plan["distill_first"] = _distill(p, "c" if p.distill_paradigm == "d" else p.distill_paradigm)
     # The teacher is cached at the resizes the distill stage gives the student's source and target
     # streams (in the cache's manifest order: source train, target train), so every cached map is
     # computed at the geometry it is used at.
     plan["cache_teacher"] = {"sizes": [plan["distill_first"]["source_resize"],
                                        plan["distill_first"]["target_resize"]]}
-    plan["distill_second"] = _distill(p, "d") if p.paradigm == "d" else {}
+    plan["distill_second"] = _distill(p, "d") if p.distill_paradigm == "d" else {}
     resolution = _hw(p.eval_resize_h, p.eval_resize_w)
     plan["export"] = {"resolution": resolution}
-    plan["evaluate"] = {"resolution": resolution}
-    plan["register"] = dict(source=p.source_format, target=p.target_format, name=p.registered_model or None,
-                            paradigm=p.paradigm, teacher=p.teacher_model)
-    plan["promote"] = {"min_gain": p.promotion_min_gain}
+    plan["evaluate"] = {"resolution": resolution, "table_classes": p.eval_table_classes}
+    registered = p.mlflow_registered_model
+    plan["register"] = dict(source=p.data_source_format, target=p.data_target_format,
+                            name=None if registered == AUTO else registered, paradigm=p.distill_paradigm,
+                            teacher=p.teacher_model)
+    plan["promote"] = {"min_gain": p.mlflow_promotion_min_gain}
     return {stage: plan[stage] for stage in STAGES}
 
 
@@ -182,27 +189,19 @@ def check_dataset_root(field: str, uri: str) -> None:
             raise DataError(f"{field}: {uri} is an empty directory")
 
 
-def as_declared(params: dict) -> dict:
-    """The pipeline parameters as their PipelineParams types. KFP substitutes each parameter into a
-    dict input as text, integers as floats ('512.0', 'true'); a value that is not of its type is
-    left as given, for the model to refuse naming the field."""
-    fields = PipelineParams.model_fields
-    out = {}
-    for key, value in params.items():
-        kind = fields[key].annotation if key in fields else None
-        if isinstance(value, str) and kind in (int, float, bool):
-            try:
-                if kind is bool:
-                    value = {"true": True, "false": False}[value.lower()]
-                else:
-                    number = float(value)
-                    value = int(number) if kind is int and number.is_integer() else number
-            except (KeyError, ValueError):
-                pass
-        elif kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        out[key] = value
-    return out
+def checked_plan(p: PipelineParams) -> dict[str, dict]:
+    """Every check `start` makes short of finding the datasets: the dataset formats, the ROAD
+    weights, every stage's config built from the plan. Returns the plan."""
+    from dakd_core.labels import FORMATS
+
+    for field in ("data_source_format", "data_target_format"):
+        if getattr(p, field) not in FORMATS:
+            raise ConfigError(f"field '{field}': unknown dataset format {getattr(p, field)!r} "
+                              f"(known: {', '.join(FORMATS)})")
+    check_road_weights(p)
+    plan = build_plan(p)
+    check_plan(plan)
+    return plan
 
 
 def plan_run(params: dict) -> tuple[PipelineParams, dict[str, str]]:
@@ -211,16 +210,8 @@ def plan_run(params: dict) -> tuple[PipelineParams, dict[str, str]]:
     sorted, so equal settings give equal strings and KFP's cache keys match)."""
     from dakd_core.config import build_config
 
-    p = build_config(PipelineParams, **as_declared(params))
-    from dakd_core.labels import FORMATS
-
-    for field in ("source_format", "target_format"):
-        if getattr(p, field) not in FORMATS:
-            raise ConfigError(f"field '{field}': unknown dataset format {getattr(p, field)!r} "
-                              f"(known: {', '.join(FORMATS)})")
-    check_road_weights(p)
-    plan = build_plan(p)
-    check_plan(plan)
-    check_dataset_root("source_uri", p.source_uri)
-    check_dataset_root("target_uri", p.target_uri)
+    p = build_config(PipelineParams, **from_form(params))
+    plan = checked_plan(p)
+    check_dataset_root("data_source_uri", p.data_source_uri)
+    check_dataset_root("data_target_uri", p.data_target_uri)
     return p, {stage: json.dumps(settings, sort_keys=True) for stage, settings in plan.items()}

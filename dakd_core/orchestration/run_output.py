@@ -39,6 +39,7 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # kfp.local colours task names and sta
 _TIME = r"(?P<h>\d\d):(?P<m>\d\d):(?P<s>\d\d(?:\.\d+)?) - \w+ - "
 _STARTED_RE = re.compile(_TIME + r"Executing task '(?P<task>[^']+)'")
 _FINISHED_RE = re.compile(_TIME + r"Task '(?P<task>[^']+)' finished with status (?P<status>\w+)")
+_REUSED_RE = re.compile(r"\s*dakd reuse: task '(?P<task>[^']+)'")  # reuse.REUSE_MARK
 
 
 def strip_ansi(text: str) -> str:
@@ -173,6 +174,7 @@ class TaskProgress:
         self._offset = log_path.stat().st_size  # the log is appended to: only this run's lines
         self._partial = b""
         self._started: dict[str, list[float]] = {}  # task -> start times (ParallelFor: one per item)
+        self._reused: set[str] = set()  # tasks that printed reuse.REUSE_MARK
         self.finished = 0
         self.failed: list[str] = []  # kfp.local names of the tasks that finished with another status
         self._stop = threading.Event()
@@ -203,6 +205,9 @@ class TaskProgress:
             self._line(strip_ansi(raw.decode("utf-8", errors="replace")))
 
     def _line(self, line: str) -> None:
+        if m := _REUSED_RE.match(line):  # printed by the task itself (dakd_core/orchestration/reuse.py)
+            self._reused.add(m["task"])
+            return
         if m := _STARTED_RE.match(line):
             self._started.setdefault(m["task"], []).append(_seconds_of_day(m))
             return
@@ -210,6 +215,7 @@ class TaskProgress:
         if m is None:
             return
         starts = self._started.get(m["task"])
+        reused = m["task"] in self._reused
         # modulo a day: a task may run past midnight (the log has times of day only)
         seconds = (_seconds_of_day(m) - starts.pop(0)) % 86400 if starts else None
         self.finished += 1
@@ -217,6 +223,7 @@ class TaskProgress:
         count = f"{self.finished:>{width}}/{self._total}" if self._total else str(self.finished)
         if m["status"] == "SUCCESS":
             outcome = "done" if seconds is None else f"done in {seconds:.1f} s"
+            outcome += " (reused an earlier run's outputs)" if reused else ""
         else:
             self.failed.append(m["task"])
             outcome = "FAILED" if seconds is None else f"FAILED after {seconds:.1f} s"

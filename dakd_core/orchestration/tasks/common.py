@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dakd_core.errors import ConfigError, DataError
 from dakd_core.orchestration.context import task_context
 from dakd_core.orchestration.params import RUN_NAME_PATTERN
+from dakd_core.orchestration.reuse import reused_or_run
 from dakd_core.tracking import ENV_RUN_TAGS
 
 # `dakd run` sets it ({store}/runs/{run}/timings): each task records its own seconds there.
@@ -110,7 +111,8 @@ def tracked(stage: str, identity: Callable[[dict], tuple[str, dict]] | None = No
             try:
                 with task_context(kfp_run_id, kfp_task, parent_run_id, experiment, timings_uri=timings,
                                   run_label=label, run_tags=tags):
-                    return _not_retried(stage, kwargs, lambda: fn(experiment=experiment, **kwargs))
+                    run = functools.partial(_not_retried, stage, kwargs, lambda: fn(experiment=experiment, **kwargs))
+                    return reused_or_run(stage, experiment, kwargs, kfp_task, run)  # local runs: reuse.py
             finally:
                 freeze_for_exit()
 

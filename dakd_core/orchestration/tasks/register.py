@@ -50,6 +50,7 @@ def register_task(*, store_uri: str, run_name: str, experiment: str, config: str
     from dakd_core.config import build_config
     from dakd_core.orchestration.context import ENV_KFP_RUN_ID
     from dakd_core.orchestration.parent_run import log_headline
+    from dakd_core.orchestration.reuse import tag_reused
     from dakd_core.orchestration.tasks.evaluate import headline_metrics
     from dakd_core.registry import RegisterConfig, register
     from dakd_core.storage import read_bytes, write_bytes
@@ -62,6 +63,7 @@ def register_task(*, store_uri: str, run_name: str, experiment: str, config: str
     log_headline(headline_metrics({name: m["miou"] for name, m in models.items()}))
     outputs = {**(stage_outputs or {}), "export": export_record, "evaluate": metrics}
     link_stage_runs(outputs)
+    tag_reused(store_uri, run_name)  # what this (local) run reused: orchestration/reuse.py
     write_bytes(f"{run_prefix(store_uri, run_name)}/stages.json", json.dumps(outputs, indent=2).encode())
     return {"name": res.name, "version": res.version}
 

@@ -9,14 +9,15 @@ from dakd_core.orchestration.plan import plan_run
 from dakd_core.orchestration.tasks.common import freeze_for_exit
 
 
-def start_task(*, params: dict, kfp_run_id: str) -> dict:
+def start_task(*, params: dict, kfp_run_id: str, kfp_run_name: str = "") -> dict:
     """Fail fast, then open the run: the parameters are validated and every stage's config is built
     (ConfigError/DataError naming the field, before any GPU task is scheduled) and the dataset
-    roots are found; then the parent run opens with every parameter logged. Returns the run name,
+    roots are found; then the parent run opens with every parameter logged, named after the run
+    (`run_name_for`: `dakd run`'s name, else KFP's run name). Returns the run name,
     the parent run id and one JSON settings string per stage (dakd_core.orchestration.plan)."""
     try:
         p, plan = plan_run(params)
-        name = run_name_for(p.run_name, kfp_run_id)
+        name = run_name_for(kfp_run_name, kfp_run_id)
         parent = open_parent_run(p.mlflow_experiment, kfp_run_id, name, p.model_dump(mode="json"))
     finally:
         freeze_for_exit()
