@@ -131,7 +131,7 @@ def test_compiled_form_shows_the_stage_fields_descriptions_and_choices():
     pipeline = next(yaml.safe_load_all(COMMITTED.read_text()))
     form = pipeline["root"]["inputDefinitions"]["parameters"]
     expected_choices = {"adapt_method": "adaptsegnet, advent, road, diga, sfda",
-                        "distill_adversarial_method": "adaptsegnet, advent", "distill_paradigm": "a, b, c, d",
+                        "distill_adversarial_method": "adaptsegnet, advent", "distill_paradigm": "a, b, c, d, none",
                         "distill_kl_reduction": "class_mean, class_sum", "distill_seg_loss": "ce, border_focal",
                         "train_optimizer": "recipe, sgd, adamw"}
     defaults = form_values(PipelineParams())
@@ -352,7 +352,7 @@ def test_pipeline_description_is_the_parameter_guide():
     # groups in pipeline order, not the form's alphabetical one
     starts = [lines.index(f"**{g}_**: {t}") for g, t in GROUPS.items()]
     assert starts == sorted(starts) and list(GROUPS)[:3] == ["data", "teacher", "student"]
-    assert "(one of: a, b, c, d)" in lines[lines.index(next(l for l in lines if l.startswith("- `distill_paradigm`")))]
+    assert "(one of: a, b, c, d, none)" in lines[lines.index(next(l for l in lines if l.startswith("- `distill_paradigm`")))]
 
 
 def test_a_name_without_its_group_says_the_forms_name(tmp_path):
