@@ -33,7 +33,8 @@ def test_summary_and_claims_on_given_numbers():
             "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
             "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45,
             "teacher_adapted_photometric": 0.425, "teacher_diga": 0.30, "teacher_adabn": 0.37, "student_adabn": 0.24,
-            "student_continued": 0.39, "student_continued_d": 0.50}
+            "student_continued": 0.39, "student_continued_d": 0.50, "paradigm_a_checkpoint_bn": 0.27,
+            "paradigm_c_checkpoint_bn": 0.40}
     seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24, teacher_adapted=0.34, teacher_adapted_photometric=0.33,
                  student_continued=0.30)  # seed 1: (b) below the teacher
     # tune: the photometric teacher wins on seed 0 only; (c) has the best mean over seeds
@@ -80,6 +81,11 @@ def test_summary_and_claims_on_given_numbers():
     adabn = claims["adapted teacher >= its BN-statistics-only control + 2"]
     assert adabn["excess_points"] == pytest.approx(-2.0) and adabn["seeds_holding"] == 1 and not adabn["holds"]
     assert claims["adapted student > its BN-statistics-only control"]["seeds_holding"] == 2
+    # per-domain cache statistics: (a) 26 / 24 against 27 from the checkpoint-statistics cache, (c) 42 against 40
+    stats_a = claims["(a): source labelled with source BN statistics > with the teacher's target ones"]
+    assert stats_a["difference_points"] == pytest.approx(-2.0) and stats_a["seeds_holding"] == 0
+    assert claims["(c): source labelled with source BN statistics > with the teacher's target ones"][
+        "difference_points"] == pytest.approx(2.0)
     # absolute level: teacher 40 and 34 against 35 -> +5, -1
     level = claims["adapted teacher >= 35 % mIoU"]
     assert level["excess_points"] == pytest.approx(2.0) and level["seeds_holding"] == 1 and level["right"] == "None"
