@@ -11,6 +11,11 @@ def add_arguments(p) -> None:
                    help="RunConfig YAML: `params` (pipeline parameters) and `local` (default: configs/demo.yaml)")
     p.add_argument("--out", help="output directory (default: the config's local.out_dir, demo_out)")
     p.add_argument("--run-name", help="run name (default: local-<timestamp>)")
+    p.add_argument("--store", metavar="URI", help="object store of the run, e.g. s3://bucket/prefix with AWS_* in the "
+                                                  "environment (default: <out>/store)")
+    p.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                   help="subprocess: every task a process of this virtualenv; docker: every task in its image "
+                        "(DAKD_CPU_IMAGE/DAKD_IMAGE, default: this version's CPU image; README: Containers)")
 
 
 def _default_config():
@@ -29,6 +34,13 @@ def run(args) -> int:
     config = args.config or _default_config()
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)
-    result = run_local(cfg, run_name=args.run_name)
+    docker = None
+    if args.runner == "docker":
+        from dakd_core.orchestration.docker_runner import DockerTasks
+
+        docker = DockerTasks()
+        docker.check_images()
+        print(f"dakd run: every task in a container: {', '.join(sorted(set(docker.images.values())))}", flush=True)
+    result = run_local(cfg, run_name=args.run_name, store_uri=args.store, docker=docker)
     print(format_summary(result))
     return 0

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dakd_core.errors import DakdError, StoreError
 from dakd_core.orchestration.context import environ
@@ -39,6 +40,9 @@ from dakd_core.orchestration.run_output import (
 )
 from dakd_core.orchestration.pins import resolve
 from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, run_prefix
+
+if TYPE_CHECKING:
+    from dakd_core.orchestration.docker_runner import DockerTasks
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
 # key in results.json)
@@ -112,10 +116,14 @@ def _local_env(tracking_uri: str, timings_uri: str) -> dict[str, str]:
     }
 
 
-def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
+def run_local(cfg: RunConfig, run_name: str | None = None, store_uri: str | None = None,
+              docker: "DockerTasks | None" = None) -> LocalRunResult:
     """Run the pipeline; kfp.local's and the tasks' output go to {out}/logs/{run_name}.log, the
     terminal (stdout) gets the log's path, one line per finished task, and on failure the log's
-    last lines inside the DakdError."""
+    last lines inside the DakdError. store_uri: the object store (default {out}/store); docker:
+    run every task in its container (docker_runner.py) instead of a subprocess of this venv."""
+    from contextlib import nullcontext
+
     from kfp import local
 
     from dakd_core.storage import open_store, read_bytes
@@ -123,7 +131,7 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     out = Path(cfg.local.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params = cfg.params.model_copy()
-    params.store_uri = (out / "store").as_uri()
+    params.store_uri = store_uri or (out / "store").as_uri()
     params.run_name = run_name or cfg.params.run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
     run_prefix(params.store_uri, params.run_name)  # a bad --run-name fails here, before any task runs
     log_path = out / "logs" / f"{params.run_name}.log"
@@ -135,7 +143,8 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
     # The environment is restored afterwards: a later run in this process must not take this
     # run's database for a user-set MLFLOW_TRACKING_URI.
     timings_uri = f"{run_prefix(params.store_uri, params.run_name)}/timings"
-    with environ(_local_env(tracking, timings_uri)), output_to_log(log_path) as terminal:
+    with environ(_local_env(tracking, timings_uri) | (docker.environment() if docker else {})), \
+            output_to_log(log_path) as terminal:
         print(f"==== dakd run {params.run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
@@ -148,12 +157,15 @@ def run_local(cfg: RunConfig, run_name: str | None = None) -> LocalRunResult:
         from pipelines.dakd_pipeline import PIPELINE_NAME, dakd_pipeline
 
         total, names = pipeline_tasks(dakd_pipeline.pipeline_spec)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
+        runner = docker.kfp_runner() if docker else local.SubprocessRunner(use_venv=False)
+        local.init(runner=runner, pipeline_root=str(out / "kfp"), raise_on_error=True)
+        containers = docker.running(docker.host_folders(out, params.store_uri, tracking, (
+            params.source_uri, params.target_uri), os.environ)) if docker else nullcontext()
         failure = None
         progress = TaskProgress(log_path, terminal, total, names)
         start = time.perf_counter()
         try:
-            with kfp_local_shared_state(), artifact_oneof(), progress:
+            with kfp_local_shared_state(), artifact_oneof(), progress, containers:
                 dakd_pipeline(**params.model_dump())
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
             failure = strip_ansi(str(e))
