@@ -31,10 +31,14 @@ say() { echo "test-containers [$((SECONDS - T0)) s]: $*"; }
 cleanup() {
     local rc=$?
     set +e
-    [[ -n "$MLFLOW_NAME" ]] && docker rm -f "$MLFLOW_NAME" >/dev/null 2>&1
-    # task containers of an interrupted run
-    [[ -n "${CPU_IMAGE:-}" ]] && docker ps -aq --filter "ancestor=$CPU_IMAGE" | xargs -r docker rm -f >/dev/null 2>&1
-    [[ -n "$VOLUME" ]] && docker volume rm "$VOLUME" >/dev/null 2>&1
+    # the MLflow server, the task containers of an interrupted run, the server's volume; a busy
+    # engine has been seen to leave a killed container behind on the first try
+    for _ in 1 2 3; do
+        [[ -n "$MLFLOW_NAME" ]] && docker rm -f "$MLFLOW_NAME" >/dev/null 2>&1
+        [[ -n "${CPU_IMAGE:-}" ]] && docker ps -aq --filter "ancestor=$CPU_IMAGE" | xargs -r docker rm -f >/dev/null 2>&1
+        [[ -z "$VOLUME" ]] || docker volume rm "$VOLUME" >/dev/null 2>&1 && break
+        sleep 2
+    done
     [[ -n "$MOTO_PID" ]] && kill "$MOTO_PID" 2>/dev/null && wait "$MOTO_PID" 2>/dev/null
     if [[ -n "${KEEP:-}" ]]; then
         say "KEEP=1: left running dockerd ${DOCKERD_PID:-(not started here)}, images ${BUILT_TAGS[*]:-none}, $WORK"

@@ -68,7 +68,7 @@ HOST_ENV = {
     "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "MLFLOW_TRACKING_PASSWORD": "pw",
     "DAKD_TIMINGS_URI": "s3://b/runs/r/timings", "DAKD_NO_PROGRESS": "0",
     "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_SECRET_ACCESS_KEY": "k",
-    "PATH": "/host/venv/bin:/usr/bin", "HOME": "/root", "GITHUB_TOKEN": "not for tasks",
+    "PATH": "/host/venv/bin:/usr/bin", "HOME": "/root", "GITHUB_TOKEN": "not for tasks", "OMP_NUM_THREADS": "1",
 }
 
 
@@ -77,7 +77,7 @@ def test_container_environment_merges_the_runs_settings_under_the_tasks_own():
     assert env == {
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "MLFLOW_TRACKING_PASSWORD": "pw",
         "DAKD_TIMINGS_URI": "s3://b/runs/r/timings", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-        "AWS_SECRET_ACCESS_KEY": "k",
+        "AWS_SECRET_ACCESS_KEY": "k", "OMP_NUM_THREADS": "1",
         "DAKD_NO_PROGRESS": "1",  # the task's own value wins
         "KFP_TASK_VAR": "x",
         "HOME": "/tmp",  # the caller's uid has no home in the image; the host's PATH would hide the image's

@@ -4,8 +4,8 @@ DockerRunner, with what kfp.local (2.17.3) leaves out:
 - environment: a container gets only its task's own variables (every dakd task sets
   DAKD_NO_PROGRESS), so without more each task would log to a throwaway MLflow store inside its
   container and write nowhere the next task reads. The run's MLFLOW_*, DAKD_* and AWS_* variables
-  (tracking server and credentials, timings prefix, S3 endpoint and keys) are merged in, the
-  task's own on top;
+  (tracking server and credentials, timings prefix, S3 endpoint and keys) and OMP_NUM_THREADS are
+  merged in, the task's own on top;
 - user: the images run as uid 1000; the tasks write into the caller's output directory, so they
   run as the caller's uid:gid (HOME=/tmp: that uid has no home in the image);
 - mounts: kfp.local mounts the pipeline root only; the output directory, a file:// store, a
@@ -33,15 +33,17 @@ from pathlib import Path
 from dakd_core.errors import ConfigError, DakdError
 from dakd_core.orchestration.images import CPU_IMAGE_ENV, IMAGE_ENV, component_images
 
-# Variables of the run that every container gets (the task's own win on a clash)
+# Variables of the run that every container gets (the task's own win on a clash); the thread
+# count too, as a subprocess task inherits it (it changes speed and floating-point sums)
 PASSED_PREFIXES = ("MLFLOW_", "DAKD_", "AWS_")
+PASSED_NAMES = ("OMP_NUM_THREADS",)
 BUILD_HINT = "python docker/build.py --variant cpu --version-tag (README: Containers)"
 
 
 def container_environment(task_env: Mapping[str, str], host_env: Mapping[str, str]) -> dict[str, str]:
-    """What one task's container gets: the run's MLFLOW_*/DAKD_*/AWS_* variables, HOME=/tmp, then
-    the task's own variables on top."""
-    env = {k: v for k, v in host_env.items() if k.startswith(PASSED_PREFIXES)}
+    """What one task's container gets: the run's MLFLOW_*/DAKD_*/AWS_* variables and thread count,
+    HOME=/tmp, then the task's own variables on top."""
+    env = {k: v for k, v in host_env.items() if k.startswith(PASSED_PREFIXES) or k in PASSED_NAMES}
     env["HOME"] = "/tmp"
     env.update(task_env)
     return env
