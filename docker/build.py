@@ -15,8 +15,19 @@ After a push, the digest the registry returned for each tag is recorded in the l
 (`--lock`, default docker/images.lock.json, merged with what it already holds):
 {"<name>:<tag>": "<name>@sha256:..."}. `dakd compile --images <lock>` pins the pipeline to them.
 
-The build context is a tar of the git-tracked files (plus untracked, not ignored ones), built here,
-so .venv, demo_out and secrets in ignored files can never enter an image.
+The build context is a tar of the git-tracked files, built here, so .venv, demo_out, untracked
+files and secrets in ignored files can never enter an image. Two folders are added to it for the
+build only, under .build/ (see docker/Dockerfile.cpu): `--ca-cert FILE` (the extra CA certificates a
+TLS-intercepting proxy needs; the Dockerfiles trust them in a build stage whose files never reach
+the final image) and `--wheels DIR` (a local wheel folder, e.g. torch's CPU wheel).
+
+Air-gapped (no image registry, a PyPI mirror or proxy only):
+
+    docker/base-from-debian.sh dakd/python-base:3.11-bookworm
+    python docker/build.py --no-pull --variant cpu --build-arg PYTHON_IMAGE=dakd/python-base:3.11-bookworm \
+        --build-arg TORCH_INDEX_URL= --wheels /opt/wheels --ca-cert /usr/local/share/ca-certificates/proxy.crt
+
+`--no-pull` builds on the base images already here (the engine fetches one only when it is missing).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ DEFAULT_LOCK = REPO / "docker" / "images.lock.json"
 VARIANTS = {"cuda": ("docker/Dockerfile.cuda", ""), "cpu": ("docker/Dockerfile.cpu", "-cpu"),
             "mlflow": ("docker/Dockerfile.mlflow", "-mlflow")}
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+EXTRA_DIR = ".build"  # what build_context adds to the tracked files, for the build only
 
 
 class BuildError(Exception):
@@ -88,39 +100,76 @@ def plan(variant: str, registry: str, commit_tag: str, version: str | None,
 
 
 def context_files(repo: Path = REPO) -> list[str]:
-    """Tracked and untracked-but-not-ignored files: exactly what a fresh clone plus work would hold."""
-    listed = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    """The git-tracked files (as they are in the work tree): what a fresh clone holds."""
+    listed = _git(repo, "ls-files", "-z", "--cached")
     return sorted({p for p in listed.split("\0") if p and (repo / p).is_file()})
 
 
-def build_context(repo: Path = REPO) -> io.BytesIO:
+def build_extras(ca_certs: list[Path] = (), wheels: Path | None = None) -> dict[str, Path]:
+    """{name in the context: file} for .build/: extra CA certificates and a wheel folder's wheels."""
+    extras = {}
+    for cert in ca_certs:
+        if not cert.is_file():
+            raise BuildError(f"--ca-cert {cert}: no such file")
+        # update-ca-certificates' convention: one PEM file per certificate, named *.crt
+        extras[f"{EXTRA_DIR}/ca/{len(extras):02d}-{cert.stem}.crt"] = cert
+    if wheels is not None:
+        if not wheels.is_dir():
+            raise BuildError(f"--wheels {wheels}: not a directory")
+        for whl in sorted(wheels.glob("*.whl")):
+            extras[f"{EXTRA_DIR}/wheels/{whl.name}"] = whl
+    return extras
+
+
+def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # owner and mtime must not change the image cache key
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def build_context(repo: Path = REPO, extras: dict[str, Path] | None = None) -> io.BytesIO:
+    """A gzipped tar of the tracked files plus `extras` ({name: file}, under .build/, whose two
+    folders always exist so the Dockerfiles can COPY them)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in context_files(repo):
-            info = tar.gettarinfo(str(repo / rel), arcname=rel)
-            # reproducible context: owner and mtime do not change the image cache key
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            with open(repo / rel, "rb") as f:
+        for folder in (EXTRA_DIR, f"{EXTRA_DIR}/ca", f"{EXTRA_DIR}/wheels"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(_reproducible(info))
+        files = {rel: repo / rel for rel in context_files(repo)} | dict(extras or {})
+        for rel, path in files.items():
+            info = _reproducible(tar.gettarinfo(str(path), arcname=rel))
+            with open(path, "rb") as f:
                 tar.addfile(info, f)
     buf.seek(0)
     return buf
 
 
-def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False) -> dict[str, str | None]:
-    """Build one image through a docker SDK client: {tag built: digest reference once pushed}."""
+def build(client, image: ImagePlan, context: io.BytesIO, push: bool = False, pull: bool = True,
+          network: str | None = None) -> dict[str, str | None]:
+    """Build one image through a docker SDK client, printing the engine's output as it comes:
+    {tag built: digest reference once pushed}. pull=False: use the base images already here;
+    network: the RUN steps' network mode (None: the engine's default)."""
     context.seek(0)
     try:
-        built, logs = client.images.build(
+        # forcerm: a failed step's container is removed too (nothing left behind)
+        for chunk in client.api.build(
             fileobj=context, custom_context=True, encoding="gzip", dockerfile=image.dockerfile,
-            tag=image.tags[0], buildargs=image.buildargs, rm=True, pull=True,
-        )
-    except Exception as e:  # docker.errors.BuildError / APIError: the message names the step
+            tag=image.tags[0], buildargs=image.buildargs, rm=True, forcerm=True, pull=pull, network_mode=network,
+            decode=True,
+        ):
+            if "stream" in chunk:
+                sys.stdout.write(chunk["stream"])
+                sys.stdout.flush()
+            if "error" in chunk:
+                raise BuildError(f"building {image.tags[0]} from {image.dockerfile} failed: {chunk['error'].strip()}")
+        built = client.images.get(image.tags[0])
+    except BuildError:
+        raise
+    except Exception as e:  # docker.errors.APIError / ImageNotFound: the message says what
         raise BuildError(f"building {image.tags[0]} from {image.dockerfile} failed: {e}") from None
-    for chunk in logs:
-        if "stream" in chunk:
-            sys.stdout.write(chunk["stream"])
     for tag in image.tags[1:]:
         repo, _, name = tag.rpartition(":")
         built.tag(repo, tag=name)
@@ -172,7 +221,17 @@ def main(argv: list[str] | None = None, client=None) -> int:
     p.add_argument("--version-tag", action="store_true", help="also tag the package version")
     p.add_argument("--push", action="store_true")
     p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime")
+                   help="e.g. BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime (CUDA), "
+                        "PYTHON_IMAGE=dakd/python-base:3.11-bookworm, TORCH_INDEX_URL=URL (CPU, MLflow)")
+    p.add_argument("--no-pull", action="store_true",
+                   help="build on the base images already here (air-gapped); the engine pulls only a missing one")
+    p.add_argument("--network", metavar="MODE",
+                   help="network of the build's RUN steps, e.g. host (default: the engine's)")
+    p.add_argument("--ca-cert", action="append", default=[], type=Path, metavar="FILE",
+                   help="an extra CA certificate (PEM) pip must trust during the build; never in the final image")
+    p.add_argument("--wheels", type=Path, metavar="DIR",
+                   help="a local wheel folder pip may install from (e.g. torch's CPU wheel, with "
+                        "--build-arg TORCH_INDEX_URL= when PyTorch's index is unreachable)")
     p.add_argument("--print-tag", action="store_true", help="print the commit tag(s) and exit")
     p.add_argument("--lock", type=Path, default=DEFAULT_LOCK,
                    help="where --push records the pushed digests (default: docker/images.lock.json)")
@@ -198,10 +257,10 @@ def main(argv: list[str] | None = None, client=None) -> int:
                 client = docker.from_env()
             except docker.errors.DockerException as e:
                 raise BuildError(f"no docker engine reachable: {e}") from None
-        context = build_context()
+        context = build_context(extras=build_extras(args.ca_cert, args.wheels))
         built = {}
         for pl in plans:
-            tags = build(client, pl, context, push=args.push)
+            tags = build(client, pl, context, push=args.push, pull=not args.no_pull, network=args.network)
             if args.push:  # recorded image by image: what was pushed is in the lock even if a later build fails
                 write_lock(args.lock, tags)
             built.update(tags)

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import types
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,24 @@ class FakeImages:
     def __init__(self):
         self.log = []
         self.context_names = None
+        self.built = set()
+        self.error = None  # an engine error to stream instead of building
 
-    def build(self, **kw):
+    def api_build(self, **kw):
+        """The low-level API's build: the engine's output as decoded chunks, as it comes."""
         with tarfile.open(fileobj=kw["fileobj"], mode="r:gz") as tar:
             self.context_names = tar.getnames()
         self.log.append(("build", kw["tag"], kw["dockerfile"], kw["buildargs"], kw["custom_context"]))
-        return FakeImage(self.log), iter([{"stream": "Step 1/1\n"}])
+        self.options = {k: kw[k] for k in ("pull", "network_mode", "forcerm", "decode")}
+        yield {"stream": "Step 1/1\n"}
+        if self.error:
+            yield {"error": self.error}
+            return
+        self.built.add(kw["tag"])
+
+    def get(self, tag):
+        assert tag in self.built, tag
+        return FakeImage(self.log)
 
     def push(self, repo, tag, stream, decode):
         self.log.append(("push", repo, tag))
@@ -56,6 +69,7 @@ def fake_digest(repo, tag):
 class FakeClient:
     def __init__(self):
         self.images = FakeImages()
+        self.api = types.SimpleNamespace(build=self.images.api_build)
 
 
 def _git_repo(tmp_path: Path) -> Path:
@@ -80,11 +94,47 @@ def test_commit_tag_and_dirty_suffix(tmp_path):
     assert build.package_version(repo) == "9.8.8"
 
 
-def test_context_excludes_ignored_files(tmp_path):
+def test_context_is_the_tracked_files_plus_the_build_extras(tmp_path):
     repo = _git_repo(tmp_path)
-    (repo / "new_module.py").write_text("")  # untracked, not ignored: part of the work
+    (repo / "new_module.py").write_text("")  # untracked: not in a fresh clone, not in the image
     names = tarfile.open(fileobj=build.build_context(repo), mode="r:gz").getnames()
-    assert sorted(names) == [".gitignore", "dakd_core/__init__.py", "new_module.py"]
+    # .build/ca and .build/wheels always exist: the Dockerfiles COPY them
+    assert sorted(names) == [".build", ".build/ca", ".build/wheels", ".gitignore", "dakd_core/__init__.py"]
+
+    cert = tmp_path / "proxy.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl").write_bytes(b"PK")
+    (wheels / "notes.txt").write_text("not a wheel")
+    extras = build.build_extras([cert], wheels)
+    assert extras == {".build/ca/00-proxy.crt": cert,
+                      ".build/wheels/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl": wheels / "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"}
+    with tarfile.open(fileobj=build.build_context(repo, extras), mode="r:gz") as tar:
+        assert tar.extractfile(".build/ca/00-proxy.crt").read() == cert.read_bytes()
+        assert ".build/wheels/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl" in tar.getnames()
+    with pytest.raises(build.BuildError, match="--ca-cert .*missing.crt: no such file"):
+        build.build_extras([tmp_path / "missing.crt"])
+    with pytest.raises(build.BuildError, match="--wheels .*proxy.crt: not a directory"):
+        build.build_extras([], cert)
+
+
+def test_air_gapped_options_reach_the_engine_and_an_engine_error_fails(tmp_path, capsys):
+    cert = tmp_path / "proxy.crt"
+    cert.write_text("pem")
+    client = FakeClient()
+    assert build.main(["--variant", "cpu", "--no-pull", "--network", "host", "--ca-cert", str(cert),
+                       "--build-arg", "TORCH_INDEX_URL="], client=client) == 0
+    assert client.images.options == {"pull": False, "network_mode": "host", "forcerm": True, "decode": True}
+    assert client.images.log[0][3] == {"TORCH_INDEX_URL": ""}
+    assert ".build/ca/00-proxy.crt" in client.images.context_names
+    assert "Step 1/1" in capsys.readouterr().out  # the engine's output is printed as it streams
+    assert build.main(["--variant", "cpu"], client=client) == 0 and client.images.options["pull"] is True
+
+    client = FakeClient()
+    client.images.error = "The command '/bin/sh -c pip install torch' returned a non-zero code: 1"
+    assert build.main(["--variant", "cpu"], client=client) == 2
+    assert "failed: The command '/bin/sh -c pip install torch' returned a non-zero code: 1" in capsys.readouterr().err
 
 
 def test_plan_tags():
@@ -185,8 +235,8 @@ def test_dockerfiles_pin_torch_and_run_as_non_root():
         text = (ROOT / "docker" / name).read_text()
         assert "requirements/constraints.txt" in text and "requirements/kfp.txt" in text
         assert re.search(r"^USER 1000$", text, re.M), name
-        # every directory the Dockerfile copies is tracked in the repository
+        # every directory the Dockerfile copies is tracked in the repository (or is build.py's .build/)
         for src in re.findall(r"^COPY (\S+)/ ", text, re.M):
-            assert (ROOT / src).is_dir(), f"{name} copies missing {src}/"
+            assert (ROOT / src).is_dir() or src.startswith(build.EXTRA_DIR), f"{name} copies missing {src}/"
     assert "torch==2.13.0" in (ROOT / "docker" / "Dockerfile.cpu").read_text()
     assert "pytorch/pytorch:2.13.0-cuda" in (ROOT / "docker" / "Dockerfile.cuda").read_text()

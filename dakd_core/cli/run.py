@@ -17,6 +17,11 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep", metavar="FILE.yaml",
                    help="one run per point of the file's `grid:` / `points:` of parameter overrides over its `base:` "
                         "(or --config), every point planned first; then one comparison table (orchestration/sweep.py)")
+    p.add_argument("--store", metavar="URI", help="object store of the run, e.g. s3://bucket/prefix with AWS_* in the "
+                                                  "environment (default: <out>/store)")
+    p.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                   help="subprocess: every task a process of this virtualenv; docker: every task in its image "
+                        "(DAKD_CPU_IMAGE/DAKD_IMAGE, default: this version's CPU image; README: Containers)")
 
 
 def _default_config():
@@ -47,6 +52,14 @@ def run(args) -> int:
         return 0
     cfg = load_run_config(config, out_dir=args.out)
     print(f"dakd run: config {config or '(built-in defaults)'}, output in {cfg.local.out_dir}", flush=True)
-    result = run_local(cfg, run_name=args.run_name, reuse=not args.no_reuse)
+    docker = None
+    if args.runner == "docker":
+        from dakd_core.orchestration.docker_runner import DockerTasks
+
+        docker = DockerTasks()
+        docker.check_images()
+        print(f"dakd run: every task in a container: {', '.join(sorted(set(docker.images.values())))}", flush=True)
+    result = run_local(cfg, run_name=args.run_name, reuse=not args.no_reuse, store_uri=args.store,
+                       docker=docker)
     print(format_summary(result))
     return 0

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dakd_core.errors import DakdError, StoreError
 from dakd_core.orchestration.context import ENV_RUN_NAME, environ
@@ -41,6 +42,9 @@ from dakd_core.orchestration.run_output import (
 from dakd_core.orchestration.pins import resolve
 from dakd_core.orchestration.reuse import ENV_REUSE, forget_reused, reused_tasks
 from dakd_core.orchestration.tasks.common import ENV_TIMINGS_URI, run_prefix
+
+if TYPE_CHECKING:
+    from dakd_core.orchestration.docker_runner import DockerTasks
 
 # Rows of the final table: (evaluation entry written by components/evaluate.py, label printed,
 # key in results.json)
@@ -118,10 +122,14 @@ def _local_env(tracking_uri: str, timings_uri: str, run_name: str, reuse: bool) 
     }
 
 
-def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -> LocalRunResult:
+def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True, store_uri: str | None = None,
+              docker: "DockerTasks | None" = None) -> LocalRunResult:
     """Run the pipeline; kfp.local's and the tasks' output go to {out}/logs/{run_name}.log, the
     terminal (stdout) gets the log's path, one line per finished task, and on failure the log's
-    last lines inside the DakdError."""
+    last lines inside the DakdError. store_uri: the object store (default {out}/store); docker:
+    run every task in its container (docker_runner.py) instead of a subprocess of this venv."""
+    from contextlib import nullcontext
+
     from kfp import local
 
     from dakd_core.storage import open_store, read_bytes
@@ -129,9 +137,10 @@ def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -
     out = Path(cfg.local.out_dir).resolve()
     run_name = run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
     # A bad --run-name fails here (ConfigError naming it), before anything is created or assigned.
-    run_prefix((out / "store").as_uri(), run_name)
+    store = store_uri or (out / "store").as_uri()
+    run_prefix(store, run_name)
     params = cfg.params.model_copy()
-    params.data_store_uri = (out / "store").as_uri()
+    params.data_store_uri = store
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "logs" / f"{run_name}.log"
     tracking, tracking_from_env = tracking_uri_for(out)
@@ -143,7 +152,8 @@ def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -
     # run's database for a user-set MLFLOW_TRACKING_URI.
     timings_uri = f"{run_prefix(params.data_store_uri, run_name)}/timings"
     forget_reused(open_store(params.data_store_uri).child(f"runs/{run_name}"))
-    with environ(_local_env(tracking, timings_uri, run_name, reuse)), output_to_log(log_path) as terminal:
+    with environ(_local_env(tracking, timings_uri, run_name, reuse) | (docker.environment() if docker else {})), \
+            output_to_log(log_path) as terminal:
         print(f"==== dakd run {run_name} ({datetime.now().isoformat(timespec='seconds')}) ====")
         log_start = log_path.stat().st_size
         if cfg.local.synthetic:
@@ -157,12 +167,15 @@ def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True) -
         from pipelines.dakd_pipeline import PIPELINE_NAME, dakd_pipeline
 
         total, names = pipeline_tasks(dakd_pipeline.pipeline_spec)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
+        runner = docker.kfp_runner() if docker else local.SubprocessRunner(use_venv=False)
+        local.init(runner=runner, pipeline_root=str(out / "kfp"), raise_on_error=True)
+        containers = docker.running(docker.host_folders(out, params.data_store_uri, tracking, (
+            params.data_source_uri, params.data_target_uri), os.environ)) if docker else nullcontext()
         failure = None
         progress = TaskProgress(log_path, terminal, total, names)
         start = time.perf_counter()
         try:
-            with kfp_local_shared_state(), artifact_oneof(), progress:
+            with kfp_local_shared_state(), artifact_oneof(), progress, containers:
                 dakd_pipeline(**form_values(params))
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE" / task failures
             failure = strip_ansi(str(e))
