@@ -385,3 +385,20 @@ def test_stopwatch_counts_cpu_work_of_reaped_children_not_sleep():
     with Stopwatch() as child:
         subprocess.run([sys.executable, "-c", burn], check=True)
     assert child.cpu >= 0.4 and child.wall >= 0.4  # the child's 0.4 CPU seconds count once it is reaped
+
+
+def test_evidence_rows_script_runs_the_evidence_rows_and_the_checkpoint_statistics_rows(tmp_path, monkeypatch):
+    """benchmarks/bench_evidence_rows.py: baselines, controls, paradigms and the two rows distilled from
+    the checkpoint-statistics cache, nothing else, with the given seeds and jobs."""
+    from dakd_core.bench.perf import load_benchmark
+
+    script = load_benchmark("bench_evidence_rows")
+    seen = {}
+    monkeypatch.setattr(bench_rows, "ROWS", bench_rows.ROWS)  # the script narrows the module's rows
+    monkeypatch.setattr(results, "run_results", lambda run: seen.update(
+        run=run, keys=[r.key for r in results.select_rows(run.groups)]))
+    assert script.main(["--out", str(tmp_path / "w"), "--docs", str(tmp_path / "d"), "--seeds", "2"]) == 0
+    assert (seen["run"].seeds, seen["run"].jobs, seen["run"].json_path) == (2, 3, tmp_path / "d" / "results.json")
+    assert seen["keys"][-6:] == ["paradigm_a", "paradigm_b", "paradigm_c", "paradigm_d", "paradigm_a_checkpoint_bn",
+                                 "paradigm_c_checkpoint_bn"]
+    assert "student_continued_d" in seen["keys"] and not any(k.startswith(("rt_", "kl_", "lambda_")) for k in seen["keys"])
