@@ -66,6 +66,7 @@ BASELINE = {
     "run": ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), "--out", "S/out"],
     "submit": ["--host", "http://127.0.0.1:9", "--package", "S/in/p.yaml"],
     "compile": ["--output", "S/out/p.yaml"],
+    "compare": ["--experiment", "e", "--out", "S/in/run"],
     "bench results": ["--size", "tiny", "--seeds", "1", "--out", "S/bench", "--docs", "S/docs", "--json", "S/r.json"],
     "bench perf": ["--out", "S/perf.md"],
 }

@@ -477,7 +477,7 @@ def test_cache_index_shard_keys_and_checksums_are_validated(cache_world, tmp_pat
     with pytest.raises(DataError, match=r"shard 'shards/shard_00000\.bin' has no single sha256"):
         TeacherCache(_cache_copy(cache_world, tmp_path / "b", edit_rows=split))
     old = _cache_copy(cache_world, tmp_path / "c", edit_rows=lambda t: t.drop_columns(["shard_sha256"]))
-    with pytest.raises(DataError, match=r"lacks columns \['shard_sha256'\] \(not a dakd-teacher-cache/2 cache"):
+    with pytest.raises(DataError, match=r"lacks columns \['shard_sha256'\] \(not a dakd-teacher-cache/3 cache"):
         TeacherCache(old)
 
 

@@ -23,12 +23,12 @@ def run(args) -> int:
     from dakd_core.errors import ConfigError
     from dakd_core.orchestration.compare import compare
     from dakd_core.orchestration.context import environ
-    from dakd_core.orchestration.local import tracking_uri_for
 
-    if args.out:
-        if not (Path(args.out) / "mlflow.db").is_file() and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if args.out:  # that folder's database, whatever MLFLOW_TRACKING_URI says
+        database = Path(args.out).resolve() / "mlflow.db"
+        if not database.is_file():
             raise ConfigError(f"--out: {args.out} holds no mlflow.db (not a `dakd run` output folder)")
-        uri = tracking_uri_for(Path(args.out).resolve())[0]
+        uri = f"sqlite:///{database}"
     elif os.environ.get("MLFLOW_TRACKING_URI"):
         uri = os.environ["MLFLOW_TRACKING_URI"]
     else:

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dakd_core.errors import DakdError, StoreError
+from dakd_core.errors import ConfigError, DakdError, StoreError
 from dakd_core.orchestration.context import ENV_RUN_NAME, environ
 from dakd_core.orchestration.local_compat import artifact_oneof
 from dakd_core.orchestration.params import RunConfig, form_values
@@ -138,6 +138,10 @@ def run_local(cfg: RunConfig, run_name: str | None = None, reuse: bool = True, s
     run_name = run_name or datetime.now().strftime("local-%Y%m%d-%H%M%S")
     # A bad --run-name fails here (ConfigError naming it), before anything is created or assigned.
     store = store_uri or (out / "store").as_uri()
+    try:  # an unusable --store is refused before anything is created
+        open_store(store)
+    except StoreError as e:
+        raise ConfigError(f"--store: {store!r}: {e}") from None
     run_prefix(store, run_name)
     params = cfg.params.model_copy()
     params.data_store_uri = store

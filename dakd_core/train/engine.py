@@ -154,8 +154,11 @@ def check_inputs(cfg) -> None:
 
     if cfg.model not in list_models():
         raise ConfigError(f"field 'model': unknown network {cfg.model!r} (known: {', '.join(list_models())})")
+    # source-free adaptation never opens source_manifest (AdaptConfig): a given one need not exist
+    unread = {"source_manifest"} if getattr(cfg, "method", None) == "sfda" else set()
     require_objects([(name, uri) for name in _INPUT_FIELDS
-                     if (uri := getattr(cfg, name, None)) and uri not in _NOT_OBJECTS and hub_tag(uri) is None])
+                     if name not in unread and (uri := getattr(cfg, name, None)) and uri not in _NOT_OBJECTS
+                     and hub_tag(uri) is None])
 
 
 class StopSignals:
