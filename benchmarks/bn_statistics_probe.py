@@ -48,18 +48,12 @@ def miou(model, x, y) -> float:
     return 100 * miou_from_confusion(confusion_matrix(logits(model, x).argmax(1), y, 19))
 
 
-@torch.no_grad()
 def target_statistics(model, x, batch: int = 8):
-    """A copy whose BatchNorm running averages are the exact mean over target batches (AdaBN)."""
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    for i in range(0, len(x) - batch + 1, batch):
-        model(x[i:i + batch])
-    return model.eval()
+    """A copy whose BatchNorm running averages are the exact mean over target batches (AdaBN):
+    dakd_core.cache.with_domain_statistics over the whole batches of `x`."""
+    from dakd_core.cache import with_domain_statistics
+
+    return with_domain_statistics(model, [x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)])
 
 
 def finetune(init, data, labels, mode: str, iters: int, lr: float, batch: int = 8):

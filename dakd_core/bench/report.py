@@ -114,11 +114,11 @@ def tune_choices(per_seed: dict[int, dict[str, dict]]) -> dict:
     ran = [k for k in PARADIGMS if all(k in per_seed[s] and per_seed[s][k].get("tune_miou") is not None
                                        for s in seeds)]
     chosen = best_on_tune({k: float(np.mean([per_seed[s][k]["tune_miou"] for s in seeds])) for k in ran})
+    continued = "student_continued_d" if chosen == "paradigm_d" else "student_continued"
     aliases, teachers = {}, {}
     for s in seeds:
         rows = per_seed[s]
         teachers[s] = best_on_tune({k: rows[k].get("tune_miou") for k in TEACHER_RECIPES if k in rows})
-        continued = "student_continued_d" if chosen == "paradigm_d" else "student_continued"
         aliases[s] = {"@chosen": chosen, "@teacher": teachers[s], "@continued": continued}
     return {"chosen_paradigm": chosen, "teachers": {str(s): t for s, t in teachers.items()}, "aliases": aliases}
 
@@ -157,7 +157,7 @@ def summarise(per_seed: dict[int, dict[str, dict]], rows) -> dict:
         margin = margin[0] / 100 if margin else 0.0
         needed = [k for k in (left if isinstance(left, tuple) else (left,)) + (right,) if k is not None]
         # a run over a subset of the rows, or without the source val split
-        if any(row not in table or metric not in table[row] or (metric != "miou" and metric not in per_seed[s][row])
+        if any(row not in table or metric not in table[row]
                for s in seeds for row, metric in (_row_metric(k, choices["aliases"][s]) for k in needed)):
             continue
         value = {s: (lambda key, s=s: _claim_value(per_seed[s], key, choices["aliases"][s])) for s in seeds}

@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dakd_core.bench.report import best_on_tune
-from dakd_core.bench.rows import (  # noqa: F401  (ROW_KEYS, GROUPS, Row: the module's public names)
-    CHECKPOINT_BN_ROWS, GROUPS, NO_ADVERSARY, PARADIGMS, ROW_KEYS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row,
-    select_rows,
+from dakd_core.bench.rows import (  # noqa: F401  (Row: read through this module by benchmarks/tune_choices.py)
+    ADAPT_CONTROLS, CHECKPOINT_BN_ROWS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row, select_rows,
 )
 from dakd_core.bench.slots import FifoSlots, compute_slot
 from dakd_core.bench.slots import install as install_slots
@@ -243,21 +242,16 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             ckpt[f"{role}_adapted"] = _train(adapt, AdaptConfig(
                 **adapt_common, model=nets[role], iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
                 out=f"{runs}/adapt_{role}"))
-    # the control adaptations (photometric teacher recipe, BatchNorm statistics alone): the adapt
-    # stage of the same network, budget and init with the row's overrides
-    for key in ("teacher_adapted_photometric", "teacher_adabn", "student_adabn"):
-        if key in keys:
-            role = key.split("_", 1)[0]
-            ckpt[key] = _train(adapt, AdaptConfig(**(adapt_common | by_key[key].overrides), model=nets[role],
-                                                  iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
-                                                  out=f"{runs}/adapt_{key}"))
+    # the other adaptation methods and the control adaptations (photometric teacher recipe,
+    # BatchNorm statistics alone): the adapt stage of the row's network ("teacher_..." /
+    # "student_..."), budget and source-only init, with the row's overrides
     for row in rows:
-        if row.group != "method":
+        if row.group != "method" and row.key not in ADAPT_CONTROLS:
             continue
         role = row.key.split("_", 1)[0]
         fields = dict(adapt_common, model=nets[role], iterations=p.it_adapt, init=ckpt[f"{role}_source_only"],
                       out=f"{runs}/adapt_{row.key}", **row.overrides)
-        if row.overrides["method"] == "sfda":
+        if row.overrides.get("method") == "sfda":
             fields["source_manifest"] = None  # source-free: only the source-only checkpoint crosses over
             fields["iterations"] = max(1, round(p.it_adapt * p.sfda_budget))
         ckpt[row.key] = _train(adapt, AdaptConfig(**fields))
@@ -270,6 +264,7 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         teacher = best_on_tune({k: tune_miou(ckpt[k]) for k in TEACHER_RECIPES if k in ckpt})
         if teacher is None:
             raise ConfigError("no tune mIoU for any adapted teacher: every stage needs select_manifest")
+
         def teacher_cache(bn_source_images: int, suffix: str = "") -> str:
             with compute_slot():
                 return run_cache(CacheConfig(

@@ -97,6 +97,8 @@ WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d"
 # Rows also evaluated on held-out source images (a network that has not learned its own domain
 # makes every adaptation gain look larger than it is).
 SOURCE_VAL_ROWS = ("teacher_source_only", "student_source_only")
+# The control rows trained by the adapt stage (the other controls continue the distill stage).
+ADAPT_CONTROLS = ("teacher_adapted_photometric", "teacher_adabn", "student_adabn")
 # Rows distilled from a cache whose source images were labelled with the checkpoint's statistics.
 CHECKPOINT_BN_ROWS = ("paradigm_a_checkpoint_bn", "paradigm_c_checkpoint_bn")
 # The candidate teachers of the distillation rows, chosen per seed on the tune split.
