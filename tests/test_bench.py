@@ -146,6 +146,14 @@ def test_select_rows_keeps_the_baselines_and_names_unknown_groups():
         "student_advent", "student_road", "student_diga", "teacher_diga", "student_sfda"]
     assert len([r for r in rows if r.group == "baseline"]) == 6
     assert results.select_rows(None) == results.ROWS
+    # a group that distils brings every teacher candidate, whatever its group, so the teacher
+    # chosen on tune (and every row it distils) does not depend on the other groups named
+    ablation = [r.key for r in results.select_rows(("ablation",))]
+    assert [k for k in ablation if k.startswith("teacher_")] == [
+        "teacher_source_only", "teacher_adapted", "teacher_adapted_photometric", "teacher_diga"]
+    assert "teacher_adabn" not in ablation and "student_diga" not in ablation
+    assert [r.key for r in results.select_rows(("realtime",)) if r.group != "baseline"] == [
+        "teacher_adapted_photometric", "teacher_diga", "rt_source_only", "rt_dakd", "rt_cwd", "rt_lad", "rt_border"]
     with pytest.raises(ConfigError, match="--groups: realtim not among baseline, control, paradigm, ablation, method, realtime"):
         results.select_rows(("paradigm", "realtim"))
 
@@ -386,19 +394,3 @@ def test_stopwatch_counts_cpu_work_of_reaped_children_not_sleep():
         subprocess.run([sys.executable, "-c", burn], check=True)
     assert child.cpu >= 0.4 and child.wall >= 0.4  # the child's 0.4 CPU seconds count once it is reaped
 
-
-def test_evidence_rows_script_runs_the_evidence_rows_and_the_checkpoint_statistics_rows(tmp_path, monkeypatch):
-    """benchmarks/bench_evidence_rows.py: baselines, controls, paradigms and the two rows distilled from
-    the checkpoint-statistics cache, nothing else, with the given seeds and jobs."""
-    from dakd_core.bench.perf import load_benchmark
-
-    script = load_benchmark("bench_evidence_rows")
-    seen = {}
-    monkeypatch.setattr(bench_rows, "ROWS", bench_rows.ROWS)  # the script narrows the module's rows
-    monkeypatch.setattr(results, "run_results", lambda run: seen.update(
-        run=run, keys=[r.key for r in results.select_rows(run.groups)]))
-    assert script.main(["--out", str(tmp_path / "w"), "--docs", str(tmp_path / "d"), "--seeds", "2"]) == 0
-    assert (seen["run"].seeds, seen["run"].jobs, seen["run"].json_path) == (2, 3, tmp_path / "d" / "results.json")
-    assert seen["keys"][-6:] == ["paradigm_a", "paradigm_b", "paradigm_c", "paradigm_d", "paradigm_a_checkpoint_bn",
-                                 "paradigm_c_checkpoint_bn"]
-    assert "student_continued_d" in seen["keys"] and not any(k.startswith(("rt_", "kl_", "lambda_")) for k in seen["keys"])

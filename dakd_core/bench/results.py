@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dakd_core.bench.report import best_on_tune
 from dakd_core.bench.rows import (  # noqa: F401  (Row: read through this module by benchmarks/tune_choices.py)
-    ADAPT_CONTROLS, CHECKPOINT_BN_ROWS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row, select_rows,
+    ADAPT_CONTROLS, CHECKPOINT_BN_ROWS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row, distils, select_rows,
 )
 from dakd_core.bench.slots import FifoSlots, compute_slot
 from dakd_core.bench.slots import install as install_slots
@@ -232,9 +232,8 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
             **dict(common, source_manifest=manifests["target_labelled"]), model=p.student, iterations=it_student,
             out=f"{runs}/pretrain_oracle"))
     # the rows trained by distillation (and its no-teacher controls) need the adapted networks and
-    # a teacher cache; the real-time student's source-only row, though in the "realtime" group,
-    # needs neither
-    distilled = any(row.group in ("paradigm", "ablation", "realtime") and row.key != "rt_source_only" for row in rows)
+    # a teacher cache
+    distilled = any(distils(row) for row in rows)
     continued = any(k.startswith("student_continued") for k in keys)
     for role in ("teacher", "student"):
         needed = distilled or f"{role}_adapted" in keys or (role == "student" and continued)

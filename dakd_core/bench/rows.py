@@ -107,11 +107,24 @@ ROW_KEYS = tuple(r.key for r in ROWS)
 GROUPS = tuple(dict.fromkeys(r.group for r in ROWS))
 
 
+def distils(row: Row) -> bool:
+    """Whether the row is trained by distillation from the chosen teacher (and so needs the adapted
+    networks, the teacher candidates and a teacher cache). The real-time student's source-only row,
+    though in the "realtime" group, is not."""
+    return row.group in ("paradigm", "ablation", "realtime") and row.key != "rt_source_only"
+
+
 def select_rows(groups: tuple[str, ...] | None) -> tuple[Row, ...]:
-    """The rows of `groups` (None: all); the baselines always run, every claim is stated against them."""
+    """The rows of `groups` (None: all); the baselines always run, every claim is stated against them.
+    Where a selected row distils, every teacher candidate (TEACHER_RECIPES) runs too, whatever its
+    group: the teacher is chosen on tune among all of them, so the rows a group distils do not depend
+    on which other groups run in the same invocation."""
     if groups is None:
         return ROWS
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ConfigError(f"--groups: {', '.join(unknown)} not among {', '.join(GROUPS)}")
-    return tuple(r for r in ROWS if r.group == "baseline" or r.group in groups)
+    selected = [r for r in ROWS if r.group == "baseline" or r.group in groups]
+    if any(distils(r) for r in selected):
+        selected += [r for r in ROWS if r.key in TEACHER_RECIPES]
+    return tuple(r for r in ROWS if r in selected)

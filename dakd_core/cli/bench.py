@@ -19,9 +19,12 @@ def add_arguments(p) -> None:
     r.add_argument("--docs", default="docs", help="directory receiving results.md and img/results_*.png")
     r.add_argument("--json", default="docs/results.json", help="results JSON path (default docs/results.json)")
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    from dakd_core.bench.rows import GROUPS
+
     r.add_argument("--groups", default=None,
-                   help="comma-separated row groups to run besides the baselines (paradigm, ablation, method, "
-                        "realtime; default all)")
+                   help="comma-separated row groups to run besides the baselines "
+                        f"({', '.join(g for g in GROUPS if g != 'baseline')}; default all); a group that "
+                        "distils also trains every teacher candidate")
     f = sub.add_parser("perf", help="every stage's performance ratio with its goal, in one table")
     f.add_argument("--quick", action="store_true", help="tiny inputs (a smoke run; ratios are not meaningful)")
     f.add_argument("--out", default="docs/performance.md", help="Markdown report path (default docs/performance.md)")
