@@ -34,7 +34,7 @@ def test_summary_and_claims_on_given_numbers():
             "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45,
             "teacher_adapted_photometric": 0.425, "teacher_diga": 0.30, "teacher_adabn": 0.37, "student_adabn": 0.24,
             "student_continued": 0.39, "student_continued_d": 0.50, "paradigm_a_checkpoint_bn": 0.27,
-            "paradigm_c_checkpoint_bn": 0.40}
+            "paradigm_c_checkpoint_bn": 0.40, "paradigm_d_long": 0.41, "student_continued_d_long": 0.45}
     seed1 = dict(base, paradigm_b=0.35, paradigm_a=0.24, teacher_adapted=0.34, teacher_adapted_photometric=0.33,
                  student_continued=0.30)  # seed 1: (b) below the teacher
     # tune: the photometric teacher wins on seed 0 only; (c) has the best mean over seeds
@@ -117,14 +117,21 @@ def test_source_val_claim_reads_the_source_val_miou():
     assert "`teacher_source_only` 70.00 ± 0.00," in text
 
 
-def test_chosen_paradigm_d_is_held_to_the_control_with_twice_the_budget():
-    """(d) continues from (c), so its no-teacher control is student_continued_d (2x the budget)."""
-    keys = ("student_adapted", "student_continued", "student_continued_d", "paradigm_c", "paradigm_d")
-    seeds = {0: _seed_metrics(dict(zip(keys, (0.40, 0.41, 0.43, 0.44, 0.46))), {"paradigm_c": 0.5, "paradigm_d": 0.6})}
+@pytest.mark.parametrize("long_tune, chosen, control_miou", [(0.55, "paradigm_d", 0.43),
+                                                            (0.65, "paradigm_d_long", 0.38)])
+def test_chosen_paradigm_d_is_held_to_the_control_with_its_budget(long_tune, chosen, control_miou):
+    """(d) continues from (c), so its no-teacher control is student_continued_d (2x the budget); (d) at
+    4x, student_continued_d_long (5x). The budget is chosen on tune with the paradigm."""
+    keys = ("student_adapted", "student_continued", "student_continued_d", "student_continued_d_long",
+            "paradigm_c", "paradigm_d", "paradigm_d_long")
+    seeds = {0: _seed_metrics(dict(zip(keys, (0.40, 0.41, 0.43, 0.38, 0.44, 0.46, 0.45))),
+                              {"paradigm_c": 0.5, "paradigm_d": 0.6, "paradigm_d_long": long_tune})}
     doc = report.summarise(seeds, [r for r in bench_rows.ROWS if r.key in keys])
-    assert doc["chosen_paradigm"] == "paradigm_d"
+    assert doc["chosen_paradigm"] == chosen
     claim = next(c for c in doc["claims"] if c["claim"].endswith("the same budget without a teacher + 2"))
-    assert claim["right_mean"] == pytest.approx(0.43) and claim["excess_points"] == pytest.approx(1.0)
+    # d: 46 - 43 - 2 = +1; d_long: 45 - 38 - 2 = +5
+    assert claim["right_mean"] == pytest.approx(control_miou)
+    assert claim["excess_points"] == pytest.approx({"paradigm_d": 1.0, "paradigm_d_long": 5.0}[chosen])
     # no teacher recipe ran: the teacher claims are left out, not evaluated against a missing row
     assert not any("its teacher" in c["claim"] for c in doc["claims"])
 
@@ -165,7 +172,8 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     short; every other row is a DistillConfig override of the same code path."""
     rows = tuple(r for r in bench_rows.ROWS if r.group == "baseline" and r.key != "student_photometric"
                  or r.key in ("paradigm_c", "paradigm_d", "student_sfda", "rt_source_only", "rt_cwd",
-                              "student_continued", "student_continued_d", "student_adabn", "paradigm_c_checkpoint_bn"))
+                              "student_continued", "student_continued_d", "student_adabn", "paradigm_c_checkpoint_bn",
+                              "paradigm_d_long", "student_continued_d_long"))
     monkeypatch.setattr(bench_rows, "ROWS", rows)  # select_rows(None): every row of ROWS
     # the real-time rows' own pretraining and distillation budgets (tiny's shared ones: 2 and 2)
     monkeypatch.setitem(results.PRESETS, "tiny", dataclasses.replace(
@@ -185,7 +193,7 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     # every row also at its last checkpoint, and with the tune mIoU that selected it
     assert all(0.0 <= r["miou_last"]["mean"] <= 1.0 and 0.0 <= r["tune_miou"]["mean"] <= 1.0
                for r in doc["rows"].values())
-    tune = {k: doc["rows"][k]["tune_miou"]["mean"] for k in ("paradigm_c", "paradigm_d")}
+    tune = {k: doc["rows"][k]["tune_miou"]["mean"] for k in ("paradigm_c", "paradigm_d", "paradigm_d_long")}
     assert doc["chosen_paradigm"] == max(tune, key=tune.get)
     # the controls: no teacher, the distillation schedule, from the adapted student (continued) and
     # from continued's tune-selected checkpoint (_d); the BN-only student adapts with λ_adv 0
@@ -195,6 +203,11 @@ def test_results_tiny_end_to_end(tmp_path, mlflow_uri, monkeypatch):
     assert cont["init"].endswith("adapt_student/best.pt")
     assert load_checkpoint(str(runs / "distill_student_continued_d/best.pt"))["config"]["init"].endswith(
         "distill_student_continued/best.pt")
+    # the 4x budget (tiny's it_distill is 2): (d) from (c), its control from student_continued
+    for key, init in (("paradigm_d_long", "distill_paradigm_c"), ("student_continued_d_long", "distill_student_continued")):
+        cfg = load_checkpoint(str(runs / f"distill_{key}/best.pt"))["config"]
+        assert (cfg["iterations"], cfg["init"].endswith(f"{init}/best.pt")) == (8, True), key
+    assert load_checkpoint(str(runs / "distill_paradigm_d_long/best.pt"))["config"]["paradigm"] == "d"
     # (c) before per-domain statistics: its own cache, source labelled with the checkpoint's statistics
     caches = {k: load_checkpoint(str(runs / f"distill_{k}/best.pt"))["config"]["teacher_cache"]
               for k in ("paradigm_c", "paradigm_c_checkpoint_bn")}

@@ -8,7 +8,8 @@ Two choices are made here, on the tune split only: `chosen_paradigm`, the DAKD p
 highest mean tune mIoU over seeds (the row every "DAKD student" claim reads), and per seed the
 teacher that distilled (the recipe with the highest tune mIoU, as `run_seed` chose it). Claims name
 them as "@chosen" and "@teacher"; "@continued" is the no-teacher control with the chosen
-paradigm's budget (`student_continued_d` for (d), else `student_continued`).
+paradigm's budget (rows.CONTINUED_CONTROLS: `student_continued_d` for (d), `student_continued_d_long` for
+(d) at 4x, else `student_continued`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dakd_core.bench.rows import PARADIGMS, ROWS, TEACHER_RECIPES
+from dakd_core.bench.rows import CONTINUED_CONTROLS, PARADIGMS, ROWS, TEACHER_RECIPES
 from dakd_core.labels import CLASS_NAMES
 
 
@@ -114,7 +115,7 @@ def tune_choices(per_seed: dict[int, dict[str, dict]]) -> dict:
     ran = [k for k in PARADIGMS if all(k in per_seed[s] and per_seed[s][k].get("tune_miou") is not None
                                        for s in seeds)]
     chosen = best_on_tune({k: float(np.mean([per_seed[s][k]["tune_miou"] for s in seeds])) for k in ran})
-    continued = "student_continued_d" if chosen == "paradigm_d" else "student_continued"
+    continued = next((key for key, _, budget_of in CONTINUED_CONTROLS if chosen in budget_of), None)
     aliases, teachers = {}, {}
     for s in seeds:
         rows = per_seed[s]
@@ -345,8 +346,9 @@ Every stage picks its checkpoint on the **tune** split (every {p['eval_every']} 
 last-checkpoint column uses no target labels at all. Seed i draws its own pair (data seed i: its own
 source, target train, tune and val images) as well as its initialisation, so the ± covers the data
 too. Chosen on **tune**: each stage's checkpoint, the teacher that distils (per seed, the adapted
-teacher recipe with the higher tune mIoU: {_teachers(doc)}), the reported DAKD paradigm
-(**{doc.get('chosen_paradigm') or 'n/a'}**, the highest mean tune mIoU of (a)-(d)) and the distillation budget.
+teacher recipe with the highest tune mIoU of `teacher_adapted`, `teacher_adapted_photometric` and
+`teacher_diga`: {_teachers(doc)}), and the reported DAKD paradigm and budget
+(**{doc.get('chosen_paradigm') or 'n/a'}**, the highest mean tune mIoU of (a)-(d) and (d) at 4x the budget).
 Chosen on **val** (stated plainly): the appearance shift {p.get('shift', 1.0)} (benchmarks/shift_curve.py
 scored target val then; it scores tune now) and λ_adv 10x AdaptSegNet's (docs/learning.md, measured on
 val), both on the data of seed 0; seeds 1 and 2 draw val images no choice has seen.
@@ -354,7 +356,8 @@ The control rows remove one cause each: `teacher_adabn` / `student_adabn` run th
 with λ_adv 0 (the same steps and target batches, so only the BatchNorm statistics adapt);
 `student_continued` trains the adapted student the distillation budget again with the distillation
 stage's schedule, augmentation and discriminators but no teacher (`paradigm none`), and
-`student_continued_d` twice (the budget of (d), which continues from (c)). The teacher cache labels
+`student_continued_d` twice (the budget of (d), which continues from (c)), `student_continued_d_long`
+five times (the budget of (d) at 4x). The teacher cache labels
 source images with the teacher's BatchNorm statistics re-estimated on source images (its own are the
 target's after adaptation) and target images with its own.
 Pretrain/adapt run once per seed and the

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from dakd_core.bench.report import best_on_tune
 from dakd_core.bench.rows import (  # noqa: F401  (Row: read through this module by benchmarks/tune_choices.py)
-    ADAPT_CONTROLS, CHECKPOINT_BN_ROWS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS, Row, distils, select_rows,
+    ADAPT_CONTROLS, CHECKPOINT_BN_ROWS, CONTINUED_CONTROLS, ROWS, SOURCE_VAL_ROWS, TEACHER_RECIPES, WEATHER_ROWS,
+    Row, distils, select_rows,
 )
 from dakd_core.bench.slots import FifoSlots, compute_slot
 from dakd_core.bench.slots import install as install_slots
@@ -274,19 +275,23 @@ def run_seed(p: ResultsPreset, seed: int, manifests: dict[str, str], store: str,
         distill_common.update(teacher=ckpt[teacher], teacher_cache=teacher_cache(p.bn_source_images))
         if keys & set(CHECKPOINT_BN_ROWS):
             checkpoint_bn_cache = teacher_cache(0, "_checkpoint_bn")
-    # "just train longer": no teacher, the distillation stage's schedule from the same init; _d
-    # continues from student_continued as (d) continues from (c)
-    for key, init in (("student_continued", "student_adapted"), ("student_continued_d", "student_continued")):
+    def distill_fields(row: Row) -> dict:
+        overrides = dict(row.overrides)
+        return distill_common | {"iterations": p.it_distill * overrides.pop("budget", 1)} | overrides
+
+    # "just train longer": no teacher, the distillation stage's schedule from the same init; the _d
+    # controls continue from student_continued as (d) continues from (c)
+    for key, init, _ in CONTINUED_CONTROLS:
         if key in keys:
             no_teacher = {"teacher": None, "teacher_cache": None}
-            ckpt[key] = _train(distill, DistillConfig(**(distill_common | by_key[key].overrides | no_teacher),
+            ckpt[key] = _train(distill, DistillConfig(**(distill_fields(by_key[key]) | no_teacher),
                                                       init=ckpt[init], out=f"{runs}/distill_{key}"))
     for row in rows:
         if row.group not in ("paradigm", "ablation"):
             continue
-        # d continues from (c)'s selected checkpoint; every other row from the adapted student
-        init = ckpt["paradigm_c"] if row.key == "paradigm_d" else ckpt["student_adapted"]
-        fields = distill_common | row.overrides
+        # (d) continues from (c)'s selected checkpoint; every other row from the adapted student
+        init = ckpt["paradigm_c"] if row.overrides.get("paradigm") == "d" else ckpt["student_adapted"]
+        fields = distill_fields(row)
         if row.key in CHECKPOINT_BN_ROWS:
             fields["teacher_cache"] = checkpoint_bn_cache
         cfg = DistillConfig(**fields, init=init, out=f"{runs}/distill_{row.key}")

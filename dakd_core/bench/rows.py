@@ -27,7 +27,9 @@ class Row:
 # λ_adv 0: the adaptation stage's own steps, schedule and target batches (which set the BatchNorm
 # running statistics), without the adversary.
 NO_ADVERSARY = {"lambda_adv_main": 0.0, "lambda_adv_aux": 0.0}
-PARADIGMS = ("paradigm_a", "paradigm_b", "paradigm_c", "paradigm_d")
+PARADIGMS = ("paradigm_a", "paradigm_b", "paradigm_c", "paradigm_d", "paradigm_d_long")
+# `budget` in a distillation row's overrides: its iterations as a multiple of the preset's it_distill
+# (results.py), so a row keeps its meaning at every preset size.
 
 # The table rows, in order. Ablations are on paradigm c (source + target) so that lambda_target acts.
 ROWS = (
@@ -52,10 +54,15 @@ ROWS = (
         {"paradigm": "none"}),
     Row("student_continued_d", "control", "adapted student + twice the distillation budget, no teacher",
         {"paradigm": "none"}),
+    Row("student_continued_d_long", "control", "adapted student + 5x the distillation budget, no teacher",
+        {"paradigm": "none", "budget": 4}),
     Row("paradigm_a", "paradigm", "(a) distil on source", {"paradigm": "a"}),
     Row("paradigm_b", "paradigm", "(b) distil on target", {"paradigm": "b"}),
     Row("paradigm_c", "paradigm", "(c) distil on source + target", {"paradigm": "c"}),
     Row("paradigm_d", "paradigm", "(d) target, from (c)", {"paradigm": "d"}),
+    # the budget as a choice on tune: every (c) and (d) stage of the first evidence run selected its
+    # last checkpoint on tune (still learning when the budget ended, docs/results.md)
+    Row("paradigm_d_long", "paradigm", "(d) target, from (c), 4x the budget", {"paradigm": "d", "budget": 4}),
     Row("kl_only", "ablation", "(c) L_KL only", {"paradigm": "c", "lambda_mse": 0.0, "lambda_pseudo": 0.0}),
     Row("mse_only", "ablation", "(c) L_MSE only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_pseudo": 0.0}),
     Row("pseudo_only", "ablation", "(c) L_pseudoT only", {"paradigm": "c", "lambda_kl": 0.0, "lambda_mse": 0.0}),
@@ -91,6 +98,13 @@ ROWS = (
         {"paradigm": "c", "lambda_lad": 1.0, "teacher_online": True}),
     Row("rt_border", "realtime", "real-time student, DAKD (c) + border-focal CE + border KL",
         {"paradigm": "c", "seg_loss": "border_focal", "lambda_border_kl": 0.1}),
+)
+# "Just train longer" (no teacher): each control, the row its init comes from, and the paradigm rows
+# whose budget it matches ((d) continues from (c), so its control continues from student_continued).
+CONTINUED_CONTROLS = (
+    ("student_continued", "student_adapted", ("paradigm_a", "paradigm_b", "paradigm_c")),
+    ("student_continued_d", "student_continued", ("paradigm_d",)),
+    ("student_continued_d_long", "student_continued", ("paradigm_d_long",)),
 )
 # Rows also evaluated per weather condition when the preset renders a weather target.
 WEATHER_ROWS = ("teacher_adapted", "student_adapted", "paradigm_c", "paradigm_d")
