@@ -19,7 +19,7 @@ from dakd_core.models import SegOutput
 from dakd_core.models.checkpoint import load_checkpoint
 from dakd_core.train import adapt, diga
 from dakd_core.train.configs import AdaptConfig
-from dakd_core.train.uda_common import ema_update
+from dakd_core.train.uda_common import batch_statistics, ema_update
 
 from _loop_spies import LossSpy, bn_moves
 from _methods_data import method_config, pretrained_pair
@@ -113,6 +113,18 @@ class _StubWarmModel(torch.nn.Module):
         return SegOutput(feats["logits"], feats["logits"])
 
 
+def test_batch_statistics_normalises_a_frozen_copy_with_each_batch_and_keeps_its_averages():
+    bn = torch.nn.BatchNorm1d(1, eps=1e-12, affine=False).eval()
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(4.0)
+    x = torch.tensor([[1.0], [3.0]])
+    assert bn(x)[:, 0].tolist() == pytest.approx([-2.0, -1.0])  # (x - 5) / 2: the running (other domain's)
+    with batch_statistics(bn):
+        assert bn(x)[:, 0].tolist() == pytest.approx([-1.0, 1.0])  # (x - 2) / 1: the batch's mean 2, variance 1
+    assert not bn.training and (bn.running_mean.item(), bn.running_var.item()) == (5.0, 4.0)
+    assert bn.num_batches_tracked.item() == 0  # the copy's state exactly as it was
+
+
 def test_self_training_labels_on_the_logits_grid_and_eq_10_prototype_update():
     """Hand case: 2 classes, 2x4 images, features at 1x2, logits at 2x4."""
     x_s = torch.zeros(1, 3, 2, 4)
@@ -151,9 +163,11 @@ def test_diga_warms_up_then_self_trains_and_resumes_across_the_boundary(data, tm
     cfg = method_config(data, tmp_path / "full", "diga", **fields)
     assert diga.warmup_steps(cfg) == 2 and diga.ema_decay(cfg) == pytest.approx(0.25)  # half-life: half a step
     full = adapt.run(cfg)
-    # every step, warm-up included: source and CrDoMix batches leave the running BatchNorm
-    # averages alone, the target batch moves them
-    assert moved == [False, False, True] * 4
+    # every step, warm-up included: the student's source and CrDoMix batches leave the running
+    # BatchNorm averages alone, the target batch moves them; then the EMA teacher runs the source and
+    # CrDoMix batches each with its own statistics (training-mode BatchNorm, averages untouched; its
+    # averages are the target's), and in self-training the warm-up model the source batch likewise
+    assert moved == [False, False, True, False, False] * 2 + [False, False, True, False, False, False] * 2
     # eq. 11's weighting of the loss each step backpropagated
     for t, (loss,) in zip(losses.terms, losses.steps(), strict=True):
         seg = t["seg_main"] + cfg.aux_weight * t["seg_aux"] + t.get("seg_target", 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -27,6 +28,30 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
     return frozen
+
+
+@contextlib.contextmanager
+def batch_statistics(frozen: nn.Module):
+    """An eval-mode copy's BatchNorm layers normalise with each batch's own statistics for the
+    duration, their running averages untouched; back to eval mode after.
+
+    Why: an EMA teacher's running averages follow the student's, which adaptation makes the target
+    domain's; normalising source (or source-content) images with them mis-labels every pixel the
+    student then learns from. The student normalises those batches with their own statistics
+    (forward_by_domain); its teacher and the warm-up model must do the same."""
+    layers = [m for m in frozen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # a training-mode forward also counts the batch; the copy's state stays exactly as it was
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in layers]
+    for m in layers:
+        m.train()
+    try:
+        with bn_running_stats_frozen(frozen):
+            yield
+    finally:
+        for m, count in zip(layers, counts):
+            m.eval()
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 @torch.no_grad()
