@@ -277,7 +277,7 @@ def form_type(name: str) -> type:
     """The type of a parameter's box in the KFP form: bool, int or float for a switch or a plain
     number (or a choice of integers); str for text, text choices and number-or-word parameters."""
     annotation = PipelineParams.model_fields[name].annotation
-    if _choices(annotation) and all(type(c) is int for c in _choices(annotation)):
+    if form_choices(name) and all(type(c) is int for c in form_choices(name)):
         return int
     return annotation if annotation in (bool, int, float) else str
 
@@ -320,11 +320,16 @@ def group_of(name: str) -> str:
     return next((g for g in GROUPS if name.startswith(g + "_")), "")
 
 
+def form_choices(name: str) -> tuple:
+    """A choice parameter's choices (its Literal's), else ()."""
+    return _choices(PipelineParams.model_fields[name].annotation)
+
+
 def form_description(name: str) -> str:
     """The text of a parameter in the KFP form: its description, and its choices when it has some."""
-    info = PipelineParams.model_fields[name]
-    choices = _choices(info.annotation)
-    return f"{info.description} (one of: {', '.join(map(str, choices))})" if choices else info.description
+    choices = form_choices(name)
+    description = PipelineParams.model_fields[name].description
+    return f"{description} (one of: {', '.join(map(str, choices))})" if choices else description
 
 
 def pipeline_docstring(summary: str) -> str:
