@@ -224,16 +224,20 @@ def dakd_pipeline(*form_values_in_order):
 
 
 def _choice_lists(pipeline) -> None:
-    """Each choice parameter's choices as its `literals` in the compiled IR: the KFP UI's run form
-    (kubeflow/pipelines >= 2.16) shows a drop-down list of them instead of a free-text box, and the
-    API server refuses a run whose value is not one of them. kfp 2.17.3's compiler writes no
-    literals from a Literal annotation, so they are added to the graph it compiles (and kfp.local,
-    which `dakd run` uses, ignores them)."""
+    """Each choice parameter's choices, and a switch's false / true, as its `literals` in the
+    compiled IR: the KFP UI's run form (kubeflow/pipelines >= 2.16) shows a drop-down list of them
+    instead of a free-text box, and the API server refuses a run whose value is not one of them.
+    kfp 2.17.3's compiler writes no literals from a Literal annotation, so they are added to the
+    graph it compiles (kfp.local, which `dakd run` uses, ignores them)."""
+    def value(choice) -> struct_pb2.Value:
+        if isinstance(choice, bool):
+            return struct_pb2.Value(bool_value=choice)
+        return struct_pb2.Value(number_value=choice) if isinstance(choice, int) else struct_pb2.Value(string_value=choice)
+
     parameters = pipeline.pipeline_spec.root.input_definitions.parameters
     for name in PipelineParams.model_fields:
-        parameters[name].literals.extend(
-            struct_pb2.Value(number_value=c) if isinstance(c, int) else struct_pb2.Value(string_value=c)
-            for c in form_choices(name))
+        choices = (False, True) if form_type(name) is bool else form_choices(name)
+        parameters[name].literals.extend(value(c) for c in choices)
 
 
 _choice_lists(dakd_pipeline)

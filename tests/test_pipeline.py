@@ -179,8 +179,8 @@ def test_every_parameter_is_described_from_its_config_field_with_its_choices(spe
 
 
 def test_choice_parameters_compile_to_drop_down_lists(spec):
-    """A choice parameter's `literals`: the KFP UI's run form shows a drop-down list of them (not a
-    free-text box) and the API server refuses other values (kubeflow/pipelines >= 2.16)."""
+    """A choice parameter's (and a switch's) `literals`: the KFP UI's run form shows a drop-down list
+    of them (not a free-text box) and the API server refuses other values (kubeflow/pipelines >= 2.16)."""
     pipeline, _ = spec
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     lists = {name: p["literals"] for name, p in params.items() if "literals" in p}
@@ -192,6 +192,7 @@ def test_choice_parameters_compile_to_drop_down_lists(spec):
         "distill_kl_reduction": ["class_mean", "class_sum"],
         "distill_seg_loss": ["ce", "border_focal"],
         "eval_table_classes": [19, 16, 13],
+        "distill_teacher_online": [False, True],  # a switch: a list, not a text box holding "false"
     }
     for name, choices in lists.items():
         assert params[name]["defaultValue"] in choices, name  # the form opens on a listed value

@@ -27,6 +27,7 @@ holding their defaults, and shows no parameter description. Hence:
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -339,6 +340,27 @@ def pipeline_docstring(summary: str) -> str:
     return f"{summary}\n\nArgs:\n" + "".join(f"    {name}: {form_description(name)}\n" for name in PipelineParams.model_fields)
 
 
+# Names with underscores and <placeholders> in a description: markdown reads `lambda_kl / 10, ...
+# class_sum` as emphasis (the KFP UI rendered "lambdakl" in italics), so the guide quotes them.
+_CODE_WORD = re.compile(r"[^\s(]*<[^>]+>[^\s),;]*|[^\s(]*_[^\s),;]*")
+
+
+def markdown_text(text: str) -> str:
+    """`text` for the markdown guide: each word with `_` or a <placeholder> in backticks (a trailing
+    '.' or ':' stays outside), spans already in backticks as they are."""
+    def quote(match: re.Match) -> str:
+        word = match.group(0).rstrip(".:")
+        return f"`{word}`{match.group(0)[len(word):]}"
+
+    parts = text.split("`")
+    parts[::2] = [_CODE_WORD.sub(quote, part) for part in parts[::2]]
+    return "`".join(parts)
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)  # as the form's box: false
+
+
 def form_guide(summary: str) -> str:
     """The parameter guide (markdown) the KFP UI shows as the pipeline's and the version's
     description, where the run form shows none: the groups in pipeline order, each parameter with
@@ -347,11 +369,11 @@ def form_guide(summary: str) -> str:
     lines = [summary, "",
              "The run form lists the parameters alphabetically; each name starts with its group, so a group's "
              "parameters stand together. Words in place of a value: "
-             + "; ".join(f"`{word}`: {meaning}" for word, meaning in WORDS.items()) + ".",
-             "Per dataset pair, start from configs/pairs/<pair>.yaml (`dakd submit --config FILE`)."]
+             + "; ".join(f"`{word}`: {markdown_text(meaning)}" for word, meaning in WORDS.items()) + ".",
+             "Per dataset pair, start from `configs/pairs/<pair>.yaml` (`dakd submit --config FILE`)."]
     for group, title in GROUPS.items():
         lines += ["", f"**{group}_**: {title}", ""]
-        lines += [f"- `{name}` = `{defaults[name]}`: {form_description(name)}"
+        lines += [f"- `{name}` = `{_shown(defaults[name])}`: {markdown_text(form_description(name))}"
                   for name in PipelineParams.model_fields if group_of(name) == group]
     return "\n".join(lines) + "\n"
 
