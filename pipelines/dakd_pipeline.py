@@ -17,6 +17,7 @@ Kubernetes settings (GPU, shm, tolerations, secrets) are ignored by kfp.local wi
 import inspect
 import os
 
+from google.protobuf import struct_pb2
 from kfp import dsl, kubernetes
 from kfp.dsl import Input, Model
 
@@ -29,7 +30,8 @@ from components.ingest import ingest
 from components.pretrain import pretrain
 from components.register import promote, register
 from components.start import finish, start
-from dakd_core.orchestration.params import PipelineParams, form_guide, form_type, form_values, pipeline_docstring
+from dakd_core.orchestration.params import (PipelineParams, form_choices, form_guide, form_type, form_values,
+                                            pipeline_docstring)
 from pipelines import _fast_tasks
 
 _fast_tasks.install()  # before the @dsl.pipeline decorators below build the graph
@@ -219,3 +221,23 @@ def dakd_pipeline(*form_values_in_order):
                             metrics=ev.outputs["metrics_uri"], stage_outputs=stage_outputs, **track), cache=False)
         _cpu(promote(config=plan["promote"], name=reg.outputs["name"], version=reg.outputs["version"], **track),
              cache=False)
+
+
+def _choice_lists(pipeline) -> None:
+    """Each choice parameter's choices, and a switch's false / true, as its `literals` in the
+    compiled IR: the KFP UI's run form (kubeflow/pipelines >= 2.16) shows a drop-down list of them
+    instead of a free-text box, and the API server refuses a run whose value is not one of them.
+    kfp 2.17.3's compiler writes no literals from a Literal annotation, so they are added to the
+    graph it compiles (kfp.local, which `dakd run` uses, ignores them)."""
+    def value(choice) -> struct_pb2.Value:
+        if isinstance(choice, bool):
+            return struct_pb2.Value(bool_value=choice)
+        return struct_pb2.Value(number_value=choice) if isinstance(choice, int) else struct_pb2.Value(string_value=choice)
+
+    parameters = pipeline.pipeline_spec.root.input_definitions.parameters
+    for name in PipelineParams.model_fields:
+        choices = (False, True) if form_type(name) is bool else form_choices(name)
+        parameters[name].literals.extend(value(c) for c in choices)
+
+
+_choice_lists(dakd_pipeline)

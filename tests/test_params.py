@@ -4,6 +4,7 @@ command's `--help`), so the two cannot drift; the plan passes it on by name."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -20,6 +21,7 @@ from dakd_core.orchestration.params import (
     StageField,
     _from,
     form_guide,
+    markdown_text,
     form_values,
     from_form,
     group_of,
@@ -345,10 +347,10 @@ def test_pipeline_description_is_the_parameter_guide():
         default = p["defaultValue"]
         shown = str(int(default)) if p["parameterType"] == "NUMBER_INTEGER" else \
             str(default).lower() if p["parameterType"] == "BOOLEAN" else str(default)
-        assert f"- `{name}` = `{shown}`: {p['description']}" in lines or \
-            f"- `{name}` = `{default}`: {p['description']}" in lines, name
+        assert f"- `{name}` = `{shown}`: {markdown_text(p['description'])}" in lines or \
+            f"- `{name}` = `{default}`: {markdown_text(p['description'])}" in lines, name
     for word, meaning in WORDS.items():
-        assert f"`{word}`: {meaning}" in GUIDE
+        assert f"`{word}`: {markdown_text(meaning)}" in GUIDE
     # groups in pipeline order, not the form's alphabetical one
     starts = [lines.index(f"**{g}_**: {t}") for g, t in GROUPS.items()]
     assert starts == sorted(starts) and list(GROUPS)[:3] == ["data", "teacher", "student"]
@@ -370,3 +372,21 @@ def test_a_name_without_its_group_says_the_forms_name(tmp_path):
     config.write_text(yaml.safe_dump({"params": {"distill_paradigmm": "c"}}))
     with pytest.raises(ConfigError, match="field 'params.distill_paradigmm': Extra inputs are not permitted"):
         load_run_config(str(config))
+
+
+def test_guide_quotes_names_markdown_would_read_as_emphasis():
+    """The KFP UI renders the guide as markdown: "lambda_kl / 10 ... class_sum" came out as
+    "lambdakl / 10 ... classsum" with the text between in italics. Names with `_` and
+    <placeholders> are quoted; what already is in backticks stays as it is."""
+    assert markdown_text("DAKD: lambda_kl / 10; auto: lambda_kl / 10") == "DAKD: `lambda_kl` / 10; auto: `lambda_kl` / 10"
+    assert markdown_text("(one of: class_mean, class_sum)") == "(one of: `class_mean`, `class_sum`)"
+    assert markdown_text("auto: dakd-<data_source_format>-to-<data_target_format>") == \
+        "auto: `dakd-<data_source_format>-to-<data_target_format>`"
+    assert markdown_text("and runs/<run name>/") == "and `runs/<run name>/`"
+    assert markdown_text("(`dakd_core/x.py`: the recipe.py: lr_x.)") == "(`dakd_core/x.py`: the recipe.py: `lr_x`.)"
+    guide = form_guide("summary")
+    for line in guide.splitlines():
+        if line.startswith("- "):  # outside code spans, no underscore or placeholder is left
+            assert not re.search(r"_|<\w", "".join(line.split("`")[::2])), line
+    assert "- `distill_teacher_online` = `false`:" in guide  # as the form's box shows it, not Python's False
+

@@ -178,6 +178,26 @@ def test_every_parameter_is_described_from_its_config_field_with_its_choices(spe
         assert params[exposed]["description"], exposed
 
 
+def test_choice_parameters_compile_to_drop_down_lists(spec):
+    """A choice parameter's (and a switch's) `literals`: the KFP UI's run form shows a drop-down list
+    of them (not a free-text box) and the API server refuses other values (kubeflow/pipelines >= 2.16)."""
+    pipeline, _ = spec
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    lists = {name: p["literals"] for name, p in params.items() if "literals" in p}
+    assert lists == {
+        "train_optimizer": ["recipe", "sgd", "adamw"],
+        "adapt_method": ["adaptsegnet", "advent", "road", "diga", "sfda"],
+        "distill_paradigm": ["a", "b", "c", "d", "none"],
+        "distill_adversarial_method": ["adaptsegnet", "advent"],
+        "distill_kl_reduction": ["class_mean", "class_sum"],
+        "distill_seg_loss": ["ce", "border_focal"],
+        "eval_table_classes": [19, 16, 13],
+        "distill_teacher_online": [False, True],  # a switch: a list, not a text box holding "false"
+    }
+    for name, choices in lists.items():
+        assert params[name]["defaultValue"] in choices, name  # the form opens on a listed value
+
+
 def test_pipeline_signature_is_exactly_the_parameters_model():
     import inspect
 

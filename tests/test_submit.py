@@ -192,3 +192,50 @@ def test_run_name_that_would_leave_runs_folder_is_refused(bad, fake_kfp, tmp_pat
                  "--package", str(PACKAGE)]) == 2
     assert "run_name" in capsys.readouterr().err and requests == []
     assert run_prefix("s3://dakd/store/", "gta5-to-acdc_v2.1") == "s3://dakd/store/runs/gta5-to-acdc_v2.1"
+
+
+def _sweep_file(tmp_path, body: dict) -> Path:
+    base = _config(tmp_path, {"distill_paradigm": "c", "pretrain_iterations": 500})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": base.name, **body}, sort_keys=False))
+    return path
+
+
+def test_submit_sweep_starts_one_run_per_point_of_one_version_in_one_experiment(fake_kfp, tmp_path, capsys):
+    host, requests = fake_kfp
+    sweep = _sweep_file(tmp_path, {"grid": {"distill_paradigm": ["b", "d"], "distill_lambda_kl": [0.1, 0.4]},
+                                   "points": [{"train_lr": 0.004}]})
+    assert main(["submit", "--host", host, "--sweep", str(sweep), "--package", str(PACKAGE),
+                 "--experiment", "grid", "--run-name", "pd"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted run run-2 pd-2 (distill_paradigm=b, distill_lambda_kl=0.4)" in out
+    assert "submitted run run-5 pd-5 (train_lr=0.004)" in out
+    # one upload, one experiment, five runs of that version in it
+    assert len(_posts(requests, "/apis/v2beta1/pipelines/upload")) == 1
+    assert len(_posts(requests, "/apis/v2beta1/pipelines/upload_version")) == 1
+    assert [e[3]["display_name"] for e in _posts(requests, "/apis/v2beta1/experiments")] == ["grid"]
+    runs = [r[3] for r in _posts(requests, "/apis/v2beta1/runs")]
+    assert [r["display_name"] for r in runs] == ["pd-1", "pd-2", "pd-3", "pd-4", "pd-5"]
+    assert {(r["experiment_id"], r["pipeline_version_reference"]["pipeline_version_id"]) for r in runs} == {
+        ("exp-1", "v-1")}
+    # each run: what the base config sets, overridden by its point (the rest: the version's defaults)
+    assert [r["runtime_config"]["parameters"] for r in runs] == [
+        {"distill_paradigm": "b", "pretrain_iterations": 500, "distill_lambda_kl": 0.1},
+        {"distill_paradigm": "b", "pretrain_iterations": 500, "distill_lambda_kl": 0.4},
+        {"distill_paradigm": "d", "pretrain_iterations": 500, "distill_lambda_kl": 0.1},
+        {"distill_paradigm": "d", "pretrain_iterations": 500, "distill_lambda_kl": 0.4},
+        {"distill_paradigm": "c", "pretrain_iterations": 500, "train_lr": "0.004"}]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"grid": {"distill_paradigm": ["b", "c", "e"]}}, r"sweep point 3 of 3 \(distill_paradigm=e\): .*distill_paradigm"),
+    ({"points": [{"distill_paradigm": "b"}, {"distill_lambda_cwd": 1.0}]},  # only the distill stage's plan knows
+     r"sweep point 2 of 2 \(distill_lambda_cwd=1.0\): stage distill_first: .*teacher_online"),
+])
+def test_submit_sweep_with_a_bad_point_exits_2_before_contacting_the_server(fake_kfp, tmp_path, capsys, body,
+                                                                            message):
+    host, requests = fake_kfp
+    sweep = _sweep_file(tmp_path, body)
+    assert main(["submit", "--host", host, "--sweep", str(sweep), "--package", str(PACKAGE)]) == 2
+    assert re.search("(?s)" + message, capsys.readouterr().err)
+    assert requests == []

@@ -65,6 +65,21 @@ def submit_params(config_file: str | None) -> dict:
     return {k: full[k] for k in data.get("params") or {}}
 
 
+def sweep_params(sweep_file: str, config_file: str | None) -> list[tuple[dict, dict]]:
+    """Each point of a sweep file (orchestration/sweep.py) with its run's arguments: the keys its
+    base config's `params` sets and the point's, as the form takes them (the other parameters keep
+    the version's defaults). Every point is planned first: a bad one is a ConfigError naming it and
+    the field before anything is submitted."""
+    from dakd_core.orchestration.params import form_values, load_run_config
+    from dakd_core.orchestration.sweep import plan_points, read_sweep
+
+    base_path, points = read_sweep(sweep_file, config_file)
+    base = submit_params(base_path)
+    planned = plan_points(load_run_config(base_path), points)
+    return [(point, {k: form_values(cfg.params)[k] for k in dict.fromkeys([*base, *point])})
+            for point, cfg in zip(points, planned)]
+
+
 def _load_yaml(path: str) -> dict:
     # the one YAML reader: duplicate keys, binary files and directories are ConfigErrors naming the file
     from dakd_core.config import load_yaml
@@ -122,14 +137,13 @@ def _find_version(client, pipeline_id: str, name: str) -> str | None:
     return found[0].pipeline_version_id if found else None
 
 
-def submit(host: str, params: dict, experiment: str, run_name: str | None = None,
-           namespace: str | None = None, service_account: str = DEFAULT_SERVICE_ACCOUNT,
-           package: str | None = None) -> dict:
+def submit(host: str, runs: list[tuple[str, dict]], experiment: str, namespace: str | None = None,
+           service_account: str = DEFAULT_SERVICE_ACCOUNT, package: str | None = None) -> dict:
     """Upload pipeline `dakd` (once) and this code's version (once per `version_name`), then start
-    a run of that version in `experiment` as `service_account`. `package`: an already compiled
-    YAML (default: compile now). A bearer token, if the server needs one, comes from KFP_TOKEN."""
-    import time
-
+    one run of that version per (run name, arguments) of `runs`, in `experiment`, as
+    `service_account`: the runs of a sweep share their stages through KFP's cache. `package`: an
+    already compiled YAML (default: compile now). A bearer token, if the server needs one, comes
+    from KFP_TOKEN."""
     import kfp
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,10 +161,11 @@ def submit(host: str, params: dict, experiment: str, run_name: str | None = None
             version_id = _find_version(client, pipeline_id, version) or client.upload_pipeline_version(
                 package, version, pipeline_id=pipeline_id, description=guide).pipeline_version_id
             experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
-            result = client.run_pipeline(
-                experiment_id, run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}", params=params,
-                pipeline_id=pipeline_id, version_id=version_id, service_account=service_account)
+            run_ids = [client.run_pipeline(experiment_id, name, params=params, pipeline_id=pipeline_id,
+                                           version_id=version_id, service_account=service_account).run_id
+                       for name, params in runs]
         except Exception as e:  # connection refused, 4xx/5xx: name the server, not the token
             raise DakdError(f"submitting to {host} failed: {type(e).__name__}: {str(e)[:500]}") from None
-    return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}",
+    return {"runs": [{"name": name, "run_id": run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run_id}"}
+                     for (name, _), run_id in zip(runs, run_ids)],
             "pipeline_id": pipeline_id, "version_id": version_id, "version": version}

@@ -27,6 +27,7 @@ holding their defaults, and shows no parameter description. Hence:
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -277,7 +278,7 @@ def form_type(name: str) -> type:
     """The type of a parameter's box in the KFP form: bool, int or float for a switch or a plain
     number (or a choice of integers); str for text, text choices and number-or-word parameters."""
     annotation = PipelineParams.model_fields[name].annotation
-    if _choices(annotation) and all(type(c) is int for c in _choices(annotation)):
+    if form_choices(name) and all(type(c) is int for c in form_choices(name)):
         return int
     return annotation if annotation in (bool, int, float) else str
 
@@ -320,11 +321,16 @@ def group_of(name: str) -> str:
     return next((g for g in GROUPS if name.startswith(g + "_")), "")
 
 
+def form_choices(name: str) -> tuple:
+    """A choice parameter's choices (its Literal's), else ()."""
+    return _choices(PipelineParams.model_fields[name].annotation)
+
+
 def form_description(name: str) -> str:
     """The text of a parameter in the KFP form: its description, and its choices when it has some."""
-    info = PipelineParams.model_fields[name]
-    choices = _choices(info.annotation)
-    return f"{info.description} (one of: {', '.join(map(str, choices))})" if choices else info.description
+    choices = form_choices(name)
+    description = PipelineParams.model_fields[name].description
+    return f"{description} (one of: {', '.join(map(str, choices))})" if choices else description
 
 
 def pipeline_docstring(summary: str) -> str:
@@ -332,6 +338,27 @@ def pipeline_docstring(summary: str) -> str:
     the compiled pipeline's inputDefinitions. (docstring_parser reads no Args section without a
     summary line before it.)"""
     return f"{summary}\n\nArgs:\n" + "".join(f"    {name}: {form_description(name)}\n" for name in PipelineParams.model_fields)
+
+
+# Names with underscores and <placeholders> in a description: markdown reads `lambda_kl / 10, ...
+# class_sum` as emphasis (the KFP UI rendered "lambdakl" in italics), so the guide quotes them.
+_CODE_WORD = re.compile(r"[^\s(]*<[^>]+>[^\s),;]*|[^\s(]*_[^\s),;]*")
+
+
+def markdown_text(text: str) -> str:
+    """`text` for the markdown guide: each word with `_` or a <placeholder> in backticks (a trailing
+    '.' or ':' stays outside), spans already in backticks as they are."""
+    def quote(match: re.Match) -> str:
+        word = match.group(0).rstrip(".:")
+        return f"`{word}`{match.group(0)[len(word):]}"
+
+    parts = text.split("`")
+    parts[::2] = [_CODE_WORD.sub(quote, part) for part in parts[::2]]
+    return "`".join(parts)
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)  # as the form's box: false
 
 
 def form_guide(summary: str) -> str:
@@ -342,11 +369,11 @@ def form_guide(summary: str) -> str:
     lines = [summary, "",
              "The run form lists the parameters alphabetically; each name starts with its group, so a group's "
              "parameters stand together. Words in place of a value: "
-             + "; ".join(f"`{word}`: {meaning}" for word, meaning in WORDS.items()) + ".",
-             "Per dataset pair, start from configs/pairs/<pair>.yaml (`dakd submit --config FILE`)."]
+             + "; ".join(f"`{word}`: {markdown_text(meaning)}" for word, meaning in WORDS.items()) + ".",
+             "Per dataset pair, start from `configs/pairs/<pair>.yaml` (`dakd submit --config FILE`)."]
     for group, title in GROUPS.items():
         lines += ["", f"**{group}_**: {title}", ""]
-        lines += [f"- `{name}` = `{defaults[name]}`: {form_description(name)}"
+        lines += [f"- `{name}` = `{_shown(defaults[name])}`: {markdown_text(form_description(name))}"
                   for name in PipelineParams.model_fields if group_of(name) == group]
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,6 @@
 """`dakd run --sweep FILE`: one local run per point of a grid or list of parameter overrides over
-one base config (issue 32 item 3).
+one base config (issue 32 item 3); `dakd submit --sweep FILE`: one KFP run per point, in one
+experiment (orchestration/kfp_client.py: sweep_params, submit).
 
     base: configs/demo.yaml              # the `dakd run --config` file the points override
     grid:                                # every combination, in the order written
@@ -68,12 +69,15 @@ def plan_points(base: RunConfig, points: list[dict]) -> list[RunConfig]:
     return planned
 
 
-def load_sweep(path: str, config: str | None, out_dir: str | None) -> tuple[list[dict], list[RunConfig]]:
-    """The sweep file's points and their planned RunConfigs (base: the file's `base`, relative to
-    it, else `config`)."""
+def read_sweep(path: str, config: str | None) -> tuple[str | None, list[dict]]:
+    """The sweep file's base config (its `base`, relative to it, else `config`) and its points."""
     sweep = build_config(SweepConfig, path)
-    base_path = str(Path(path).parent / sweep.base) if sweep.base else config
-    points = overrides(sweep, path)
+    return (str(Path(path).parent / sweep.base) if sweep.base else config), overrides(sweep, path)
+
+
+def load_sweep(path: str, config: str | None, out_dir: str | None) -> tuple[list[dict], list[RunConfig]]:
+    """The sweep file's points and their planned RunConfigs."""
+    base_path, points = read_sweep(path, config)
     return points, plan_points(load_run_config(base_path, out_dir=out_dir), points)
 
 
