@@ -260,6 +260,27 @@ def test_deferred_loss_reads_at_log_and_checkpoint_steps_still_stop_at_a_nan_nam
     assert not (out / "checkpoints" / "step_0000006.pt").exists() and not (out / "result.json").exists()
 
 
+def test_log_mlflow_off_trains_and_publishes_without_importing_or_contacting_mlflow(data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # from here on `import mlflow` raises ImportError
+    # a tracking server that does not answer: a stage that checked it would stop after 3 s (exit 2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("DAKD_MLFLOW_DEADLINE_S", "3")
+    out = tmp_path / "untracked"
+    fields = tiny_fields(source_manifest=data["source"], select_manifest=data["select"], iterations=3, eval_every=2)
+    result = pretrain.run(build_config(PretrainConfig, None, **fields, out=out.as_uri(), log_mlflow=False))
+    published = json.loads((out / "result.json").read_text())
+    assert published["mlflow_run_id"] is None and result.mlflow_run_id is None
+    assert published["metrics"]["steps"] == 3 and published["metrics"]["best_step"] in (2, 3)
+    assert load_checkpoint(published["last_checkpoint_uri"])["step"] == 3
+    # log_mlflow is how the stage runs, not what it computes: a tracked rerun resumes this one
+    assert load_checkpoint(published["last_checkpoint_uri"])["config_hash"] == engine.config_hash(
+        build_config(PretrainConfig, None, **fields, out=out.as_uri()))
+    # the same stage with tracking on does need MLflow: the switch is what kept it out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(ImportError):
+        pretrain.run(build_config(PretrainConfig, None, **fields, out=(tmp_path / "tracked").as_uri()))
+
+
 def _cli_pretrain(data, out: Path, iterations: int) -> list[str]:
     fields = tiny_fields(source_manifest=data["source"], out=out.as_uri(), iterations=iterations, checkpoint_every=1)
     argv = [sys.executable, "-m", "dakd_core", "pretrain"]

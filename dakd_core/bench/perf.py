@@ -123,8 +123,9 @@ def loader_rows(loader: dict) -> list[PerfRow]:
 
 def train_rows(train: dict) -> list[PerfRow]:
     step = "AMP step / bare AMP loop" if train["device"].startswith("cuda") else "step / bare PyTorch loop"
+    untracked = "; dakd without MLflow (log_mlflow off)" if train.get("mlflow") is False else ""
     return [PerfRow("train", f"{r['model']}: dakd pretrain {step} (throughput)", r["dakd_over_bare"], "x", "0.9 to 1.2",
-                    f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}")
+                    f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}{untracked}")
             for r in train["rows"]]
 
 

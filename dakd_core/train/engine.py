@@ -215,11 +215,12 @@ def _launch(train: Callable, cfg):
     try:
         if not dist.is_main:  # only rank 0 writes
             return train(cfg, dist)
-        from dakd_core.tracking import check_reachable
-
         out = open_output(cfg.out, "out")
         check_inputs(cfg)
-        check_reachable()  # before the lease: a run refused for its tracking server leaves nothing
+        if cfg.log_mlflow:
+            from dakd_core.tracking import check_reachable
+
+            check_reachable()  # before the lease: a run refused for its tracking server leaves nothing
         with WriterLease(out, f"training output {cfg.out}") as lease:
             token = _LEASE.set(lease)
             try:
@@ -644,9 +645,14 @@ class RunKeeper:
 
     @contextlib.contextmanager
     def tracking(self):
-        """The MLflow stage run (rank 0 only), with the whole validated config as params."""
-        if not self.dist.is_main:
-            yield None
+        """The MLflow stage run (rank 0 only), with the whole validated config as params; none
+        (and no MLflow import) with `log_mlflow` off: result.json is then the run's only record."""
+        if not (self.dist.is_main and self.cfg.log_mlflow):
+            try:
+                yield None
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
             return
         from dakd_core.tracking import MetricOutbox, stage_run
 
