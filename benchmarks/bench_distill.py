@@ -105,6 +105,8 @@ def measure(argv=None, probe=None) -> dict:
     ap.add_argument("--workers", type=int, default=0,
                     help="DataLoader workers (0 on CPU: the CPU clock counts this process only)")
     ap.add_argument("--teacher-ckpt"), ap.add_argument("--student-ckpt"), ap.add_argument("--val-manifest")
+    ap.add_argument("--no-mlflow", dest="log_mlflow", action="store_false",
+                    help="the stages without their MLflow runs (log_mlflow off; a machine without MLflow)")
     args = ap.parse_args(argv)
     from dakd_core.bench.scratch import scratch_dir
 
@@ -143,7 +145,7 @@ def _measure_in(root: str, args, probe) -> dict:
     common = dict(model=args.student_model, source_manifest=src, target_manifest=tgt, init=student,
                   source_resize=size, target_resize=size, crop=size, scale_range=(1.0, 1.0), flip=False,
                   batch_size=args.batch_size, num_workers=args.workers, device=args.device, checkpoint_every=10_000,
-                  log_every=10_000)
+                  log_every=10_000, log_mlflow=args.log_mlflow)
 
     n = args.iterations + 1
 

@@ -6,7 +6,7 @@ float16 autocast with a GradScaler (dakd's AMP). Both read and decode the same P
 step through a DataLoader with the same worker count (the limit: a minimal torch Dataset, PIL
 decode, normalise, random flip, channels-last layout; reading the data is part of a step's work, and on 2 cores a
 DataLoader worker takes cycles from the training threads); dakd adds its store layer, scale/crop
-augmentation, the NaN guard and MLflow logging. Both are timed over the same steps, from the end of
+augmentation, the NaN guard and MLflow logging (unless --no-mlflow). Both are timed over the same steps, from the end of
 step `--warmup` + 1 to the end of the last (start-up and dakd's final checkpoint are not steps; on
 dakd's side the gaps between the engine's end-of-step stamps). Rates vary 20-30% run to
 run on shared machines, so both are measured in one run, alternating bare / dakd / bare, and the
@@ -121,6 +121,8 @@ def measure(argv=None) -> dict:
     ap.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=0, help="steps before the clock starts (cuDNN autotuning, caches)")
+    ap.add_argument("--no-mlflow", dest="log_mlflow", action="store_false",
+                    help="dakd's steps without their MLflow stage run (log_mlflow off; a machine without MLflow)")
     args = ap.parse_args(argv)
     if args.iters < args.warmup + 2:
         ap.error(f"--iters {args.iters}: at least --warmup + 2 = {args.warmup + 2} steps (one timed step gap)")
@@ -142,7 +144,7 @@ def _measure_in(tmp: Path, args) -> dict:
             PretrainConfig, None, model=name, source_manifest=manifest, iterations=args.iters,
             batch_size=args.batch, crop=list(args.size), source_resize=list(args.size), scale_range=[1.0, 1.0],
             num_workers=args.workers, checkpoint_every=args.iters, eval_every=args.iters, log_every=10,
-            out=(tmp / name).as_uri(),
+            log_mlflow=args.log_mlflow, out=(tmp / name).as_uri(),
         )
         bare = [bare_rate(cfg, device, args.warmup)]
         dakd = dakd_rate(cfg, args.warmup)
@@ -152,7 +154,7 @@ def _measure_in(tmp: Path, args) -> dict:
         rows.append({"model": name, "bare_img_s": bare_mean * args.batch, "dakd_img_s": dakd * args.batch,
                      "dakd_over_bare": dakd / bare_mean})
     return {"device": str(device), "batch": args.batch, "size": list(args.size), "warmup": args.warmup,
-            "timed_steps": args.iters - args.warmup - 1, "rows": rows}
+            "timed_steps": args.iters - args.warmup - 1, "mlflow": args.log_mlflow, "rows": rows}
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,8 @@
 """The GPU kit: dakd's pure-Python dependencies that a lent GPU machine lacks, as wheels to carry.
 
 The lent machines (device tool: nvidia-h100-x1, nvidia-h200) run Python 3.12 with torch 2.11
-(CUDA 13) and many packages, but not pydantic, mlflow or cityscapesscripts, and reach no package
+(CUDA 13) and many packages, but not pydantic or cityscapesscripts (nor mlflow: the GPU suite runs
+its stages with log_mlflow off, so the kit leaves it out), and reach no package
 registry. This downloads, here, the cp312 x86-64 wheels of those requirements at the pins of
 requirements/runtime.txt with everything they need, drops the distributions the machine's image
 already has (LENT_MACHINE_HAS, read from the device tool's KINDS.md, 2026-11-17), and checks
@@ -27,15 +28,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# What dakd_core needs beyond the image: the config models, the stages' MLflow runs (sqlite
-# store: mlflow's SQLAlchemy/alembic), the Cityscapes label tables of the synthetic scenes.
-KIT_REQUIREMENTS = ("pydantic", "mlflow", "cityscapesscripts")
+# What the GPU suite needs beyond the image: the config models and the Cityscapes label tables of
+# the synthetic scenes. Not mlflow: with its SQLite store it made the kit 49 wheels, 35.1 MiB
+# (without, 11 wheels, 3.6 MiB; 2026-12-07); the suite's stages run with log_mlflow off.
+KIT_REQUIREMENTS = ("pydantic", "cityscapesscripts")
 TARGET = ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
           "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_17_x86_64",
           "--platform", "manylinux2014_x86_64", "--platform", "manylinux1_x86_64", "--platform", "any"]
 # Never carried: `typing` (cityscapesscripts asks for the Python 3.4 backport), first on PYTHONPATH,
 # would shadow the standard library's module.
 NEVER = frozenset({"typing"})
+# Always carried, though the machine has them: what the kit's wheels need at a version newer than
+# the machine's may be (the kit installs --no-deps, so pip cannot say): pydantic 2.14 requires
+# typing-extensions >= 4.16, and the image's version is not on record. Backward compatible, small.
+ALWAYS = frozenset({"typing-extensions"})
 LIMIT_MIB = 48  # of the 64 MiB a device call carries; the rest is the working tree itself
 LENT_MACHINE_HAS = frozenset("""
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -48,7 +54,7 @@ matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatc
 networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
 nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13
 nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
-optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy
+opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy
 portalocker prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing
 pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist
 python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors scikit-build-core scikit-image
@@ -77,7 +83,7 @@ def pins(names=KIT_REQUIREMENTS, runtime: Path = ROOT / "requirements" / "runtim
 
 def select(wheels: list[Path], has=LENT_MACHINE_HAS) -> tuple[list[Path], list[Path]]:
     """(wheels to carry, wheels left out: the lent machine has their distribution, or NEVER)."""
-    carry = [w for w in wheels if distribution(w.name) not in has | NEVER]
+    carry = [w for w in wheels if distribution(w.name) in ALWAYS or distribution(w.name) not in has | NEVER]
     return carry, [w for w in wheels if w not in carry]
 
 

@@ -10,7 +10,8 @@
 # a run stopped anywhere keeps the finished sections and names the one that was running) and
 # gpu_suite.log (the suite's whole output). The suite shares --budget-s 420 between its sections,
 # each also under its own bound; `timeout` stops it at 510 s regardless (SIGTERM: the running
-# section is written down as interrupted), inside the device tool's 600 s.
+# section is written down as interrupted), inside the device tool's 600 s (SUITE_TIMEOUT_S
+# changes it where there is no such limit, e.g. a dry run on a loaded CPU with --budget-s 3000).
 # The lent machines lack dakd's pure-Python dependencies and cannot download them: when the kit
 # (.whl/, made here by `python benchmarks/gpu_kit.py`) travels along, it is installed offline first.
 set -uo pipefail
@@ -21,10 +22,11 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 DAKD_NO_PROGRESS=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 echo "gpu_run: results in $OUT"
 
-if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+KIT="${KIT:-.whl}"  # the kit's folder (another one, or none, where the checkout's is not for this Python)
+if [ -d "$KIT" ] && compgen -G "$KIT/*.whl" >/dev/null; then
     site="$(mktemp -d -t dakd-kit-XXXXXX)"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl \
-        || { echo "gpu_run: installing the kit (.whl) failed" | tee "$OUT/gpu_suite.log"; exit 1; }
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$KIT"/*.whl \
+        || { echo "gpu_run: installing the kit ($KIT) failed" | tee "$OUT/gpu_suite.log"; exit 1; }
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
@@ -45,7 +47,7 @@ PY
 } > "$OUT/environment.txt"
 cat "$OUT/environment.txt"
 
-timeout -s TERM -k 20 510 "$PYTHON" benchmarks/gpu_suite.py --budget-s 420 \
+timeout -s TERM -k 20 "${SUITE_TIMEOUT_S:-510}" "$PYTHON" benchmarks/gpu_suite.py --budget-s 420 \
     --json "$OUT/gpu_suite.json" --markdown "$OUT/gpu_suite.md" "$@" 2>&1 | tee "$OUT/gpu_suite.log"
 status=${PIPESTATUS[0]}
 echo "gpu_run: suite exit status $status; results in $OUT"

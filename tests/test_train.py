@@ -204,18 +204,23 @@ def test_adapt_resume_from_an_earlier_checkpoint_is_exact(data, pretrained, tmp_
         adapt.run(build_config(AdaptConfig, None, **fields, out=part.as_uri(), lambda_adv_main=0.5))
 
 
-def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+def _nan_images_from_step_4(monkeypatch) -> None:
+    """Batches of 2: steps 1-3 are clean, step 4 and later see images of NaNs."""
     original = ManifestDataset.__getitem__
     calls = {"n": 0}
 
     def poisoned(self, key):
         item = original(self, key)
         calls["n"] += 1
-        if calls["n"] > 6:  # batches of 2: steps 1-3 are clean, step 4 sees an image of NaNs
+        if calls["n"] > 6:
             item["image"] = torch.full_like(item["image"], float("nan"))
         return item
 
     monkeypatch.setattr(ManifestDataset, "__getitem__", poisoned)
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    _nan_images_from_step_4(monkeypatch)
     out = tmp_path / "nan"
     cfg = build_config(PretrainConfig, None, **tiny_fields(source_manifest=data["source"], out=out.as_uri(), iterations=6, checkpoint_every=1))
     with pytest.raises(TrainingError, match=r"step 4: loss term 'seg_main' is nan"):
@@ -224,6 +229,56 @@ def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoin
     assert last["step"] == 3
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert not (out / "result.json").exists()
+
+
+def test_gpu_losses_stay_on_their_device_until_read():
+    terms = {"seg_main": torch.ones((), device="meta"), "seg_aux": torch.ones((), device="meta")}
+    pending = engine.check_finite(7, terms)  # reading a meta tensor fails, as a CUDA read would sync
+    assert isinstance(pending, engine.StepLosses)
+    assert (pending.step, pending.names, pending.values.device.type) == (7, ("seg_main", "seg_aux"), "meta")
+    steps = [engine.StepLosses(s, ("a", "b"), torch.tensor(v)) for s, v in ((3, [1.0, 2.0]), (4, [0.5, float("inf")]))]
+    assert engine.read_losses(steps[:1]) == [{"a": 1.0, "b": 2.0}]
+    with pytest.raises(TrainingError, match=r"^step 4: loss term 'b' is inf \(read with the losses of steps 3-4\)"):
+        engine.read_losses(steps)
+
+
+def test_deferred_loss_reads_at_log_and_checkpoint_steps_still_stop_at_a_nan_naming_its_step(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "_reads_now", lambda device: False)  # the CPU run takes the GPU's path
+    reads, real_read = [], engine.read_losses
+    monkeypatch.setattr(engine, "read_losses", lambda pending: (reads.append([p.step for p in pending]),
+                                                                real_read(pending))[1])
+    _nan_images_from_step_4(monkeypatch)
+    out = tmp_path / "nan"
+    cfg = build_config(PretrainConfig, None, **tiny_fields(source_manifest=data["source"], out=out.as_uri(),
+                                                           iterations=9, checkpoint_every=3, log_every=3))
+    with pytest.raises(TrainingError, match=r"step 4: loss term 'seg_main' is nan \(read with the losses of steps 4-6\)"):
+        pretrain.run(cfg)
+    assert reads == [[1, 2, 3], [4, 5, 6]]  # two reads in six steps, not one per step
+    last = load_checkpoint((out / "last.pt").as_uri())
+    assert last["step"] == 3 and last["last_losses"].keys() == {"seg_main", "seg_aux"}
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert not (out / "checkpoints" / "step_0000006.pt").exists() and not (out / "result.json").exists()
+
+
+def test_log_mlflow_off_trains_and_publishes_without_importing_or_contacting_mlflow(data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # from here on `import mlflow` raises ImportError
+    # a tracking server that does not answer: a stage that checked it would stop after 3 s (exit 2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("DAKD_MLFLOW_DEADLINE_S", "3")
+    out = tmp_path / "untracked"
+    fields = tiny_fields(source_manifest=data["source"], select_manifest=data["select"], iterations=3, eval_every=2)
+    result = pretrain.run(build_config(PretrainConfig, None, **fields, out=out.as_uri(), log_mlflow=False))
+    published = json.loads((out / "result.json").read_text())
+    assert published["mlflow_run_id"] is None and result.mlflow_run_id is None
+    assert published["metrics"]["steps"] == 3 and published["metrics"]["best_step"] in (2, 3)
+    assert load_checkpoint(published["last_checkpoint_uri"])["step"] == 3
+    # log_mlflow is how the stage runs, not what it computes: a tracked rerun resumes this one
+    assert load_checkpoint(published["last_checkpoint_uri"])["config_hash"] == engine.config_hash(
+        build_config(PretrainConfig, None, **fields, out=out.as_uri()))
+    # the same stage with tracking on does need MLflow: the switch is what kept it out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(ImportError):
+        pretrain.run(build_config(PretrainConfig, None, **fields, out=(tmp_path / "tracked").as_uri()))
 
 
 def _cli_pretrain(data, out: Path, iterations: int) -> list[str]:

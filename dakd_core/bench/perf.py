@@ -123,8 +123,9 @@ def loader_rows(loader: dict) -> list[PerfRow]:
 
 def train_rows(train: dict) -> list[PerfRow]:
     step = "AMP step / bare AMP loop" if train["device"].startswith("cuda") else "step / bare PyTorch loop"
+    untracked = "; dakd without MLflow (log_mlflow off)" if train.get("mlflow") is False else ""
     return [PerfRow("train", f"{r['model']}: dakd pretrain {step} (throughput)", r["dakd_over_bare"], "x", "0.9 to 1.2",
-                    f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}")
+                    f"{r['dakd_img_s']:.2f} vs {r['bare_img_s']:.2f} img/s, {train['device']}{untracked}")
             for r in train["rows"]]
 
 
@@ -224,10 +225,13 @@ Where the table comes from:
   it, fsynced writes); with one worker in CPU seconds per image, from 1 to N workers the wall-clock
   speed-up of ingest's thread and process pools against the raw loop's.
 - loader: the training batch stream (`engine.image_stream`: store reads, decode, scale, crop, flip)
-  with 1 and N DataLoader workers.
-- train: `dakd pretrain` steps (store reads, DataLoader, augmentation, NaN guard, MLflow, checkpoint)
-  against a bare PyTorch loop reading the same PNGs through a DataLoader with as many workers
-  (PIL decode, normalise, flip), same network, optimiser, schedule and (on CUDA) AMP.
+  with 1 and N DataLoader workers, the first batch (worker start-up) and the batches prefetched
+  meanwhile not timed.
+- train: `dakd pretrain`'s steps (store reads, DataLoader, augmentation, NaN guard, MLflow metrics
+  every 10 steps), timed from the gaps between the engine's end-of-step stamps after the first step
+  (start-up and the final checkpoint are not steps), against a bare PyTorch loop over the same steps
+  reading the same PNGs through a DataLoader with as many workers (PIL decode, normalise, flip),
+  same network, optimiser, schedule and (on CUDA) AMP.
 - distill: median step time of `dakd distill` from the uint8 teacher cache, with the live teacher, and
   the student's own adaptation loop alone (same data, no augmentation on either side); cache bytes
   per image from `dakd cache-teacher`. The live / cached goal is stated for deeplabv2_resnet101 ->

@@ -27,7 +27,7 @@ Size = tuple[int, int]
 
 # Fields that change how or where a run executes but not what it computes: a resumed run may
 # change them (`out` too: a copied run directory resumes).
-EXECUTION_FIELDS = frozenset({"num_workers", "data_memo_mib", "log_every", "device", "out"})
+EXECUTION_FIELDS = frozenset({"num_workers", "data_memo_mib", "log_every", "log_mlflow", "device", "out"})
 
 
 class TrainConfig(StrictConfig):
@@ -79,6 +79,10 @@ class TrainConfig(StrictConfig):
     eval_every: int = Field(1000, gt=0, description="iterations between validations on select_manifest (the "
                                                  "best-checkpoint selection)")
     log_every: int = Field(50, gt=0)
+    log_mlflow: bool = Field(
+        True, description="an MLflow stage run (config as params, metrics, the result); off: the stage neither "
+                          "imports MLflow nor contacts a tracking server, and result.json is its only record "
+                          "(benchmarks, machines without MLflow)")
 
     @model_validator(mode="after")
     def _network_recipe(self) -> "TrainConfig":

@@ -465,11 +465,12 @@ def _run_gate(cfg: DistillConfig, student, live_teacher, cache, device, amp) -> 
         teacher = load_frozen_teacher(cfg.teacher, device)
     info = teacher_gate(cfg, student, teacher, cache, device, amp)
     message = info.pop("gate/message", None)
-    from dakd_core.tracking import log_metrics, set_tags
+    if cfg.log_mlflow:
+        from dakd_core.tracking import log_metrics, set_tags
 
-    log_metrics({k: v for k, v in info.items() if math.isfinite(v)}, step=0)
-    decision = "proxies-only" if "gate/passed" not in info else ("pass" if info["gate/passed"] else f"fail-{cfg.gate}")
-    set_tags({"dakd.gate_decision": decision})
+        log_metrics({k: v for k, v in info.items() if math.isfinite(v)}, step=0)
+        decision = "proxies-only" if "gate/passed" not in info else ("pass" if info["gate/passed"] else f"fail-{cfg.gate}")
+        set_tags({"dakd.gate_decision": decision})
     if message:
         if cfg.gate == "error":
             raise DakdError(message + " (use gate=warn / --gate warn to distil anyway)")

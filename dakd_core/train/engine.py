@@ -215,11 +215,12 @@ def _launch(train: Callable, cfg):
     try:
         if not dist.is_main:  # only rank 0 writes
             return train(cfg, dist)
-        from dakd_core.tracking import check_reachable
-
         out = open_output(cfg.out, "out")
         check_inputs(cfg)
-        check_reachable()  # before the lease: a run refused for its tracking server leaves nothing
+        if cfg.log_mlflow:
+            from dakd_core.tracking import check_reachable
+
+            check_reachable()  # before the lease: a run refused for its tracking server leaves nothing
         with WriterLease(out, f"training output {cfg.out}") as lease:
             token = _LEASE.set(lease)
             try:
@@ -355,21 +356,61 @@ def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def check_finite(step: int, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+@dataclass
+class StepLosses:
+    """One step's loss terms, not yet read: still on the device that computed them."""
+
+    step: int
+    names: tuple[str, ...]
+    values: torch.Tensor  # (len(names),) float32, detached
+
+
+def _reads_now(device: torch.device) -> bool:
+    """Whether loss values are read (and checked) in the step that computed them. On the CPU they
+    are already in host memory; on a GPU reading them waits for the step's kernels to finish (a
+    host sync), so the host could not queue the next step meanwhile: they are read together later
+    (RunKeeper.end_step, `read_losses`)."""
+    return device.type == "cpu"
+
+
+def check_finite(step: int, terms: dict[str, torch.Tensor]) -> dict[str, float] | StepLosses:
     """Loss terms as floats; a NaN/inf term stops training with a TrainingError naming it.
 
-    One host sync for all terms. Call it before any optimizer.step(), so the weights (and the
-    last checkpoint) stay the last good ones.
+    Call it before any optimizer.step(), so that on the CPU the weights (and the last checkpoint)
+    stay the last good ones. On a GPU the terms come back unread (`StepLosses`): `RunKeeper.end_step`
+    reads the steps since its last read in one copy at every log, evaluation and checkpoint step, and
+    a non-finite term stops training there, naming its step, before anything is evaluated, logged or
+    checkpointed: the weights the later steps changed are never published.
     """
-    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()]).cpu().tolist()
-    result = dict(zip(terms, values))
-    for name, value in result.items():
+    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+    if not _reads_now(values.device):
+        return StepLosses(step, tuple(terms), values)
+    return _finite(step, tuple(terms), values.tolist())
+
+
+def read_losses(pending: list[StepLosses]) -> list[dict[str, float]]:
+    """The loss terms of `pending` steps as floats, read from the device in one copy (one sync);
+    TrainingError naming the first non-finite term, its step and the steps read together."""
+    if not pending:
+        return []
+    flat = torch.cat([p.values for p in pending]).cpu().tolist()
+    read, at = [], 0
+    span = f"{pending[0].step}-{pending[-1].step}" if len(pending) > 1 else str(pending[0].step)
+    for p in pending:
+        read.append(_finite(p.step, p.names, flat[at:at + len(p.names)], span))
+        at += len(p.names)
+    return read
+
+
+def _finite(step: int, names: tuple[str, ...], values: list[float], span: str = "") -> dict[str, float]:
+    for name, value in zip(names, values):
         if not math.isfinite(value):
+            read = f" (read with the losses of steps {span})" if span and span != str(step) else ""
             raise TrainingError(
-                f"step {step}: loss term '{name}' is {value}; training stopped, "
+                f"step {step}: loss term '{name}' is {value}{read}; training stopped, "
                 "the last good checkpoint is kept (lower the lr or check the inputs)"
             )
-    return result
+    return dict(zip(names, values))
 
 
 # ----------------------------------------------------------------------------- data
@@ -521,6 +562,7 @@ class RunKeeper:
         self.last_losses: dict[str, float] = {}
         self._loss_sums: dict[str, float] = {}
         self._loss_count = 0
+        self._unread: list[StepLosses] = []  # the GPU steps' losses since the last read (check_finite)
         self._select = None
         if cfg.select_manifest:
             from dakd_core.data.dataset import ManifestDataset
@@ -603,9 +645,14 @@ class RunKeeper:
 
     @contextlib.contextmanager
     def tracking(self):
-        """The MLflow stage run (rank 0 only), with the whole validated config as params."""
-        if not self.dist.is_main:
-            yield None
+        """The MLflow stage run (rank 0 only), with the whole validated config as params; none
+        (and no MLflow import) with `log_mlflow` off: result.json is then the run's only record."""
+        if not (self.dist.is_main and self.cfg.log_mlflow):
+            try:
+                yield None
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
             return
         from dakd_core.tracking import MetricOutbox, stage_run
 
@@ -624,19 +671,22 @@ class RunKeeper:
                 if self._bar is not None:
                     self._bar.close()
 
-    def end_step(self, step: int, losses: dict[str, float]) -> None:
-        self.last_losses = losses
-        for k, v in losses.items():
-            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
-        self._loss_count += 1
-        if self._bar is not None and self.dist.is_main:
-            self._bar.set_postfix(loss=f"{sum(losses.values()):.4f}", refresh=False)
+    def end_step(self, step: int, losses: dict[str, float] | StepLosses) -> None:
         final = step == self.cfg.iterations
-        if step % self.cfg.log_every == 0 or final:
+        log = step % self.cfg.log_every == 0 or final
+        evaluate = self._select is not None and (step % self.cfg.eval_every == 0 or final)
+        periodic = step % self.cfg.checkpoint_every == 0 or final
+        if isinstance(losses, StepLosses):
+            self._unread.append(losses)
+            if log or evaluate or periodic:  # nothing is logged, evaluated or saved unchecked
+                self._read_losses()
+        else:
+            self._account(losses)
+        if log:
             self._log({f"train/{k}": v / self._loss_count for k, v in self._loss_sums.items()}, step)
             self._loss_sums, self._loss_count = {}, 0
         improved = False
-        if self._select is not None and (step % self.cfg.eval_every == 0 or final):
+        if evaluate:
             if self.dist.is_main:
                 miou = evaluate_miou(self.eval_model, self._select, self.cfg.num_classes, self.dist.device, self.amp, self.cfg.num_workers)
                 self._log({"select/miou": miou}, step)
@@ -645,9 +695,25 @@ class RunKeeper:
             improved = self._agree(improved)  # rank 0 decided; all ranks must enter the checkpoint
         if self._select is None and final:
             self.best_step, improved = step, True  # nothing to select on: the final weights
-        periodic = step % self.cfg.checkpoint_every == 0 or final
         if periodic or improved:
             self._checkpoint(step, improved, periodic)
+
+    def _account(self, losses: dict[str, float]) -> None:
+        """A step's (read, finite) losses into the logged means and the progress bar."""
+        self.last_losses = losses
+        for k, v in losses.items():
+            self._loss_sums[k] = self._loss_sums.get(k, 0.0) + v
+        self._loss_count += 1
+        if self._bar is not None and self.dist.is_main:
+            self._bar.set_postfix(loss=f"{sum(losses.values()):.4f}", refresh=False)
+
+    def _read_losses(self) -> None:
+        """Read and check the unread steps' losses (TrainingError at a non-finite one)."""
+        if not self._unread:
+            return
+        pending, self._unread = self._unread, []
+        for losses in read_losses(pending):
+            self._account(losses)
 
     def _agree(self, flag: bool) -> bool:
         if not self.dist.enabled:
@@ -657,6 +723,7 @@ class RunKeeper:
         return bool(value.item())
 
     def _checkpoint(self, step: int, best: bool, periodic: bool) -> None:
+        self._read_losses()  # a stop signal's checkpoint too: no weights after an unchecked loss
         payload = self.snapshot(step)
         rng = gather_rng(self.dist)  # a collective: every rank gets here
         if periodic:
