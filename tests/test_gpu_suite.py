@@ -101,15 +101,13 @@ def test_a_failing_or_overrunning_section_is_a_row_and_the_others_keep_theirs(su
         raise RuntimeError("CUDA out of memory")
 
     def slow(p, s):
-        time.sleep(30)
+        time.sleep(3600)  # not stopped at its bound: pytest's 600 s timeout fails the test
 
     _fake(monkeypatch, suite, [("train", lambda p, s: TRAIN), ("distill", broken), ("ort", slow),
                                ("loader", lambda p, s: LOADER)])
     monkeypatch.setitem(suite.PRESETS, "dry", dataclasses.replace(suite.PRESETS["dry"], bounds={"ort": 0.5}))
     out = tmp_path / "s.json"
-    started = time.perf_counter()
     report = suite.main(["--dry-run", "--json", str(out)])
-    assert time.perf_counter() - started < 20  # the 30 s section was stopped at its bound
     assert _statuses(out) == {"train": "ok", "distill": "error", "ort": "error", "loader": "ok"}
     rows = {(r["stage"], r["measure"]): r for r in json.loads(out.read_text())["rows"]}
     assert rows[("distill", "error")]["detail"] == "RuntimeError: CUDA out of memory"
