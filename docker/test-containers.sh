@@ -14,9 +14,12 @@
 #     server and the records in S3;
 #  5. everything started here is stopped by its PID / name and removed (images, volume, data root).
 #
-# Where no engine can be installed or started, it prints "SKIPPED: ..." and exits 0; any later
-# failure exits non-zero. Knobs: NICE (niceness of dockerd, its builds and tasks; default 0),
-# KEEP=1 (keep the engine, its images and the work folder for a rerun), PY (default .venv/bin/python).
+# Where no engine can run here (not root, no apt-get, apt-get or dockerd fails, the engine cannot
+# run a container, the Debian mirror does not answer) it prints one line "SKIPPED: test-containers:
+# <why>" and exits 0: nothing was tested. Once the engine runs a container and the mirror answers,
+# every failure exits non-zero. SIGTERM/SIGINT (e.g. from `timeout`) clean up too.
+# Knobs: NICE (niceness of dockerd, its builds and tasks; default 0), KEEP=1 (keep the engine, its
+# images and the work folder for a rerun), PY (default .venv/bin/python), DEBIAN_MIRROR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -56,6 +59,7 @@ cleanup() {
     return $rc
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # so that the EXIT trap cleans up after `timeout` or Ctrl-C
 
 skip() { echo "SKIPPED: test-containers: $*"; exit 0; }
 
@@ -73,8 +77,10 @@ else
     fi
     [[ $(id -u) == 0 ]] || skip "dockerd needs root and no docker engine is running"
     export DOCKER_HOST="unix://$WORK/docker.sock"
-    # no bridge, no iptables: containers use the host's network only (every service binds 127.0.0.1)
-    nice -n "$NICE" dockerd --host "$DOCKER_HOST" --data-root "$DATA_ROOT" --exec-root "$WORK/exec" \
+    # no bridge, no iptables: containers use the host's network only (every service binds 127.0.0.1);
+    # its own session: a signal to this script's process group (timeout, Ctrl-C) reaches the script,
+    # whose cleanup stops dockerd after the containers, not dockerd first
+    setsid nice -n "$NICE" dockerd --host "$DOCKER_HOST" --data-root "$DATA_ROOT" --exec-root "$WORK/exec" \
         --pidfile "$WORK/dockerd.pid" --bridge=none --iptables=false --ip-masq=false \
         >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
@@ -94,8 +100,13 @@ WHEELS=${DAKD_WHEELS:-${PIP_FIND_LINKS:-}}
 if [[ -n "$WHEELS" ]] && compgen -G "$WHEELS/torch-2.13.0*.whl" >/dev/null; then
     BUILD+=(--wheels "$WHEELS" --build-arg TORCH_INDEX_URL=)  # torch from the wheel folder only
 fi
-nice -n "$NICE" docker/base-from-debian.sh "$BASE"
+rc=0
+nice -n "$NICE" docker/base-from-debian.sh "$BASE" || rc=$?
+((rc != 3)) || skip "the Debian mirror does not answer (line above): no base image can be made"
+((rc == 0)) || { echo "test-containers: docker/base-from-debian.sh failed (exit $rc)" >&2; exit 1; }
 BUILT_TAGS+=("$BASE")
+docker run --rm --network host "$BASE" true >"$WORK/run-probe.log" 2>&1 \
+    || { tail -5 "$WORK/run-probe.log"; skip "the docker engine cannot run a container (log above)"; }
 MLFLOW_IMAGE=$($PY docker/build.py --print-tag --variant mlflow --registry dakd-test)
 CPU_IMAGE=$($PY docker/build.py --print-tag --variant cpu --registry dakd-test)
 for variant in mlflow cpu; do
