@@ -35,6 +35,7 @@ python3 -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=30).
 ROOTFS=$(mktemp -d /tmp/dakd-rootfs.XXXXXX)
 # --one-file-system: an interrupted debootstrap leaves /proc (and /sys) mounted in the rootfs
 trap 'rm -rf --one-file-system "$ROOTFS"' EXIT
+trap 'exit 143' TERM INT  # test-containers' time limit: the EXIT trap still runs
 start=$SECONDS
 echo "base-from-debian: debootstrap $SUITE from $MIRROR into $ROOTFS"
 # passwd: the Dockerfiles' useradd; python3-venv: ensurepip's wheels for the virtualenv

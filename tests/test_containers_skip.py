@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "docker" / "test-containers.sh"
 # what the script and docker/base-from-debian.sh call besides the fakes
 TOOLS = ("bash", "env", "mktemp", "dirname", "seq", "sleep", "rm", "tail", "awk", "cat", "chmod", "mkdir", "xargs",
-         "setsid", "nice", "grep", "cut", "git")
+         "setsid", "nice", "grep", "cut", "git", "timeout")
 # One fake for each engine program: its behaviour comes from FAKE_* variables. `docker info` answers
 # when FAKE_ENGINE=running; `docker image inspect` finds an image when FAKE_IMAGES=present; `docker
-# run` works unless FAKE_RUN=fails; dockerd dies at once; debootstrap fails.
+# run` works unless FAKE_RUN=fails; dockerd dies at once; debootstrap fails, or takes a minute
+# when FAKE_DEBOOTSTRAP=slow.
 FAKES = {
     "id": 'if [ "$1" = -u ]; then echo "$FAKE_UID"; else exec /usr/bin/id "$@"; fi',
     "docker": """case "$1" in
@@ -34,7 +35,8 @@ FAKES = {
   *) exit 0 ;;
 esac""",
     "dockerd": 'echo "fake dockerd: failed to start daemon" >&2; exit 1',
-    "debootstrap": 'echo "fake debootstrap: E: Couldn\'t download packages" >&2; exit 1',
+    "debootstrap": '[ "$FAKE_DEBOOTSTRAP" != slow ] || exec sleep 60\n'
+                   'echo "fake debootstrap: E: Couldn\'t download packages" >&2; exit 1',
 }
 
 
@@ -48,6 +50,9 @@ def bin_dir(tmp_path):
         assert where, f"{name} is not installed"
         (bin_dir / name).symlink_to(where)
     (bin_dir / "python3").symlink_to(sys.executable)
+    wheels = tmp_path / "wheels"  # a CPU torch wheel is here (test_no_cpu_torch_wheel_reachable_skips: not)
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     return bin_dir
 
 
@@ -61,7 +66,7 @@ def add_fakes(bin_dir: Path, *names: str) -> None:
 def run_script(bin_dir: Path, **fake) -> subprocess.CompletedProcess:
     env = {"PATH": str(bin_dir), "PY": sys.executable, "HOME": os.environ.get("HOME", "/tmp"),
            "DOCKER_HOST": "unix:///nonexistent/docker.sock",  # docker/build.py's SDK reaches no real engine
-           "FAKE_UID": "0", **fake}
+           "DAKD_WHEELS": str(bin_dir.parent / "wheels"), "FAKE_UID": "0", **fake}
     return subprocess.run([str(bin_dir / "bash"), str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -129,3 +134,17 @@ def test_a_failed_image_build_is_a_failure_not_a_skip(bin_dir):
     res = run_script(bin_dir, FAKE_ENGINE="running", FAKE_IMAGES="present")
     assert res.returncode != 0 and "SKIPPED" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert "building the mlflow image failed" in res.stderr
+
+
+def test_provisioning_over_its_time_limit_skips(bin_dir, mirror):
+    add_fakes(bin_dir, "id", "docker", "debootstrap")
+    res = run_script(bin_dir, FAKE_ENGINE="running", DEBIAN_MIRROR=mirror, FAKE_DEBOOTSTRAP="slow", PROVISION_LIMIT_S="5")
+    line = skipped_because(res)
+    assert "building the images took over PROVISION_LIMIT_S=5 s here" in line and "load average" in line
+
+
+def test_no_cpu_torch_wheel_reachable_skips(bin_dir, tmp_path):
+    add_fakes(bin_dir, "id", "docker", "debootstrap")
+    index = f"http://127.0.0.1:{closed_port()}/whl/cpu"
+    res = run_script(bin_dir, FAKE_ENGINE="running", DAKD_WHEELS=str(tmp_path / "empty"), TORCH_INDEX_URL=index)
+    assert f"no CPU torch wheel here (DAKD_WHEELS, PIP_FIND_LINKS) and {index} does not answer" in skipped_because(res)
