@@ -34,7 +34,7 @@ python3 -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=30).
 
 ROOTFS=$(mktemp -d /tmp/dakd-rootfs.XXXXXX)
 # --one-file-system: an interrupted debootstrap leaves /proc (and /sys) mounted in the rootfs
-trap 'rm -rf --one-file-system "$ROOTFS"' EXIT
+trap 'rm -rf --one-file-system "$ROOTFS" "$ROOTFS.log"' EXIT
 trap 'exit 143' TERM INT  # test-containers' time limit: the EXIT trap still runs
 start=$SECONDS
 echo "base-from-debian: debootstrap $SUITE from $MIRROR into $ROOTFS"

@@ -16,9 +16,9 @@
 #
 # Where no engine can run here (not root, no apt-get, apt-get or dockerd fails, the engine cannot
 # run a container, the Debian mirror does not answer, no CPU torch wheel is reachable) it prints
-# one line "SKIPPED: test-containers: <why>" and exits 0: nothing was tested. So it does where PROVISION_LIMIT_S is set (.ci/run sets
-# it) and installing the engine and building the images take longer: a machine too loaded to
-# provision in time. Once the images are built, every failure exits non-zero. SIGTERM/SIGINT (e.g.
+# one line "SKIPPED: test-containers: <why>" and exits 0: nothing was tested. So it does where
+# PROVISION_LIMIT_S is set (.ci/run sets it) and installing the engine and building the images
+# take longer: a machine too loaded to provision in time. Once the images are built, every failure exits non-zero. SIGTERM/SIGINT (e.g.
 # from `timeout`) clean up too.
 # Knobs: NICE (niceness of dockerd, its builds and tasks; default 0), KEEP=1 (keep the engine, its
 # images and the work folder for a rerun), PY (default .venv/bin/python), DEBIAN_MIRROR,
@@ -55,6 +55,8 @@ cleanup() {
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$DOCKERD_PID" 2>/dev/null && { say "dockerd $DOCKERD_PID did not stop: killing it"; kill -9 "$DOCKERD_PID"; }
         rm -rf "$DATA_ROOT"  # every image, layer and container of the engine started here
+        # what a stopped dockerd can leave mounted in its exec root (netns/default)
+        awk -v work="$WORK/" 'index($2, work) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount
     elif ((${#BUILT_TAGS[@]})); then
         docker rmi "${BUILT_TAGS[@]}" >/dev/null 2>&1
     fi
