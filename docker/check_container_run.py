@@ -57,7 +57,7 @@ def check(out: Path, run_name: str, store_uri: str) -> list[str]:
     if local_stores:
         failures.append(f"{out}: a local MLflow or object store appeared: {', '.join(map(str, local_stores))}")
     print(f"check: {len(ROWS)} rows, registry {registry['name']} v{champion.version} champion on the MLflow server, "
-          f"{len(runs)} MLflow runs, stage records in {run.url('')}")
+          f"{len(runs)} MLflow runs, stage records in {run.uri}")
     return failures
 
 

@@ -14,9 +14,15 @@
 #     server and the records in S3;
 #  5. everything started here is stopped by its PID / name and removed (images, volume, data root).
 #
-# Where no engine can be installed or started, it prints "SKIPPED: ..." and exits 0; any later
-# failure exits non-zero. Knobs: NICE (niceness of dockerd, its builds and tasks; default 0),
-# KEEP=1 (keep the engine, its images and the work folder for a rerun), PY (default .venv/bin/python).
+# Where no engine can run here (not root, no apt-get, apt-get or dockerd fails, the engine cannot
+# run a container, the Debian mirror does not answer, no CPU torch wheel is reachable) it prints
+# one line "SKIPPED: test-containers: <why>" and exits 0: nothing was tested. So it does where
+# PROVISION_LIMIT_S is set (.ci/run sets it) and installing the engine and building the images
+# take longer: a machine too loaded to provision in time. Once the images are built, every failure exits non-zero. SIGTERM/SIGINT (e.g.
+# from `timeout`) clean up too.
+# Knobs: NICE (niceness of dockerd, its builds and tasks; default 0), KEEP=1 (keep the engine, its
+# images and the work folder for a rerun), PY (default .venv/bin/python), DEBIAN_MIRROR,
+# TORCH_INDEX_URL (where torch comes from when no local wheel folder has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -49,6 +55,8 @@ cleanup() {
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$DOCKERD_PID" 2>/dev/null && { say "dockerd $DOCKERD_PID did not stop: killing it"; kill -9 "$DOCKERD_PID"; }
         rm -rf "$DATA_ROOT"  # every image, layer and container of the engine started here
+        # what a stopped dockerd can leave mounted in its exec root (netns/default)
+        awk -v work="$WORK/" 'index($2, work) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount
     elif ((${#BUILT_TAGS[@]})); then
         docker rmi "${BUILT_TAGS[@]}" >/dev/null 2>&1
     fi
@@ -56,8 +64,25 @@ cleanup() {
     return $rc
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # so that the EXIT trap cleans up after `timeout` or Ctrl-C
 
 skip() { echo "SKIPPED: test-containers: $*"; exit 0; }
+
+PROVISION_LIMIT_S=${PROVISION_LIMIT_S:-0}  # 0: no limit
+# Run one provisioning step (install, base image, image build) within what is left of
+# PROVISION_LIMIT_S; exit status 124 when it ended because that time was spent.
+provision() {
+    ((PROVISION_LIMIT_S > 0)) || { "$@"; return; }
+    local left=$((T0 + PROVISION_LIMIT_S - SECONDS)) rc=0
+    ((left > 0)) || return 124
+    timeout --kill-after=60 "$left" "$@" || rc=$?
+    ((rc == 0 || SECONDS < T0 + PROVISION_LIMIT_S)) && return $rc
+    return 124
+}
+over_limit() {
+    skip "installing the engine and building the images took over PROVISION_LIMIT_S=$PROVISION_LIMIT_S s here" \
+         "(load average $(cut -d' ' -f1-3 /proc/loadavg)): too slow a machine to test on"
+}
 
 # ---- 1. the engine ---------------------------------------------------------------------------
 if docker info >/dev/null 2>&1; then
@@ -67,14 +92,16 @@ else
         [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null \
             || skip "no docker engine and no way to install one (needs root and apt-get)"
         say "installing docker.io and debootstrap"
-        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            docker.io debootstrap; } >"$WORK/apt.log" 2>&1 \
+        { provision apt-get update -q && DEBIAN_FRONTEND=noninteractive provision apt-get install -y -q \
+            --no-install-recommends docker.io debootstrap; } >"$WORK/apt.log" 2>&1 \
             || { tail -5 "$WORK/apt.log"; skip "apt-get could not install docker.io (log above)"; }
     fi
     [[ $(id -u) == 0 ]] || skip "dockerd needs root and no docker engine is running"
     export DOCKER_HOST="unix://$WORK/docker.sock"
-    # no bridge, no iptables: containers use the host's network only (every service binds 127.0.0.1)
-    nice -n "$NICE" dockerd --host "$DOCKER_HOST" --data-root "$DATA_ROOT" --exec-root "$WORK/exec" \
+    # no bridge, no iptables: containers use the host's network only (every service binds 127.0.0.1);
+    # its own session: a signal to this script's process group (timeout, Ctrl-C) reaches the script,
+    # whose cleanup stops dockerd after the containers, not dockerd first
+    setsid nice -n "$NICE" dockerd --host "$DOCKER_HOST" --data-root "$DATA_ROOT" --exec-root "$WORK/exec" \
         --pidfile "$WORK/dockerd.pid" --bridge=none --iptables=false --ip-masq=false \
         >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
@@ -93,15 +120,28 @@ done
 WHEELS=${DAKD_WHEELS:-${PIP_FIND_LINKS:-}}
 if [[ -n "$WHEELS" ]] && compgen -G "$WHEELS/torch-2.13.0*.whl" >/dev/null; then
     BUILD+=(--wheels "$WHEELS" --build-arg TORCH_INDEX_URL=)  # torch from the wheel folder only
+else  # PyPI's torch is a CUDA build: without a CPU wheel here, PyTorch's CPU index must answer
+    TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+    $PY -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=30).read(1)" "$TORCH_INDEX_URL/torch/" 2>/dev/null \
+        || skip "no CPU torch wheel here (DAKD_WHEELS, PIP_FIND_LINKS) and $TORCH_INDEX_URL does not answer"
+    BUILD+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 fi
-nice -n "$NICE" docker/base-from-debian.sh "$BASE"
+rc=0
+provision nice -n "$NICE" docker/base-from-debian.sh "$BASE" || rc=$?
+((rc != 124)) || over_limit
+((rc != 3)) || skip "the Debian mirror does not answer (line above): no base image can be made"
+((rc == 0)) || { echo "test-containers: docker/base-from-debian.sh failed (exit $rc)" >&2; exit 1; }
 BUILT_TAGS+=("$BASE")
+docker run --rm --network host "$BASE" true >"$WORK/run-probe.log" 2>&1 \
+    || { tail -5 "$WORK/run-probe.log"; skip "the docker engine cannot run a container (log above)"; }
 MLFLOW_IMAGE=$($PY docker/build.py --print-tag --variant mlflow --registry dakd-test)
 CPU_IMAGE=$($PY docker/build.py --print-tag --variant cpu --registry dakd-test)
 for variant in mlflow cpu; do
-    start=$SECONDS
-    nice -n "$NICE" $PY docker/build.py "${BUILD[@]}" --variant $variant >"$WORK/build-$variant.log" 2>&1 \
-        || { tail -30 "$WORK/build-$variant.log"; echo "test-containers: building the $variant image failed" >&2; exit 1; }
+    start=$SECONDS rc=0
+    provision nice -n "$NICE" $PY docker/build.py "${BUILD[@]}" --variant $variant >"$WORK/build-$variant.log" 2>&1 \
+        || rc=$?
+    ((rc != 124)) || over_limit
+    ((rc == 0)) || { tail -30 "$WORK/build-$variant.log"; echo "test-containers: building the $variant image failed" >&2; exit 1; }
     tag=$([[ $variant == cpu ]] && echo "$CPU_IMAGE" || echo "$MLFLOW_IMAGE")
     BUILT_TAGS+=("$tag")
     say "$tag built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')"
