@@ -18,8 +18,8 @@
 # run a container, the Debian mirror does not answer, no CPU torch wheel is reachable) it prints
 # one line "SKIPPED: test-containers: <why>" and exits 0: nothing was tested. So it does where
 # PROVISION_LIMIT_S is set (.ci/run sets it) and installing the engine and building the images
-# take longer: a machine too loaded to provision in time. Once the images are built, every failure exits non-zero. SIGTERM/SIGINT (e.g.
-# from `timeout`) clean up too.
+# take longer: a machine too loaded to provision in time. Once the images are built, every failure
+# exits non-zero. SIGTERM/SIGINT (e.g. from `timeout`) clean up too.
 # Knobs: NICE (niceness of dockerd, its builds and tasks; default 0), KEEP=1 (keep the engine, its
 # images and the work folder for a rerun), PY (default .venv/bin/python), DEBIAN_MIRROR,
 # TORCH_INDEX_URL (where torch comes from when no local wheel folder has it).

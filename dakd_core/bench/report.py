@@ -346,8 +346,8 @@ Every stage picks its checkpoint on the **tune** split (every {p['eval_every']} 
 last-checkpoint column uses no target labels at all. Seed i draws its own pair (data seed i: its own
 source, target train, tune and val images) as well as its initialisation, so the ± covers the data
 too. Chosen on **tune**: each stage's checkpoint, the teacher that distils (per seed, the adapted
-teacher recipe with the highest tune mIoU of `teacher_adapted`, `teacher_adapted_photometric` and
-`teacher_diga`: {_teachers(doc)}), and the reported DAKD paradigm and budget
+teacher recipe with the highest tune mIoU of {', '.join(f'`{k}`' for k in TEACHER_RECIPES)}:
+{_teachers(doc)}), and the reported DAKD paradigm and budget
 (**{doc.get('chosen_paradigm') or 'n/a'}**, the highest mean tune mIoU of (a)-(d) and (d) at 4x the budget).
 Chosen on **val** (stated plainly): the appearance shift {p.get('shift', 1.0)} (benchmarks/shift_curve.py
 scored target val then; it scores tune now) and λ_adv 10x AdaptSegNet's (docs/learning.md, measured on

@@ -75,9 +75,11 @@ def sweep_params(sweep_file: str, config_file: str | None) -> list[tuple[dict, d
 
     base_path, points = read_sweep(sweep_file, config_file)
     base = submit_params(base_path)
-    planned = plan_points(load_run_config(base_path), points)
-    return [(point, {k: form_values(cfg.params)[k] for k in dict.fromkeys([*base, *point])})
-            for point, cfg in zip(points, planned)]
+    runs = []
+    for point, cfg in zip(points, plan_points(load_run_config(base_path), points)):
+        values = form_values(cfg.params)  # once per point, not once per key
+        runs.append((point, {k: values[k] for k in dict.fromkeys([*base, *point])}))
+    return runs
 
 
 def _load_yaml(path: str) -> dict:

@@ -278,7 +278,8 @@ def form_type(name: str) -> type:
     """The type of a parameter's box in the KFP form: bool, int or float for a switch or a plain
     number (or a choice of integers); str for text, text choices and number-or-word parameters."""
     annotation = PipelineParams.model_fields[name].annotation
-    if form_choices(name) and all(type(c) is int for c in form_choices(name)):
+    choices = form_choices(name)
+    if choices and all(type(c) is int for c in choices):
         return int
     return annotation if annotation in (bool, int, float) else str
 

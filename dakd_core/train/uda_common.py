@@ -88,9 +88,3 @@ def forward_by_domain(net: nn.Module, batches: list[torch.Tensor], is_target: li
         with bn_running_stats_frozen(net, bn_statistics == "target" and not target):
             outs.append(net(x))
     return outs
-
-
-def split_output(out, sizes: list[int]):
-    """Split a SegOutput of a concatenated batch into one SegOutput per part."""
-    mains, auxs = out.main.split(sizes), out.aux.split(sizes)
-    return [type(out)(m, a) for m, a in zip(mains, auxs)]
