@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None, client=None) -> int:
     p.add_argument("--version-tag", action="store_true", help="also tag the package version")
     p.add_argument("--push", action="store_true")
     p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime (CUDA), "
-                        "PYTHON_IMAGE=dakd/python-base:3.11-bookworm, TORCH_INDEX_URL=URL (CPU, MLflow)")
+                   help="e.g. PYTHON_IMAGE=dakd/python-base:3.11-bookworm (every variant), "
+                        "TORCH_INDEX_URL=URL (CPU)")
     p.add_argument("--no-pull", action="store_true",
                    help="build on the base images already here (air-gapped); the engine pulls only a missing one")
     p.add_argument("--network", metavar="MODE",

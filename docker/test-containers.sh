@@ -5,11 +5,13 @@
 #     with its own data root, socket and no bridge (no container gets an address of its own);
 #  2. the images, air-gapped: the Python base from the Debian mirror (docker/base-from-debian.sh),
 #     then the MLflow and CPU images with docker/build.py --no-pull (the machine's extra CA
-#     certificates and local wheel folder passed to the build only);
+#     certificates and local wheel folder passed to the build only); with CUDA_IMAGE=1 the CUDA image
+#     too (6.3 GB: PyPI's CUDA torch and ONNX Runtime GPU; its build checks its CUDA libraries);
 #  3. the services, on 127.0.0.1 only: S3 (moto server, from .venv) and the MLflow tracking server
 #     in its container (basic auth as in k8s/mlflow, backend store on a docker volume, artifacts
 #     proxied to S3);
-#  4. `dakd run --runner docker` of docker/tiny.yaml: every task in the CPU image, talking HTTP to
+#  4. `dakd run --runner docker` of docker/tiny.yaml: every task in the CPU image (with
+#     CUDA_IMAGE=1 the GPU stages in the CUDA image, as on a cluster, run on the CPU), talking HTTP to
 #     both services; docker/check_container_run.py checks the table, the registry outcome on the
 #     server and the records in S3;
 #  5. everything started here is stopped by its PID / name and removed (images, volume, data root).
@@ -21,7 +23,7 @@
 # take longer: a machine too loaded to provision in time. Once the images are built, every failure
 # exits non-zero. SIGTERM/SIGINT (e.g. from `timeout`) clean up too.
 # Knobs: NICE (niceness of dockerd, its builds and tasks; default 0), KEEP=1 (keep the engine, its
-# images and the work folder for a rerun), PY (default .venv/bin/python), DEBIAN_MIRROR,
+# images and the work folder for a rerun), CUDA_IMAGE=1 (above), PY (default .venv/bin/python), DEBIAN_MIRROR,
 # TORCH_INDEX_URL (where torch comes from when no local wheel folder has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +43,9 @@ cleanup() {
     # engine has been seen to leave a killed container behind on the first try
     for _ in 1 2 3; do
         [[ -n "$MLFLOW_NAME" ]] && docker rm -f "$MLFLOW_NAME" >/dev/null 2>&1
-        [[ -n "${CPU_IMAGE:-}" ]] && docker ps -aq --filter "ancestor=$CPU_IMAGE" | xargs -r docker rm -f >/dev/null 2>&1
+        for image in ${CPU_IMAGE:-} ${GPU_IMAGE:-}; do
+            docker ps -aq --filter "ancestor=$image" | xargs -r docker rm -f >/dev/null 2>&1
+        done
         [[ -z "$VOLUME" ]] || docker volume rm "$VOLUME" >/dev/null 2>&1 && break
         sleep 2
     done
@@ -136,17 +140,23 @@ docker run --rm --network host "$BASE" true >"$WORK/run-probe.log" 2>&1 \
     || { tail -5 "$WORK/run-probe.log"; skip "the docker engine cannot run a container (log above)"; }
 MLFLOW_IMAGE=$($PY docker/build.py --print-tag --variant mlflow --registry dakd-test)
 CPU_IMAGE=$($PY docker/build.py --print-tag --variant cpu --registry dakd-test)
-for variant in mlflow cpu; do
+VARIANTS=(mlflow cpu) GPU_IMAGE=""
+if [[ ${CUDA_IMAGE:-} == 1 ]]; then
+    VARIANTS+=(cuda)
+    GPU_IMAGE=$($PY docker/build.py --print-tag --variant cuda --registry dakd-test)
+fi
+for variant in "${VARIANTS[@]}"; do
     start=$SECONDS rc=0
     provision nice -n "$NICE" $PY docker/build.py "${BUILD[@]}" --variant $variant >"$WORK/build-$variant.log" 2>&1 \
         || rc=$?
     ((rc != 124)) || over_limit
     ((rc == 0)) || { tail -30 "$WORK/build-$variant.log"; echo "test-containers: building the $variant image failed" >&2; exit 1; }
-    tag=$([[ $variant == cpu ]] && echo "$CPU_IMAGE" || echo "$MLFLOW_IMAGE")
+    case $variant in cpu) tag=$CPU_IMAGE ;; cuda) tag=$GPU_IMAGE ;; *) tag=$MLFLOW_IMAGE ;; esac
     BUILT_TAGS+=("$tag")
     say "$tag built in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')"
 done
 grep -h "^cpu_torchvision:" "$WORK/build-cpu.log" || true
+grep -h "^check_cuda_image:" "$WORK/build-cuda.log" 2>/dev/null || true
 docker run --rm --network host "$CPU_IMAGE" python -c "import timm, torchvision; print('bare import timm:', timm.__version__, 'torchvision', torchvision.__version__)"
 
 # ---- 3. the services -------------------------------------------------------------------------
@@ -203,7 +213,7 @@ say "MLflow server (container $MLFLOW_NAME, basic auth) on $MLFLOW_TRACKING_URI"
 # ---- 4. the pipeline, every task in a container ----------------------------------------------
 OUT=$WORK/out
 start=$SECONDS
-DAKD_CPU_IMAGE=$CPU_IMAGE OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 \
+DAKD_CPU_IMAGE=$CPU_IMAGE DAKD_IMAGE=${GPU_IMAGE:-$CPU_IMAGE} OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 \
     nice -n "$NICE" $PY -m dakd_core run --runner docker --config docker/tiny.yaml --out "$OUT" \
     --store "s3://$BUCKET/store" --run-name containers \
     || { tail -40 "$OUT/logs/containers.log" 2>/dev/null; echo "test-containers: the pipeline run failed" >&2; exit 1; }

@@ -1,12 +1,13 @@
 """Export on an accelerator, proved on the CPU: the `meta` device stands in for CUDA (a tensor or
-constant left on the CPU fails there as it would on the GPU), and a CUDA provider that ONNX
-Runtime cannot load is reported as the CPU provider it falls back to."""
+constant left on the CPU fails there as it would on the GPU); a CUDA provider that ONNX Runtime
+lists but cannot load is an error, not a silent CPU run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from dakd_core.errors import DakdError
 from dakd_core.export import ExportConfig, _latencies, export_onnx, export_torch_fp16, load_torch_program, onnx_provider
 
 META = torch.device("meta")
@@ -50,18 +51,22 @@ def test_latency_table_moves_every_model_to_its_device(tiny, program_bytes, tmp_
     assert next(tiny.parameters()).device.type == "cpu"  # the caller's model is left where it was
 
 
-def test_onnx_rows_name_the_provider_that_ran_them(tiny, monkeypatch, tmp_path):
+def test_onnx_rows_name_the_provider_that_ran_them_and_a_cuda_provider_that_cannot_start_is_an_error(
+        tiny, monkeypatch, tmp_path):
     import onnxruntime as ort
 
     from dakd_core.evaluation.inference import DeployedSegmenter, OnnxPredictor
 
     onnx32 = export_onnx(DeployedSegmenter(tiny).eval())
-    # ONNX Runtime lists a CUDA provider it then cannot load (CPU wheel, missing libcudnn): the
-    # session runs on the CPU with a warning only
+    # ONNX Runtime lists a CUDA provider it then cannot load (CPU wheel, a CUDA library missing or
+    # of another major version): it warns and would run the session on the CPU
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
-            predictor = OnnxPredictor(onnx32, torch.device("cuda"), "fp32")
-    assert onnx_provider(predictor) == "CPUExecutionProvider"
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"), \
+            pytest.raises(DakdError, match=r"^fp32: ONNX Runtime .* could not start CUDAExecutionProvider on cuda "
+                                           r"and would run on CPUExecutionProvider"):
+        OnnxPredictor(onnx32, torch.device("cuda"), "fp32")
+    monkeypatch.undo()
+    assert onnx_provider(OnnxPredictor(onnx32, torch.device("cpu"), "fp32")) == "CPUExecutionProvider"
     cfg = ExportConfig(model="unused", out=str(tmp_path), resolution=(32, 48), warmup=0, iters=1, log_mlflow=False)
     table = _latencies(tiny, onnx32, onnx32, b"", cfg, torch.device("cpu"))
     assert table["onnx_fp32"]["provider"] == table["onnx_fp16"]["provider"] == "CPUExecutionProvider"

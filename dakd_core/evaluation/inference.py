@@ -92,6 +92,13 @@ class OnnxPredictor:
             self.session = ort.InferenceSession(model_bytes, providers=providers)
         except Exception as e:  # ORT raises its own exception types for malformed graphs
             raise DakdError(f"{source} is not a loadable ONNX model: {e}") from None
+        if providers[0] != self.session.get_providers()[0]:
+            # ORT's GPU build could not load its CUDA provider (a missing CUDA library, or one of
+            # another CUDA major version than it was built for) and only logged it: every run would
+            # silently take the CPU, many times slower, on a GPU node.
+            raise DakdError(f"{source}: ONNX Runtime {ort.__version__} could not start {providers[0]} on {device} "
+                            f"and would run on {self.session.get_providers()[0]} (its log above names the library "
+                            "it could not load; docker/check_cuda_image.py checks an image's CUDA libraries)")
         self.input_name = self.session.get_inputs()[0].name
         self.device = device
         self.num_parameters = _onnx_parameter_count(model_bytes)
