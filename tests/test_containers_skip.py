@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "docker" / "test-containers.sh"
 # what the script and docker/base-from-debian.sh call besides the fakes
 TOOLS = ("bash", "env", "mktemp", "dirname", "seq", "sleep", "rm", "tail", "awk", "cat", "chmod", "mkdir", "xargs",
-         "setsid", "nice", "grep", "cut", "git", "timeout")
+         "setsid", "nice", "grep", "cut", "git", "timeout", "df")
 # One fake for each engine program: its behaviour comes from FAKE_* variables. `docker info` answers
 # when FAKE_ENGINE=running; `docker image inspect` finds an image when FAKE_IMAGES=present; `docker
 # run` works unless FAKE_RUN=fails; dockerd dies at once; debootstrap fails, or takes a minute
@@ -28,7 +28,7 @@ TOOLS = ("bash", "env", "mktemp", "dirname", "seq", "sleep", "rm", "tail", "awk"
 FAKES = {
     "id": 'if [ "$1" = -u ]; then echo "$FAKE_UID"; else exec /usr/bin/id "$@"; fi',
     "docker": """case "$1" in
-  info) [ "$FAKE_ENGINE" = running ] ;;
+  info) [ "$FAKE_ENGINE" = running ] || exit 1; [ "$2" != -f ] || echo /tmp ;;
   version) echo 99.0 ;;
   image) [ "$FAKE_IMAGES" = present ] ;;
   run) [ "$FAKE_RUN" != fails ] || { echo "fake docker: cannot create a container" >&2; exit 125; } ;;
@@ -134,6 +134,18 @@ def test_a_failed_image_build_is_a_failure_not_a_skip(bin_dir):
     res = run_script(bin_dir, FAKE_ENGINE="running", FAKE_IMAGES="present")
     assert res.returncode != 0 and "SKIPPED" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert "building the mlflow image failed" in res.stderr
+
+
+def test_the_cuda_image_is_left_out_without_the_disk_for_it_and_the_rest_still_runs(bin_dir):
+    # the engine's root (/tmp for the fake) never has 10**6 GB free; with 0 GB asked the CUDA
+    # image is planned and nothing is said; either way the MLflow build runs (and fails: fakes)
+    add_fakes(bin_dir, "id", "docker", "debootstrap")
+    res = run_script(bin_dir, FAKE_ENGINE="running", FAKE_IMAGES="present", CUDA_IMAGE="1", CUDA_FREE_GB="1000000")
+    line = next(l for l in res.stdout.splitlines() if l.startswith("SKIPPED: CUDA image: "))
+    assert line.endswith("GB free under /tmp, it needs 1000000 (CUDA_FREE_GB); the GPU stages run in the CPU image")
+    assert res.returncode == 1 and "building the mlflow image failed" in res.stderr
+    res = run_script(bin_dir, FAKE_ENGINE="running", FAKE_IMAGES="present", CUDA_IMAGE="1", CUDA_FREE_GB="0")
+    assert "SKIPPED" not in res.stdout and "building the mlflow image failed" in res.stderr
 
 
 def test_provisioning_over_its_time_limit_skips(bin_dir, mirror):
