@@ -459,7 +459,7 @@ def check_artifact_store(location: str) -> None:
             repo.log_artifact(str(probe))
     except Exception as e:
         raise SetupError(redact_text(f"MLflow artifact store {location} cannot be written ({type(e).__name__}: "
-                                     f"{str(e)[:300]}): {_artifact_store_hint(location)}")) from None
+                                     f"{str(e)[:400]}): {_artifact_store_hint(location)}")) from None
     with contextlib.suppress(Exception):
         repo.delete_artifacts(name)
 

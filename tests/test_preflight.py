@@ -157,3 +157,44 @@ def test_a_stage_run_checks_its_artifact_store_before_its_block(nested, s3_serve
             ran.append(1)
     assert ran == []
     assert [r for r in client.search_runs([experiment]) if "dakd.stage" in r.data.tags] == []  # no stage run opened
+
+
+@pytest.fixture
+def s3_auth(s3_server):
+    """The moto server checks credentials from now on (its IAM knows none of the test's keys: every
+    request is refused as a wrong credential); back to accepting any afterwards."""
+    import requests
+
+    def reset_auth(count: str) -> None:
+        requests.post(f"{s3_server}/moto-api/reset-auth", data=count, timeout=10).raise_for_status()
+
+    reset_auth("0")
+    try:
+        yield
+    finally:
+        reset_auth("inf")
+
+
+@pytest.mark.parametrize("store", ["data", "artifacts"])
+def test_start_fails_on_a_wrong_s3_credential_naming_the_store_and_variables(store, roots, tmp_path, s3_server,
+                                                                              mlflow_uri, monkeypatch, request):
+    """Keys the endpoint does not know: `start` fails naming the store it could not write (the object
+    store, or the experiment's artifact store) and the variables, and opens no experiment."""
+    import boto3
+    import mlflow
+
+    bucket = f"dakd-auth-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
+    if store == "artifacts":
+        monkeypatch.setenv("DAKD_MLFLOW_ARTIFACT_ROOT", f"s3://{bucket}/mlartifacts")
+        data_store = (tmp_path / "store").as_uri()
+        expected = (rf"MLflow artifact store s3://{bucket}/mlartifacts cannot be written "
+                    r"\(.*InvalidAccessKeyId.*MLFLOW_S3_ENDPOINT_URL")
+    else:
+        data_store = f"s3://{bucket}/store"
+        expected = rf"field 'data_store_uri': the store {data_store} cannot be written \(access denied .*InvalidAccessKey"
+    request.getfixturevalue("s3_auth")  # after the bucket is made: from here on, every key is a wrong one
+    with pytest.raises(SetupError, match=expected + ".*secret dakd-s3"):
+        _start(**roots, data_store_uri=data_store)
+    assert mlflow.MlflowClient(mlflow_uri).get_experiment_by_name("dakd-preflight") is None
