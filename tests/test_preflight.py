@@ -198,3 +198,30 @@ def test_start_fails_on_a_wrong_s3_credential_naming_the_store_and_variables(sto
     with pytest.raises(SetupError, match=expected + ".*secret dakd-s3"):
         _start(**roots, data_store_uri=data_store)
     assert mlflow.MlflowClient(mlflow_uri).get_experiment_by_name("dakd-preflight") is None
+
+
+def test_a_training_stage_with_an_unwritable_artifact_store_exits_2_before_its_first_step(tmp_path, s3_server,
+                                                                                          mlflow_uri, monkeypatch,
+                                                                                          capsys):
+    """`dakd pretrain` whose experiment keeps its artifacts in a bucket that is not there: one error
+    line and exit 2 before the first step, nothing published (before: it trained, published its
+    checkpoints and failed uploading result.json, exit 1 with a traceback)."""
+    from _train_data import make_split
+
+    from dakd_core.cli import main
+    from dakd_core.storage import open_store
+
+    location = f"s3://dakd-missing-{uuid.uuid4().hex[:8]}/mlartifacts"
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("DAKD_MLFLOW_ARTIFACT_ROOT", location)
+    monkeypatch.setenv("DAKD_SYSTEM_METRICS", "0")
+    store = (tmp_path / "store").as_uri()
+    src = make_split(store, "src", 2, "source", seed=1)
+    out = f"{store}/runs/guarded/pretrain"
+    assert main(["pretrain", "--model", "deeplabv2_tiny", "--source-manifest", src, "--out", out, "--crop", "32", "64",
+                 "--source-resize", "32", "64", "--batch-size", "2", "--num-workers", "0", "--iterations", "1",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dakd pretrain: error: MLflow artifact store {location} cannot be written (")
+    assert err.count("\n") == 1 and "NoSuchBucket" in err
+    assert open_store(out).list("") == []  # no checkpoint, no result.json (the released writer lease is hidden)
