@@ -42,3 +42,10 @@ class Preempted(DakdError):
 
 class TrackingError(DakdError):
     """The MLflow tracking server did not answer within its deadline (DAKD_MLFLOW_DEADLINE_S)."""
+
+
+class SetupError(DakdError):
+    """A pipeline task's environment lacks what the pipeline needs: MLFLOW_TRACKING_URI, the
+    pipeline's MLflow parent run at that URI, a writable MLflow artifact store or object store
+    (dakd_core/orchestration/preflight.py). Fixed in the platform's secrets and config, not in the
+    task's inputs, so it is never recorded as a deterministic failure: a retry after the fix runs."""

@@ -63,7 +63,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dakd_core.errors import DakdError, Preempted
+from dakd_core.errors import DakdError, Preempted, SetupError
 
 DEFAULT_EXPERIMENT = "dakd"
 REDACTED = "***"
@@ -392,12 +392,14 @@ def _writable_dir(path: Path, what: str, env: str) -> None:
 
 
 def check_writable(uri: str, artifact_location: str | None = None) -> None:
-    """DakdError naming the path when a local MLflow store cannot be written.
+    """DakdError naming the path when a local MLflow store cannot be written; SetupError naming
+    the location when a remote artifact store cannot (`check_artifact_store`).
 
     Checked before the first write: MLflow retries opening an unwritable sqlite database for
-    minutes before it raises, and a read-only artifact directory would fail only at the end of a
-    stage, as a PermissionError traceback after the whole training. A sqlite URI with query
-    options (`?mode=ro&uri=true`) is left to sqlite itself (dakd_core.cli names its error)."""
+    minutes before it raises, and a read-only artifact directory or an S3 bucket without the
+    credentials would fail only at the end of a stage, after the whole training. A sqlite URI
+    with query options (`?mode=ro&uri=true`) is left to sqlite itself (dakd_core.cli names its
+    error)."""
     env = "MLFLOW_TRACKING_URI"
     if uri.startswith("sqlite:///") and "?" not in uri:
         db = Path(uri[len("sqlite:///"):])
@@ -412,8 +414,54 @@ def check_writable(uri: str, artifact_location: str | None = None) -> None:
             _writable_dir(db.parent, "directory of the MLflow tracking database", env)
     elif (local := _local_path(uri)) is not None:
         _writable_dir(local, "MLflow tracking directory", env)
-    if artifact_location and (local := _local_path(artifact_location)) is not None:
+    if not artifact_location:
+        return
+    if (local := _local_path(artifact_location)) is not None:
         _writable_dir(local, "MLflow artifact directory", "DAKD_MLFLOW_ARTIFACT_ROOT")
+    elif not artifact_location.startswith("file:"):
+        check_artifact_store(artifact_location)
+
+
+def _artifact_store_hint(location: str) -> str:
+    """What decides whether MLflow can write artifacts at `location`, for an error message."""
+    if location.startswith("s3://"):
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        where = f"endpoint {endpoint}" if endpoint else "AWS's endpoint: no MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL"
+        return (f"this process writes there itself ({where}) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: set "
+                "MLFLOW_S3_ENDPOINT_URL and the AWS_* credentials, and create the bucket (on the cluster: secret "
+                "dakd-s3, k8s/secrets/README.md, and the bucket Job of k8s/object-store)")
+    if location.startswith("mlflow-artifacts:"):
+        return (f"the tracking server {redact_text(tracking_uri())} writes there for this process: check its "
+                "--artifacts-destination and its own store credentials (on the cluster: secret dakd-s3 of the MLflow "
+                "server, k8s/mlflow)")
+    return "check the credentials MLflow uses for that scheme in this process's environment"
+
+
+def check_artifact_store(location: str) -> None:
+    """SetupError naming `location` when MLflow cannot write a remote artifact store there.
+
+    One small object is written with MLflow's own client for the location (s3://: boto3 with
+    MLFLOW_S3_ENDPOINT_URL and the AWS_* credentials; mlflow-artifacts:: the tracking server's
+    proxy) and deleted again: a missing or wrong credential, endpoint or bucket then fails the
+    task that opens the run, before its work, instead of the artifact upload at the end of a
+    stage after the whole training. Deleting the probe is best effort: a store that lets this
+    process write but not delete keeps a few bytes rather than failing the pipeline."""
+    import uuid
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    name = f".dakd-write-probe-{uuid.uuid4().hex}"
+    try:
+        repo = get_artifact_repository(location)
+        with tempfile.TemporaryDirectory(prefix="dakd-probe-") as tmp:
+            probe = Path(tmp) / name
+            probe.write_bytes(b"dakd: artifact store write probe\n")
+            repo.log_artifact(str(probe))
+    except Exception as e:
+        raise SetupError(redact_text(f"MLflow artifact store {location} cannot be written ({type(e).__name__}: "
+                                     f"{str(e)[:400]}): {_artifact_store_hint(location)}")) from None
+    with contextlib.suppress(Exception):
+        repo.delete_artifacts(name)
 
 
 def ensure_experiment(name: str | None = None) -> str:
@@ -432,15 +480,19 @@ def ensure_experiment(name: str | None = None) -> str:
             raise DakdError(f"MLflow experiment '{name}' is deleted; restore it or choose another name")
         check_writable(uri, found.artifact_location)
         return found.experiment_id
-    check_writable(uri, _artifact_root(uri))
+    root = _artifact_root(uri)
+    check_writable(uri, root)
     try:
-        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+        experiment_id = client.create_experiment(name, artifact_location=root)
     except MlflowException:
         # Another stage created it in the meantime (parallel KFP tasks start together).
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
-        return found.experiment_id
+        experiment_id = found.experiment_id
+    if root is None:  # the tracking server chose where its artifacts go: checked now
+        check_writable(uri, client.get_experiment(experiment_id).artifact_location)
+    return experiment_id
 
 
 def _git_commit() -> str:
@@ -530,6 +582,8 @@ def stage_run(
                 raise DakdError(f"MLflow parent run {parent_id!r} not found at "
                                 f"{redact('uri', uri)}: {e.message}") from None
             experiment_id = parent.info.experiment_id
+            # ensure_experiment checks the store of a run without a parent; this one writes to the parent's
+            check_writable(uri, mlflow.MlflowClient(uri).get_experiment(experiment_id).artifact_location)
             inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
         label = os.environ.get(ENV_RUN_LABEL, "")
         run_tags = {

@@ -52,7 +52,8 @@ def test_start_checks_plans_opens_parent_run_and_finish_closes_it(env):
     from dakd_core.orchestration.tasks.start import finish_task, start_task
 
     root = env["root"]
-    params = dict(TINY, data_source_uri=str(root / "src"), data_target_uri=(root / "tgt").as_uri())
+    params = dict(TINY, data_source_uri=str(root / "src"), data_target_uri=(root / "tgt").as_uri(),
+                  data_store_uri=env["common"]["store_uri"])  # start checks that the store takes a write
     # as KFP delivers a dict of parameters: every value as text, integers as floats
     delivered = {k: str(float(v)) if type(v) is int else str(v) for k, v in params.items()}
     # the run's name is KFP's run name as one store key segment, with the run id's start

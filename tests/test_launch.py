@@ -108,6 +108,7 @@ def test_training_tasks_launch_their_stage_with_the_plans_gpus_per_task(tmp_path
         raise _Launched
 
     monkeypatch.setattr(launch, "run_stage", run_stage)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # every task has it
     plan = {k: json.dumps(v) for k, v in build_plan(PipelineParams(train_gpus_per_task=3)).items()}
     common = dict(store_uri=tmp_path.as_uri(), experiment="dakd-test")
     data = dict(source_manifest="file:///m/src.parquet")

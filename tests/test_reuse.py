@@ -120,10 +120,11 @@ def test_reuse_is_off_without_dakd_run_and_for_impure_stages(store, monkeypatch)
     assert stage.calls == 2
 
 
-def test_the_tracked_tasks_reuse_through_their_decorator(store):
+def test_the_tracked_tasks_reuse_through_their_decorator(store, tmp_path, monkeypatch):
     """The wiring: a task decorated with `tracked` returns an earlier call's outputs."""
     from dakd_core.orchestration.tasks.common import tracked
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # as `dakd run` sets it
     calls = []
 
     @tracked("evaluate")

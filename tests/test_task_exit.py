@@ -23,6 +23,7 @@ def test_tracked_task_freezes_the_heap_only_in_a_kfp_task_process(tmp_path, monk
     gc.unfreeze()
     monkeypatch.delenv("_KFP_RUNTIME", raising=False)
     monkeypatch.setenv(ENV_TIMINGS_URI, (tmp_path / "timings").as_uri())  # as `dakd run` sets it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # so does every task's
     try:
         # in process (tests, the CLI): a frozen heap would never be collected again
         assert _stage(store_uri=store, run_name="r") == 7 and gc.get_freeze_count() == 0

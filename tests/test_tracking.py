@@ -333,7 +333,8 @@ def test_pipeline_runs_are_named_by_role_and_the_parent_carries_params_and_headl
     (tmp_path / "src" / "x").write_text("x")
     params = PipelineParams(data_source_format="gta5", data_target_format="cityscapes", distill_paradigm="d",
                             mlflow_experiment="dakd-e", teacher_model="deeplabv2_tiny", adapt_method="advent",
-                            data_source_uri=str(tmp_path / "src"), data_target_uri=str(tmp_path / "src")).model_dump()
+                            data_source_uri=str(tmp_path / "src"), data_target_uri=str(tmp_path / "src"),
+                            data_store_uri=(tmp_path / "store").as_uri()).model_dump()  # start checks it takes a write
     # as KFP hands the dict to the start task: every value substituted as text, integers as floats
     delivered = {k: json.dumps(v) if isinstance(v, bool) else str(float(v)) if type(v) is int else str(v)
                  for k, v in params.items()}

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dakd_core.errors import ConfigError, DataError
 from dakd_core.orchestration.context import task_context
 from dakd_core.orchestration.params import RUN_NAME_PATTERN
+from dakd_core.orchestration.preflight import check_task
 from dakd_core.orchestration.reuse import reused_or_run
 from dakd_core.tracking import ENV_RUN_TAGS
 
@@ -97,7 +98,8 @@ def _not_retried(stage: str, kwargs: dict, call: Callable[[], dict]) -> dict:
 
 def tracked(stage: str, identity: Callable[[dict], tuple[str, dict]] | None = None):
     """Decorate a `<stage>_task`: adds the tracking keyword arguments the components pass (the task
-    name, the MLflow experiment; uncached tasks also the KFP run id and the parent run), records the
+    name, the MLflow experiment; uncached tasks also the KFP run id and the parent run), checks
+    first that the task logs to the pipeline's MLflow store (preflight.check_task), records the
     stage's seconds when `dakd run` asks for them, and keeps deterministic failures from being
     retried. `identity(task kwargs) -> (label, tags)` (see `run_identity`) names and tags the
     task's stage runs."""
@@ -109,6 +111,8 @@ def tracked(stage: str, identity: Callable[[dict], tuple[str, dict]] | None = No
             label, tags = identity(kwargs) if identity else ("", {})
             timings = os.environ.get(ENV_TIMINGS_URI, "")
             try:
+                # before anything runs, and outside _not_retried: a missing secret is no property of the inputs
+                check_task(kfp_task, kwargs, parent_run_id)
                 with task_context(kfp_run_id, kfp_task, parent_run_id, experiment, timings_uri=timings,
                                   run_label=label, run_tags=tags):
                     run = functools.partial(_not_retried, stage, kwargs, lambda: fn(experiment=experiment, **kwargs))
