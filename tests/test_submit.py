@@ -137,11 +137,15 @@ def test_submit_uploads_pipeline_and_version_once_and_runs_that_version(fake_kfp
     assert [u[2]["name"] for u in uploads] == [["dakd"]]
     assert [(v[2]["name"], v[2]["pipelineid"]) for v in versions] == [([version], ["pl-1"])]
     assert PACKAGE.read_bytes() in versions[0][3] and b"dshm" in versions[0][3]  # platform spec travels
-    # both carry the parameter guide as their description, which the UI shows (the form shows none)
+    # the version carries its parameter guide as its description, which the UI shows (the form shows
+    # none); the pipeline, uploaded once and never updated, a fixed summary: one guide, never stale
+    from dakd_core.orchestration.kfp_client import PIPELINE_DESCRIPTION
     from dakd_core.orchestration.params import form_guide
     from pipelines.dakd_pipeline import DESCRIPTION
 
-    assert uploads[0][2]["description"] == versions[0][2]["description"] == [form_guide(DESCRIPTION)]
+    assert versions[0][2]["description"] == [form_guide(DESCRIPTION)]
+    assert uploads[0][2]["description"] == [PIPELINE_DESCRIPTION]
+    assert "distill_paradigm" not in PIPELINE_DESCRIPTION and len(PIPELINE_DESCRIPTION) < 300
 
     runs = _posts(requests, "/apis/v2beta1/runs")
     assert [r[3]["display_name"] for r in runs] == ["r1", "r2"]

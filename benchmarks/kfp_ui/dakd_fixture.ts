@@ -2,7 +2,8 @@
 // backend. benchmarks/kfp_ui/screenshots.sh copies this file into a scratch copy of that frontend's
 // mock-backend/ and registers it before the mock's own routes; it is no part of kubeflow/pipelines.
 //
-// Env: DAKD_PIPELINE_YAML (the compiled YAML), DAKD_VERSION_NAME (the version's display name).
+// Env: DAKD_PIPELINE_YAML (the compiled YAML), DAKD_VERSION_NAME (the version's display name),
+// DAKD_PIPELINE_DESCRIPTION (the pipeline's own description).
 import express from 'express';
 import fs from 'fs';
 import YAML from 'yaml';
@@ -16,11 +17,17 @@ export default function registerDakd(app: express.Application) {
   // A package with a platform spec (Kubernetes settings): the API server keeps both documents under
   // the version's pipeline_spec, as {pipeline_spec, platform_spec}.
   const spec = docs.length > 1 ? { pipeline_spec: docs[0], platform_spec: docs[1] } : docs[0];
-  // `dakd submit` uploads the compiled description (the parameter guide) as the pipeline's and the
-  // version's description (dakd_core/orchestration/kfp_client.py: submit).
+  // `dakd submit` uploads the compiled description (the parameter guide) as the version's
+  // description and a fixed summary as the pipeline's (dakd_core/orchestration/kfp_client.py: submit).
   const description = docs[0].pipelineInfo.description as string;
+  const pipelineDescription = process.env.DAKD_PIPELINE_DESCRIPTION as string;
   const created_at = new Date('2026-12-07T12:00:00Z');
-  const pipeline = { pipeline_id: DAKD_PIPELINE_ID, display_name: 'dakd', description, created_at };
+  const pipeline = {
+    pipeline_id: DAKD_PIPELINE_ID,
+    display_name: 'dakd',
+    description: pipelineDescription,
+    created_at,
+  };
   const version = {
     pipeline_id: DAKD_PIPELINE_ID,
     pipeline_version_id: DAKD_VERSION_ID,
@@ -44,7 +51,13 @@ export default function registerDakd(app: express.Application) {
   };
   const v1 = '/apis/v1beta1';
   app.get(v1 + '/pipelines/' + DAKD_PIPELINE_ID, (_, res) =>
-    res.json({ id: DAKD_PIPELINE_ID, name: 'dakd', description, created_at, default_version: v1Version }),
+    res.json({
+      id: DAKD_PIPELINE_ID,
+      name: 'dakd',
+      description: pipelineDescription,
+      created_at,
+      default_version: v1Version,
+    }),
   );
   app.get(v1 + '/pipeline_versions/' + DAKD_VERSION_ID, (_, res) => res.json(v1Version));
   app.get(v1 + '/pipeline_versions/' + DAKD_VERSION_ID + '/templates', (_, res) =>

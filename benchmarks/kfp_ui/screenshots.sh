@@ -70,6 +70,8 @@ export DAKD_PIPELINE_YAML=$PIPELINE_YAML
 export DAKD_VERSION_NAME=$(cd "$REPO" && PYTHONPATH=$REPO "${PY:-python3}" -c \
   "import sys; from dakd_core.orchestration.kfp_client import version_name; print(version_name(sys.argv[1]))" \
   "$PIPELINE_YAML" 2>/dev/null || echo dakd)
+export DAKD_PIPELINE_DESCRIPTION=$(cd "$REPO" && PYTHONPATH=$REPO "${PY:-python3}" -c \
+  "from dakd_core.orchestration.kfp_client import PIPELINE_DESCRIPTION; print(PIPELINE_DESCRIPTION)")
 LOGS=$(mktemp -d)
 PIDS=()
 stop() { for pid in "${PIDS[@]}"; do kill -- "-$pid" 2>/dev/null || true; done; }

@@ -46,6 +46,12 @@ def compile_pipeline(output: str | os.PathLike, images: dict[str, str] | None = 
 # role) in the namespace the pods run in; tests/test_k8s.py checks the two names agree.
 DEFAULT_SERVICE_ACCOUNT = "dakd-runner"
 PIPELINE_NAME = "dakd"
+# The pipeline's own description, uploaded once with the pipeline and never updated by later
+# versions: so it names what the pipeline is and where the guide is, and each version carries its
+# own parameter guide (the form's parameters change between versions; one guide per panel).
+PIPELINE_DESCRIPTION = ("dakd: a compact segmentation student adapted to an unlabelled target domain and distilled "
+                        "from a domain-adapted teacher. Every version's description below is the parameter guide of "
+                        "that version's run form: what each parameter means, its default and its choices.")
 
 
 def submit_params(config_file: str | None) -> dict:
@@ -159,7 +165,7 @@ def submit(host: str, runs: list[tuple[str, dict]], experiment: str, namespace: 
             # the parameter guide: the UI shows a pipeline's and a version's description, not the parameters'
             guide = package_description(package)
             pipeline_id = client.get_pipeline_id(PIPELINE_NAME) or client.upload_pipeline(
-                package, PIPELINE_NAME, description=guide, namespace=namespace).pipeline_id
+                package, PIPELINE_NAME, description=PIPELINE_DESCRIPTION, namespace=namespace).pipeline_id
             version_id = _find_version(client, pipeline_id, version) or client.upload_pipeline_version(
                 package, version, pipeline_id=pipeline_id, description=guide).pipeline_version_id
             experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
