@@ -7,12 +7,17 @@ no_sync, the collectives of RunKeeper)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.distributed as torch_dist
 
-from dakd_core.models.checkpoint import load_checkpoint
+from dakd_core.models import create_model
+from dakd_core.models.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from dakd_core.storage import open_store
 from dakd_core.train import adapt, engine
+from dakd_core.train.engine import Dist, RunKeeper, gather_rng
 
 from _methods_data import method_config, pretrained_pair
 
@@ -52,3 +57,35 @@ def test_sfda_trains_under_ddp_as_in_one_process(data, tmp_path, ddp, monkeypatc
     aux = [k for k in init if k.startswith("aux_head.")]
     assert aux and all(torch.equal(trained["model"][k], init[k]) for k in aux)  # never trained, as before
     assert not torch.equal(trained["model"]["main_head.branches.0.weight"], init["main_head.branches.0.weight"])
+
+
+def _gpus(monkeypatch, count: int) -> tuple[torch.Generator, ...]:
+    """torch.cuda's RNG functions as on a machine with `count` GPUs: torch's own code over a table
+    of `count` generators (CPU generators, seeded 1000 + index, stand in for the devices')."""
+    generators = tuple(torch.Generator().manual_seed(1000 + i) for i in range(count))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "default_generators", generators)
+    for name, stand_in in (("_lazy_init", lambda: None), ("is_initialized", lambda: True),
+                           ("_lazy_call", lambda callback, **kw: callback()),
+                           ("device_count", lambda: count), ("current_device", lambda: 0)):
+        monkeypatch.setattr(torch.cuda.random, name, stand_in)
+    return generators
+
+
+def test_a_rank_resumes_its_gpu_random_stream_on_a_node_with_fewer_gpus(tmp_path, monkeypatch):
+    four = _gpus(monkeypatch, 4)
+    for r, generator in enumerate(four):
+        torch.rand(r + 1, generator=generator)  # each rank's stream has moved on by the checkpoint
+    records = [gather_rng(Dist(0, 1, torch.device("cuda", r)))[0] for r in range(4)]  # rank r on cuda:r
+    at_checkpoint = four[1].get_state()
+    store = open_store(tmp_path.as_uri())
+    save_checkpoint(store, make_payload(create_model("deeplabv2_tiny"), 5, stage="pretrain", config_hash="h",
+                                        rng=records, world_size=4), engine.LAST)
+
+    two = _gpus(monkeypatch, 2)  # resumed with 2 processes on a 2-GPU node: rank 1 on cuda:1
+    keeper = SimpleNamespace(store=store, stage="pretrain", hash="h", dist=Dist(1, 2, torch.device("cuda", 1)))
+    # Before: every GPU's state was saved and restored, and GPUs 2 and 3 do not exist here
+    # (IndexError: tuple index out of range, in torch.cuda.set_rng_state_all).
+    assert RunKeeper.resume(keeper)["step"] == 5
+    assert torch.equal(two[1].get_state(), at_checkpoint)  # rank 1's stream goes on where it stopped
+    assert torch.equal(two[0].get_state(), torch.Generator().manual_seed(1000).get_state())  # not its GPU

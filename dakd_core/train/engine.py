@@ -284,8 +284,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng() -> dict:
-    """This process's RNG states as plain types (checkpoints are loaded with weights_only=True)."""
+def capture_rng(device: torch.device) -> dict:
+    """This process's RNG states as plain types (checkpoints are loaded with weights_only=True).
+    On CUDA, the generator of `device` only: the one this rank draws from. Every visible GPU's
+    (torch.cuda.get_rng_state_all) would not restore on a node with fewer GPUs."""
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -293,24 +295,24 @@ def capture_rng() -> dict:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict, device: torch.device) -> None:
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def gather_rng(dist: Dist) -> list[dict]:
     """Every rank's RNG state, in rank order (a collective: every rank must call it)."""
-    own = capture_rng()
+    own = capture_rng(dist.device)
     if not dist.enabled:
         return [own]
     gathered: list = [None] * dist.world_size
@@ -606,7 +608,7 @@ class RunKeeper:
                 "processes: data order and random streams will differ from an uninterrupted run",
                 file=sys.stderr,
             )
-        restore_rng(rng[self.dist.rank % len(rng)])
+        restore_rng(rng[self.dist.rank % len(rng)], self.dist.device)
         self._saved_step = int(payload["step"])
         return payload
 
