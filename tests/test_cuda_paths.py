@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 
+from dakd_core.losses import kl_distill, segmentation_loss
 from dakd_core.models import create_model
 from dakd_core.models.checkpoint import load_checkpoint, make_payload, save_checkpoint
 from dakd_core.storage import open_store
-from dakd_core.train import adapt, engine
-from dakd_core.train.engine import Dist, RunKeeper, gather_rng
+from dakd_core.train import adapt, distill, engine
+from dakd_core.train.engine import Dist, RunKeeper, StepLosses, gather_rng
 
 from _methods_data import method_config, pretrained_pair
 
@@ -89,3 +90,32 @@ def test_a_rank_resumes_its_gpu_random_stream_on_a_node_with_fewer_gpus(tmp_path
     assert RunKeeper.resume(keeper)["step"] == 5
     assert torch.equal(two[1].get_state(), at_checkpoint)  # rank 1's stream goes on where it stopped
     assert torch.equal(two[0].get_state(), torch.Generator().manual_seed(1000).get_state())  # not its GPU
+
+
+def test_a_distillation_step_reads_nothing_back_from_the_device():
+    """On a GPU, reading a device value (a Python branch on it, .item()) waits for every queued
+    kernel: the host cannot queue the next work meanwhile. The `meta` device has no values, so a
+    step that runs there reads none. Before: the cross-entropy (`bool(labels != 255).any()`) and
+    every masked mean (`if sum(w) <= 0`) stopped it ("Tensor.item() cannot be called on meta tensors")."""
+    meta = torch.device("meta")
+    cfg = distill.DistillConfig(source_manifest="s", target_manifest="t", init="i", teacher_cache="c", out="o",
+                                pseudo_threshold=0.5)
+    model = create_model("deeplabv2_tiny").to(meta)
+    images = torch.randn(2, 3, 32, 64, device=meta)
+    labels = torch.randint(0, 19, (2, 32, 64), device=meta)
+    targets = {"main": torch.rand(2, 19, 4, 8, device=meta), "aux": torch.rand(2, 19, 4, 8, device=meta),
+               "label": labels, "confidence": torch.rand(2, 32, 64, device=meta),
+               "valid": torch.ones(2, 32, 64, dtype=torch.bool, device=meta)}
+    out = model(images)
+    terms = distill.source_terms(out, labels, cfg, targets)  # CE of both heads + L_pseudoT (one log-softmax)
+    terms.update(distill.distill_terms(out, targets, cfg, "t"))  # KL, MSE (masked means), L_pseudoT
+    assert set(terms) == {"seg_main", "seg_aux", "s_pseudo", "t_kl_main", "t_kl_aux", "t_mse_aux", "t_pseudo"}
+    (terms["seg_main"] + distill.weighted_distill(terms, cfg, "t")).backward()
+    assert isinstance(engine.check_finite(1, terms), StepLosses)  # read later, with other steps'
+
+    # the sync-free forms keep their values: no labelled pixel / an empty mask give 0 and zero gradients
+    logits = torch.randn(1, 19, 4, 8, requires_grad=True)
+    ignored = segmentation_loss(logits, torch.full((1, 8, 16), 255))
+    empty = kl_distill(logits, torch.rand(1, 19, 4, 8), mask=torch.zeros(1, 8, 16, dtype=torch.bool))
+    (ignored + empty).backward()
+    assert ignored.item() == 0.0 and empty.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
