@@ -192,7 +192,7 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step "
+        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step (the next one under DDP) "
               "(checkpoint, MLflow run KILLED, writer lease released); send it again to stop at once",
               file=sys.stderr, flush=True)
 
@@ -578,6 +578,7 @@ class RunKeeper:
         self._run_id: str | None = None
         self._outbox = None  # tracking.MetricOutbox of the stage run
         self._bar = None
+        self._stop_flag: torch.Tensor | None = None  # under DDP: the last step's reduced stop flag
         self._started = time.perf_counter()
 
     # -- resume
@@ -630,13 +631,19 @@ class RunKeeper:
 
     def _stop_signal(self) -> int:
         """The stop signal received by this rank, or under DDP by any rank (all stop together:
-        a rank leaving alone would hang the others in their next collective); 0 if none."""
+        a rank leaving alone would hang the others in their next collective); 0 if none.
+
+        Under DDP every step reduces the ranks' flags and reads the previous step's result: on a
+        GPU, reading this step's would wait for the step still running (a host sync per step,
+        the wait check_finite avoids), so a stop takes one step more to be seen."""
         signum = STOP.signum or 0
         if not self.dist.enabled:
             return signum
-        flag = torch.tensor([signum], device=self.dist.device)
+        # made on the device: torch.tensor copies from host memory and waits for the GPU too
+        flag = torch.full((1,), signum, dtype=torch.int64, device=collective_device(self.dist))
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        return int(flag.item())
+        previous, self._stop_flag = self._stop_flag, flag
+        return 0 if previous is None else int(previous.item())
 
     def _preempt(self, done: int, signum: int) -> None:
         if done > self._saved_step:
