@@ -5,6 +5,7 @@ device standing in for CUDA, and gloo's rule (CPU tensors) for a CPU run."""
 
 from __future__ import annotations
 
+import signal
 from types import SimpleNamespace
 
 import pytest
@@ -26,7 +27,8 @@ class Collectives:
 
     def __init__(self, monkeypatch, backend: str, device: torch.device):
         self.backend, self.device, self.seen = backend, device, []
-        for name in ("broadcast", "all_gather"):
+        self.others: list[int] = []  # per all_reduce call: the largest value the other ranks hold
+        for name in ("broadcast", "all_gather", "all_reduce"):
             monkeypatch.setattr(engine.torch_dist, name, getattr(self, name))
         monkeypatch.setattr(engine.torch_dist, "get_backend", lambda group=None: backend)
 
@@ -40,6 +42,11 @@ class Collectives:
         self._check(tensor)
         if self.device.type == "meta":
             raise Handed
+
+    def all_reduce(self, tensor, op=None, group=None, async_op=False):  # ReduceOp.MAX, as the stop flag's
+        self._check(tensor)
+        if self.others:
+            tensor.clamp_(min=self.others.pop(0))
 
     def all_gather(self, tensor_list, tensor, group=None, async_op=False):
         self._check(*tensor_list, tensor)
@@ -71,3 +78,25 @@ def test_gloo_collectives_get_cpu_tensors_and_still_decide(monkeypatch):
     assert RunKeeper._agree(_keeper(dist), False) is False
     verify_replicas(nn.Linear(3, 2), dist)  # identical replicas: no error
     assert gloo.seen == [torch.device("cpu")] * 5
+
+
+def _stop_keeper(dist: Dist):
+    return SimpleNamespace(dist=dist, _stop_flag=None)  # what _stop_signal reads and keeps
+
+
+def test_nccl_stop_flag_is_made_on_the_gpu_and_not_read_in_its_own_step(monkeypatch):
+    gpu = torch.device("meta")
+    nccl = Collectives(monkeypatch, "nccl", gpu)
+    keeper = _stop_keeper(Dist(rank=0, world_size=2, device=gpu))
+    # Before: the flag reduced at the start of a step was read at once, which on a GPU waits for the
+    # previous step to finish (a host sync every step); on meta "Tensor.item() cannot be called".
+    assert RunKeeper._stop_signal(keeper) == 0
+    assert nccl.seen == [gpu] and keeper._stop_flag.device == gpu
+
+
+def test_gloo_stop_flags_are_read_one_step_later_alike_on_every_rank(monkeypatch):
+    gloo = Collectives(monkeypatch, "gloo", torch.device("cpu"))
+    gloo.others = [0, int(signal.SIGTERM), 0]  # another rank got SIGTERM during step 1
+    keeper = _stop_keeper(Dist(rank=0, world_size=2, device=torch.device("cpu")))
+    assert [RunKeeper._stop_signal(keeper) for _ in range(3)] == [0, 0, signal.SIGTERM]  # before: [0, 15, 0]
+    assert gloo.seen == [torch.device("cpu")] * 3

@@ -31,9 +31,9 @@ def weighted_mean(per_pixel: torch.Tensor, weights: torch.Tensor | None) -> torc
         return per_pixel.mean()
     weights = weights.to(per_pixel.dtype)
     total = weights.sum()
-    if total <= 0:
-        return (per_pixel * 0.0).sum()
-    return (per_pixel * weights).sum() / total
+    # sum(w) == 0: the numerator is 0, divided by 1; no branch on the device value (reading it would
+    # wait for the GPU: a host sync in every step)
+    return (per_pixel * weights).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def check_same_batch(a: torch.Tensor, b: torch.Tensor, what: str) -> None:

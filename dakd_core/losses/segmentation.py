@@ -46,10 +46,11 @@ def segmentation_losses(logits: torch.Tensor, label_maps: list[torch.Tensor],
     losses = []
     for labels in label_maps:
         labels = labels.long()
-        if bool((labels != ignore_index).any()):
-            losses.append(F.nll_loss(log_probs, labels, ignore_index=ignore_index))
-        else:
-            losses.append(logits.sum() * 0.0)
+        # The mean over the labelled pixels as sum / count, 0 / 1 when none is (nll_loss's own mean
+        # gives 0 / 0 = NaN): nothing is read back from the device, where a branch on a GPU value
+        # would wait for the forward pass to finish (a host sync in every step).
+        total = F.nll_loss(log_probs, labels, ignore_index=ignore_index, reduction="sum")
+        losses.append(total / (labels != ignore_index).sum().clamp_min(1))
     return losses
 
 

@@ -47,6 +47,7 @@ class SegmentationModel(nn.Module):
     """
 
     backbone: nn.Module
+    aux_head: nn.Module  # the classifier of SegOutput.aux (SFDA trains without it)
 
     def __init__(self, name: str, num_classes: int):
         super().__init__()

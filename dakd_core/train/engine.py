@@ -192,7 +192,7 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step "
+        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step (the next one under DDP) "
               "(checkpoint, MLflow run KILLED, writer lease released); send it again to stop at once",
               file=sys.stderr, flush=True)
 
@@ -284,8 +284,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng() -> dict:
-    """This process's RNG states as plain types (checkpoints are loaded with weights_only=True)."""
+def capture_rng(device: torch.device) -> dict:
+    """This process's RNG states as plain types (checkpoints are loaded with weights_only=True).
+    On CUDA, the generator of `device` only: the one this rank draws from. Every visible GPU's
+    (torch.cuda.get_rng_state_all) would not restore on a node with fewer GPUs."""
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -293,24 +295,24 @@ def capture_rng() -> dict:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict, device: torch.device) -> None:
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def gather_rng(dist: Dist) -> list[dict]:
     """Every rank's RNG state, in rank order (a collective: every rank must call it)."""
-    own = capture_rng()
+    own = capture_rng(dist.device)
     if not dist.enabled:
         return [own]
     gathered: list = [None] * dist.world_size
@@ -576,6 +578,7 @@ class RunKeeper:
         self._run_id: str | None = None
         self._outbox = None  # tracking.MetricOutbox of the stage run
         self._bar = None
+        self._stop_flag: torch.Tensor | None = None  # under DDP: the last step's reduced stop flag
         self._started = time.perf_counter()
 
     # -- resume
@@ -606,7 +609,7 @@ class RunKeeper:
                 "processes: data order and random streams will differ from an uninterrupted run",
                 file=sys.stderr,
             )
-        restore_rng(rng[self.dist.rank % len(rng)])
+        restore_rng(rng[self.dist.rank % len(rng)], self.dist.device)
         self._saved_step = int(payload["step"])
         return payload
 
@@ -628,13 +631,19 @@ class RunKeeper:
 
     def _stop_signal(self) -> int:
         """The stop signal received by this rank, or under DDP by any rank (all stop together:
-        a rank leaving alone would hang the others in their next collective); 0 if none."""
+        a rank leaving alone would hang the others in their next collective); 0 if none.
+
+        Under DDP every step reduces the ranks' flags and reads the previous step's result: on a
+        GPU, reading this step's would wait for the step still running (a host sync per step,
+        the wait check_finite avoids), so a stop takes one step more to be seen."""
         signum = STOP.signum or 0
         if not self.dist.enabled:
             return signum
-        flag = torch.tensor([signum], device=self.dist.device)
+        # made on the device: torch.tensor copies from host memory and waits for the GPU too
+        flag = torch.full((1,), signum, dtype=torch.int64, device=collective_device(self.dist))
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        return int(flag.item())
+        previous, self._stop_flag = self._stop_flag, flag
+        return 0 if previous is None else int(previous.item())
 
     def _preempt(self, done: int, signum: int) -> None:
         if done > self._saved_step:

@@ -80,6 +80,14 @@ def use_nesterov(optimizer: torch.optim.Optimizer) -> None:
             group["nesterov"] = group["momentum"] > 0
 
 
+def segmenter_trainable(model: nn.Module, trainable: bool) -> None:
+    """Turn S's gradients on or off; its aux head stays off. No SFDA loss reads the aux output, so
+    the head never gets a gradient, and DDP, which waits for one of every parameter that requires it,
+    would stop the second iteration ("Expected to have finished reduction in the prior iteration")."""
+    model.requires_grad_(trainable)
+    model.aux_head.requires_grad_(False)
+
+
 def run(cfg: AdaptConfig) -> engine.TrainResult:
     return launch(_train, cfg)
 
@@ -111,6 +119,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
         disc.load_state_dict(payload["discriminator"])
         d_optimizer.load_state_dict(payload["d_optimizer"])
         d_scheduler.load_state_dict(payload["d_scheduler"])
+    segmenter_trainable(model, True)  # before DDP: it registers the parameters that require gradients
     net = engine.wrap_ddp(WithFeatures(model), dist)
     g_net = engine.wrap_ddp(generator, dist)
     d_net = engine.wrap_ddp(disc, dist)
@@ -129,7 +138,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             # "Fixed" includes S's running BatchNorm averages: its train-mode passes here (the fakes,
             # and the target batch that step 2 counts once) normalise with their batch statistics
             # but leave the averages alone, so only step 2's target pass moves them.
-            model.requires_grad_(False)
+            segmenter_trainable(model, False)
             disc.requires_grad_(False)
             with engine.autocast(device, amp):
                 fake = g_net(torch.randn(b, cfg.sfda_latent, device=device))
@@ -147,7 +156,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             terms["g_dad_st"] = dad_st(fixed_feats[level], target_feats)
             g_loss = terms["bns"] - cfg.sfda_alpha * terms["g_mae"] - cfg.sfda_beta * terms["g_dad_ss"] + tau * terms["g_dad_st"]
             scaler.scale(g_loss).backward()
-            model.requires_grad_(True)
+            segmenter_trainable(model, True)
 
             # 2. segmenter step: knowledge transfer on the detached fakes, then target adaptation
             fake = fake.detach()
