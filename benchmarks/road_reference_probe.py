@@ -10,19 +10,21 @@ reference normalises the target crops with their own batch statistics); everythi
 init, seed, steps, weights - is the bench row's exact config, read from the row's checkpoint.
 
 Per seed of the bench run, this script runs `dakd adapt` (dakd_core.train.adapt.run on the config
-built the CLI's way) twice - 'running' (must reproduce the bench's student_road) and 'batch' -
+built the CLI's way) once per `--variants` entry - 'running' (must reproduce the bench's
+student_road), 'batch', and optionally 'no_dist' (road_lambda_dist 0: the row without L_dist) -
 then evaluates each run's tune-selected checkpoint (best.pt, selected on tune as the bench selects
 it) and the bench's own student_road / student_adapted checkpoints on the seed's target tune and
 val splits, the way `dakd bench results` evaluates (dakd_core.evaluation.evaluate, at the preset's
 resolution). The bench's work directory is only read.
 
-    nice -n 19 python benchmarks/road_reference_probe.py --work WORK --out /tmp/roadprobe --seeds 0,1,2
+    nice -n 19 python benchmarks/road_reference_probe.py --work WORK --out /tmp/roadprobe --seeds 0,1,2 \
+        --variants running,batch,no_dist
 
 WORK is the `--out` of `dakd bench results` (store/runs/seed<N>/adapt_student_road/best.pt holds the
-row's config, its tune manifest the seed's; --results, the run's results.json, names the seeds' tune
-and val manifests and the student_road mIoU the bench recorded). One torch thread, as each seed's bench process ran: the 'running' run can
-then reproduce the bench's weights exactly. Writes OUT/road_reference_probe.json and prints a
-Markdown table.
+row's config, its tune manifest the seed's; --results, the run's results.json, names the seeds'
+tune and val manifests and the student_road mIoU the bench recorded). One torch thread, as each
+seed's bench process ran: the 'running' run can then reproduce the bench's weights exactly. Writes
+OUT/road_reference_probe.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ import numpy as np
 
 from dakd_core.train.configs import METHOD_PREFIXES
 
-VARIANTS = ("running", "batch")
 NEW_FIELD = "road_reference_statistics"
+# The runs of the bench row's config, by name: its own ('running', today's default), the control
+# that removes the cause under test ('batch'), and, for scale, the row without L_dist at all.
+VARIANTS = {
+    "running": {NEW_FIELD: "running"},
+    "batch": {NEW_FIELD: "batch"},
+    "no_dist": {"road_lambda_dist": 0.0},
+}
 
 
 def bench_config(run_dir: str) -> dict:
@@ -72,13 +80,13 @@ def _identity_hash(fields: dict, stored: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def adapt(fields: dict, statistics: str, out: Path) -> dict:
-    """One `dakd adapt` run of the row's config with road_reference_statistics = `statistics`."""
+def adapt(fields: dict, overrides: dict, out: Path) -> dict:
+    """One `dakd adapt` run of the row's config with `overrides`."""
     from dakd_core.config import build_config
     from dakd_core.train import adapt as adapt_stage
     from dakd_core.train.configs import AdaptConfig
 
-    cfg = build_config(AdaptConfig, None, **dict(fields, out=out.as_uri(), log_mlflow=False, **{NEW_FIELD: statistics}))
+    cfg = build_config(AdaptConfig, None, **dict(fields, out=out.as_uri(), log_mlflow=False, **overrides))
     started = time.perf_counter()
     result = adapt_stage.run(cfg)
     return {"best": result.best_checkpoint_uri, "tune_select": result.metrics["select/best_miou"],
@@ -94,14 +102,14 @@ def evaluate(models: dict[str, str], manifest: str, out: Path, resolution) -> di
     return {k: {"miou": m["miou"], "sky": m["per_class_iou"]["sky"]} for k, m in run(cfg).metrics["models"].items()}
 
 
-def probe_seed(work: Path, seed: int, out: Path, bench: dict) -> dict:
+def probe_seed(work: Path, seed: int, out: Path, bench: dict, variants: list[str]) -> dict:
     runs = work / "store" / "runs" / f"seed{seed}"
     fields = bench_config(str(runs / "adapt_student_road"))
     tune = fields["select_manifest"]
     val = tune.replace("/tune/manifest.parquet", "/val/manifest.parquet")
     if (bench["tune_manifests"][str(seed)], bench["val_manifests"][str(seed)]) != (tune, val):
         raise SystemExit(f"seed {seed}: the row's tune manifest {tune} is not the bench document's")
-    trained = {v: adapt(fields, v, out / f"seed{seed}" / v) for v in VARIANTS}
+    trained = {v: adapt(fields, VARIANTS[v], out / f"seed{seed}" / v) for v in variants}
     models = {v: t["best"] for v, t in trained.items()}
     models["bench_student_road"] = (runs / "adapt_student_road" / "best.pt").as_uri()
     models["bench_student_adapted"] = (runs / "adapt_student" / "best.pt").as_uri()
@@ -132,10 +140,11 @@ def markdown(per_seed: dict[int, dict]) -> str:
         lines.append(f"| {name} | mean ± std | {_mean_std([per_seed[s]['models'][name]['tune'] for s in seeds])} | "
                      f"{_mean_std([per_seed[s]['models'][name]['val'] for s in seeds])} | "
                      f"{_mean_std([per_seed[s]['models'][name]['val_sky'] for s in seeds])} | | |")
-    lines += ["", "| batch − running | mean ± std (points) | seeds where batch > running |", "|---|---:|---:|"]
-    for metric in ("tune", "val", "val_sky"):
-        diff = [per_seed[s]["models"]["batch"][metric] - per_seed[s]["models"]["running"][metric] for s in seeds]
-        lines.append(f"| {metric} | {_mean_std(diff)} | {sum(d > 0 for d in diff)}/{len(diff)} |")
+    lines += ["", "| difference | metric | mean ± std (points) | seeds where it is > 0 |", "|---|---|---:|---:|"]
+    for name in [n for n in per_seed[seeds[0]]["trained"] if n != "running"]:
+        for metric in ("tune", "val", "val_sky"):
+            diff = [per_seed[s]["models"][name][metric] - per_seed[s]["models"]["running"][metric] for s in seeds]
+            lines.append(f"| {name} − running | {metric} | {_mean_std(diff)} | {sum(d > 0 for d in diff)}/{len(diff)} |")
     lines += ["", f"| reproduction (points, seeds {', '.join(map(str, seeds))}) | tune | val |", "|---|---|---|"]
     pairs = (("'running' − bench student_road, both evaluated here", lambda s: per_seed[s]["models"]["running"],
               lambda s: per_seed[s]["models"]["bench_student_road"]),
@@ -154,6 +163,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=Path("docs/results.json"),
                    help="the bench run's results document (its seeds' manifests and recorded student_road mIoU)")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="running,batch",
+                   help=f"comma list of {', '.join(VARIANTS)} (running is required: the others are compared with it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the bench's seed processes ran 1)")
     args = p.parse_args()
     import torch
@@ -162,8 +173,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.out.resolve()}/mlruns.db")  # not logged to
     started = time.perf_counter()
+    variants = args.variants.split(",")
+    if "running" not in variants or not set(variants) <= set(VARIANTS):
+        p.error(f"--variants: running plus any of {', '.join(VARIANTS)}, got {args.variants}")
     bench = json.loads(args.results.read_text())
-    per_seed = {int(s): probe_seed(args.work.resolve(), int(s), args.out.resolve(), bench)
+    per_seed = {int(s): probe_seed(args.work.resolve(), int(s), args.out.resolve(), bench, variants)
                 for s in args.seeds.split(",")}
     table = markdown(per_seed)
     doc = {"seeds": {str(s): d for s, d in per_seed.items()}, "threads": args.threads,
