@@ -8,7 +8,9 @@ both domains together):
   on the TARGET crops. That model is `road_reference` (`reference_model`): by default the network
   with its ImageNet backbone weights (ROAD section 3.1: "the pretrained ImageNet model", same
   structure as the backbone), or a given checkpoint pretrained on real images, or - a documented
-  deviation for networks without pretrained weights - the source-trained init checkpoint;
+  deviation for networks without pretrained weights - the source-trained init checkpoint. It
+  normalises the target crops with its running BatchNorm statistics (eval mode) or, under
+  road_reference_statistics 'batch', with the target batch's own (`reference_statistics`);
 - L_spt: spatial-aware adaptation, a pixel-level domain classifier per cell of a road_grid split of
   the crop's feature map, behind a gradient reversal layer: one backward trains the classifiers to
   tell the domains apart and the segmenter to confuse them. The regions are those of the training
