@@ -30,7 +30,7 @@ def test_summary_and_claims_on_given_numbers():
             "student_adapted": 0.25, "paradigm_a": 0.26, "paradigm_b": 0.41, "paradigm_c": 0.42,
             "paradigm_d": 0.42, "kl_only": 0.3, "kl_class_mean": 0.3, "mse_only": 0.3, "pseudo_only": 0.3,
             "lambda_target_0.1": 0.3, "lambda_target_0.5": 0.3, "student_advent": 0.22, "student_road": 0.24,
-            "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
+            "student_road_batch_bn": 0.26, "student_diga": 0.27, "student_sfda": 0.19, "rt_source_only": 0.1, "rt_dakd": 0.2, "rt_cwd": 0.21,
             "rt_lad": 0.2, "rt_border": 0.19, "student_photometric": 0.23, "target_oracle": 0.45,
             "teacher_adapted_photometric": 0.425, "teacher_diga": 0.30, "teacher_adabn": 0.37, "student_adabn": 0.24,
             "student_continued": 0.39, "student_continued_d": 0.50, "paradigm_a_checkpoint_bn": 0.27,
@@ -92,6 +92,8 @@ def test_summary_and_claims_on_given_numbers():
     assert claims["target oracle > adapted teacher"]["seeds_holding"] == 2
     assert "| (b) >= teacher | +1.00 | +1.00 ± 0.00 | holds | 2/2 |" in report.markdown_claims(doc)
     assert claims["DiGA > AdaptSegNet (student)"]["holds"] and not claims["ROAD > AdaptSegNet (student)"]["holds"]
+    road_bn = claims["ROAD: reference on target batch statistics > on its running (source) ones"]
+    assert road_bn["difference_points"] == pytest.approx(2.0) and road_bn["seeds_holding"] == 2  # 26 - 24
     assert not claims["SFDA, no source data > source-only (student)"]["holds"]
     assert claims["+ CWD > DAKD alone (real-time student)"]["holds"] and not claims["+ LAD > DAKD alone (real-time student)"]["holds"]
     assert report.markdown_weather(doc) is None  # no weather target in these numbers
@@ -150,7 +152,7 @@ def test_select_rows_keeps_the_baselines_and_names_unknown_groups():
     rows = results.select_rows(("method",))
     assert {r.group for r in rows} == {"baseline", "method"}
     assert [r.key for r in rows if r.group == "method"] == [
-        "student_advent", "student_road", "student_diga", "teacher_diga", "student_sfda"]
+        "student_advent", "student_road", "student_road_batch_bn", "student_diga", "teacher_diga", "student_sfda"]
     assert len([r for r in rows if r.group == "baseline"]) == 6
     assert results.select_rows(None) == results.ROWS
     # a group that distils brings every teacher candidate, whatever its group, so the teacher

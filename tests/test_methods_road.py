@@ -94,9 +94,16 @@ def test_road_config_is_strict_and_reaches_the_cli(tmp_path):
         build_config(AdaptConfig, None, **base, method="roadnet")
     args = build_parser().parse_args(["adapt", "--method", "road", "--road-grid", "2", "1", "--source-manifest", "m",
                                       "--out", "o", "--init", "c", "--target-manifest", "t",
-                                      "--road-reference", "s3://b/real.pt"])
+                                      "--road-reference", "s3://b/real.pt", "--road-reference-statistics", "batch"])
     cfg = config_from_args(AdaptConfig, args)
     assert cfg.road_grid == (2, 1) and cfg.road_reference == "s3://b/real.pt"
+    assert cfg.road_reference_statistics == "batch"
+    assert build_config(AdaptConfig, None, **base, method="road", road_reference="init").road_reference_statistics \
+        == "running"
+    with pytest.raises(ConfigError, match="road_reference_statistics"):
+        build_config(AdaptConfig, None, **base, method="road", road_reference="init", road_reference_statistics="target")
+    with pytest.raises(ConfigError, match="field 'road_reference_statistics' applies to method 'road' only"):
+        build_config(AdaptConfig, None, **base, method="adaptsegnet", road_reference_statistics="batch")
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +160,15 @@ def test_pipeline_road_reference_is_built_with_each_networks_backbone_weights(tm
     assert not torch.equal(torch.load(files["teacher"])["conv1.0.weight"], torch.load(files["student"])["conv1.0.weight"])
 
 
-def test_road_distils_target_features_towards_the_given_reference(data, tmp_path, mlflow_uri, monkeypatch):
-    """One step with road_reference = another checkpoint: z in L_dist is that checkpoint's eval-mode
-    dense features on the target crops, and the logged train/dist is the mean over positions of
-    ||x - z||_2 computed here by hand (far above the sqrt(1e-8) floor of the loss)."""
+@pytest.mark.parametrize("statistics", ["running", "batch"])
+def test_road_distils_target_features_towards_the_given_reference(data, tmp_path, mlflow_uri, monkeypatch,
+                                                                  statistics):
+    """One step with road_reference = another checkpoint: z in L_dist is that checkpoint's dense
+    features on the target crops - in eval mode (its running BatchNorm statistics) under
+    road_reference_statistics 'running', normalised with the target batch's own statistics under
+    'batch', its running averages and batch count untouched either way - and the logged train/dist
+    is the mean over positions of ||x - z||_2 computed here by hand (far above the sqrt(1e-8) floor
+    of the loss)."""
     other = save_checkpoint(f"{data['store']}/real_style.pt", make_payload(_seeded_model(11), 0))
     seen, made = {}, []
     build = road.reference_model
@@ -174,13 +186,20 @@ def test_road_distils_target_features_towards_the_given_reference(data, tmp_path
 
     monkeypatch.setattr(road, "reference_model", recording_reference)
     monkeypatch.setattr(road, "target_guided_distillation", recording_distance)
-    result = adapt.run(_road(data, tmp_path / "ref", road_reference=other, iterations=1))
+    result = adapt.run(_road(data, tmp_path / "ref", road_reference=other, iterations=1,
+                             road_reference_statistics=statistics))
+    saved = load_checkpoint(other)["model"]
     independent = create_model("deeplabv2_tiny")
-    independent.load_state_dict(load_checkpoint(other)["model"])
-    independent.eval()
+    independent.load_state_dict(saved)
     with torch.no_grad():
-        z = independent.forward_features(seen["images"])["last"]
+        z_eval = independent.eval().forward_features(seen["images"])["last"]
+        z_batch = independent.train().forward_features(seen["images"])["last"]  # moves this copy's averages only
+    z = {"running": z_eval, "batch": z_batch}[statistics]
     assert seen["images"].shape[0] == 2 and torch.allclose(seen["z"], z, atol=1e-5)
+    assert not torch.allclose(z_eval, z_batch, atol=1e-2)  # the two choices give the loss different targets
+    state = made[0].state_dict()
+    assert not made[0].training
+    assert all(torch.equal(state[k], v) for k, v in saved.items() if "running_" in k or "num_batches" in k)
     x, z = seen["x"].numpy(), z.numpy()
     by_hand = np.sqrt(((x - z) ** 2).sum(axis=1)).mean()
     assert by_hand > 0.01

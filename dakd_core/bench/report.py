@@ -46,6 +46,8 @@ CLAIMS = (
     # the other adaptation methods (seeds 001-003): each against the baseline its paper improves on
     ("ADVENT > source-only (student)", "student_advent", ">", "student_source_only"),
     ("ROAD > AdaptSegNet (student)", "student_road", ">", "student_adapted"),
+    ("ROAD: reference on target batch statistics > on its running (source) ones", "student_road_batch_bn", ">",
+     "student_road"),
     ("DiGA > AdaptSegNet (student)", "student_diga", ">", "student_adapted"),
     ("SFDA, no source data > source-only (student)", "student_sfda", ">", "student_source_only"),
     # the real-time student (seed 004): distillation helps it, and each added loss helps DAKD's

@@ -81,6 +81,10 @@ ROWS = (
     Row("student_advent", "method", "student, adapted (ADVENT)", {"method": "advent"}),
     # no ImageNet weights at this scale: the reference is the source-trained init (docs/methods.md)
     Row("student_road", "method", "student, adapted (ROAD)", {"method": "road", "road_reference": "init"}),
+    # the control of ROAD's L_dist target: the init reference normalises the target crops with their
+    # own batch statistics (as the student's features do) instead of its source running averages
+    Row("student_road_batch_bn", "method", "student, adapted (ROAD), reference on target batch statistics",
+        {"method": "road", "road_reference": "init", "road_reference_statistics": "batch"}),
     Row("student_diga", "method", "student, adapted (DiGA)", {"method": "diga"}),
     # DiGA's self-training as the teacher's method (a candidate teacher recipe, issue 29)
     Row("teacher_diga", "method", "teacher, adapted (DiGA)", {"method": "diga"}),

@@ -161,6 +161,11 @@ class AdaptConfig(TrainConfig):
         "needs backbone_weights), 'init' = the init checkpoint (the source-trained network: a deviation for "
         "networks without pretrained weights, it pulls towards the synthetic-trained model), or the URI of a "
         "checkpoint of the same network pretrained on real images")
+    road_reference_statistics: Literal["running", "batch"] = Field(
+        "running",
+        description="BatchNorm statistics the frozen reference normalises the target crops with: 'running' (eval "
+        "mode: its own running averages; under road_reference 'init' those of the source domain) or 'batch' "
+        "(each target batch's own statistics, as the student's target forward; running averages untouched)")
     # DiGA (seed 001): the first diga_warmup_fraction of the iterations warm up, the rest self-train
     diga_warmup_fraction: float = Field(0.5, gt=0, le=1)
     diga_alpha: float = Field(1.0, ge=0)  # weight of H(teacher(strong), student(clean)) in eq. 4

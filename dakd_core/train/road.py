@@ -8,7 +8,9 @@ both domains together):
   on the TARGET crops. That model is `road_reference` (`reference_model`): by default the network
   with its ImageNet backbone weights (ROAD section 3.1: "the pretrained ImageNet model", same
   structure as the backbone), or a given checkpoint pretrained on real images, or - a documented
-  deviation for networks without pretrained weights - the source-trained init checkpoint;
+  deviation for networks without pretrained weights - the source-trained init checkpoint. It
+  normalises the target crops with its running BatchNorm statistics (eval mode) or, under
+  road_reference_statistics 'batch', with the target batch's own (`reference_statistics`);
 - L_spt: spatial-aware adaptation, a pixel-level domain classifier per cell of a road_grid split of
   the crop's feature map, behind a gradient reversal layer: one backward trains the classifiers to
   tell the domains apart and the segmenter to confuse them. The regions are those of the training
@@ -19,6 +21,8 @@ The classifiers use Adam (`d_lr`, `d_betas`), so their step does not shrink with
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from dakd_core.errors import ConfigError
@@ -27,7 +31,9 @@ from dakd_core.models import create_model
 from dakd_core.train import engine
 from dakd_core.train.configs import AdaptConfig
 from dakd_core.train.loop_setup import cpu_state, setup
-from dakd_core.train.uda_common import WithFeatures, forward_by_domain, frozen_copy, launch, load_init
+from dakd_core.train.uda_common import (
+    WithFeatures, batch_statistics, forward_by_domain, frozen_copy, launch, load_init,
+)
 
 STAGE = "adapt"
 
@@ -47,6 +53,16 @@ def reference_model(cfg: AdaptConfig) -> torch.nn.Module:
         reference = create_model(cfg.model, num_classes=cfg.num_classes)
         load_init(reference, cfg.init if choice == "init" else choice)
     return frozen_copy(reference)
+
+
+def reference_statistics(reference: torch.nn.Module, cfg: AdaptConfig):
+    """The BatchNorm statistics the reference normalises the target crops with for the duration
+    (`road_reference_statistics`). 'running' is eval mode: under road_reference 'init' the source
+    domain's averages, while the student's target features in L_dist are normalised with the target
+    batch's own (forward_by_domain). 'batch' gives the reference the target batch's statistics too."""
+    if cfg.road_reference_statistics == "batch":
+        return batch_statistics(reference)
+    return contextlib.nullcontext()
 
 
 def run(cfg: AdaptConfig) -> engine.TrainResult:
@@ -81,7 +97,7 @@ def _train(cfg: AdaptConfig, dist: engine.Dist) -> engine.TrainResult:
             with engine.autocast(device, amp):
                 (feats_s, out_s), (feats_t, _) = forward_by_domain(
                     net, [src["image"], tgt["image"]], [False, True], cfg.bn_statistics)
-                with torch.no_grad():
+                with torch.no_grad(), reference_statistics(reference, cfg):
                     frozen_t = reference.forward_features(tgt["image"])[level]
             last_s, last_t = feats_s[level], feats_t[level]
             terms = engine.source_seg_terms(out_s, src["label"])
