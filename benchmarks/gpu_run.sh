@@ -5,7 +5,7 @@
 #   device tool: run  command "bash benchmarks/gpu_run.sh"  timeout_s 600  (carry [".whl"] with the kit)
 #   anywhere else: OUT=/some/dir bash benchmarks/gpu_run.sh [more gpu_suite.py arguments, e.g. --dry-run]
 #
-# $OUT receives (4 files, what the device tool brings back): environment.txt (GPU, driver, torch,
+# $OUT receives (4 files, what the device tool brings back): environment.txt (GPU, driver, torch, the kit's unmet requirements,
 # the packages the suite uses), gpu_suite.json and gpu_suite.md (rewritten after every section, so
 # a run stopped anywhere keeps the finished sections and names the one that was running) and
 # gpu_suite.log (the suite's whole output). The suite shares --budget-s 420 between its sections,
@@ -43,6 +43,17 @@ for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "timm", "numpy", "pydanti
         print(f"{name} {md.version(name)}")
     except md.PackageNotFoundError:
         print(f"{name} (absent)")
+PY
+    # The kit installs --no-deps: what its wheels require that the machine lacks, or has at a
+    # version they do not accept, is said here (pip check, the kit's own distributions only;
+    # `typing`, the Python 3.4 backport cityscapesscripts names, is the standard library's).
+    [ -z "${site:-}" ] || "$PYTHON" - "$site" <<'PY' 2>&1
+import pathlib, re, subprocess, sys
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+kit = {norm(p.name.removesuffix(".dist-info").rsplit("-", 1)[0]) for p in pathlib.Path(sys.argv[1]).glob("*.dist-info")}
+check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
+unmet = [line for line in check.splitlines() if norm(line.split(" ")[0]) in kit and " requires typing," not in line]
+print(f"kit: {len(kit)} distributions, {len(unmet)} unmet requirements", *unmet, sep="\n")
 PY
 } > "$OUT/environment.txt"
 cat "$OUT/environment.txt"

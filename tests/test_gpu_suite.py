@@ -265,3 +265,38 @@ def test_gpu_run_sh_writes_everything_under_out_with_dakd_core_from_its_checkout
     lines = (out / "gpu_suite.log").read_text().splitlines()  # the paths first
     assert lines[:3] == [f"gpu suite: JSON {out / 'gpu_suite.json'}", f"gpu suite: Markdown {out / 'gpu_suite.md'}",
                          f"gpu suite: dakd_core from {ROOT / 'dakd_core'}, torch {lines[2].rsplit(' ', 1)[-1]}"]
+
+
+def _wheel(folder: Path, name: str, requires: list[str]) -> Path:
+    """A minimal pure-Python wheel: one module and its metadata."""
+    import zipfile
+
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    files = {f"{name}/__init__.py": "",
+             f"{name}-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: " + name + "\nVersion: 1.0\n"
+             + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{name}-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = f"{name}-1.0.dist-info/RECORD"
+    with zipfile.ZipFile(path, "w") as z:
+        for arc, text in files.items():
+            z.writestr(arc, text)
+        z.writestr(record, "".join(f"{arc},,\n" for arc in [*files, record]))
+    return path
+
+
+def test_gpu_run_sh_says_which_requirements_of_the_kit_the_machine_does_not_meet(tmp_path):
+    # the kit installs --no-deps: a requirement the machine lacks (or has at a refused version) is
+    # written to environment.txt; `typing` (cityscapesscripts' backport) is the standard library's
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    _wheel(kit, "dakdkitprobe", ["dakd-absent-dist>=1", "typing", "numpy>=1"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OUT": str(tmp_path / "out"),
+                                                                           "PYTHON": sys.executable, "KIT": str(kit),
+                                                                           "PIP_CONFIG_FILE": os.devnull}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run", "--budget-s", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = (tmp_path / "out" / "environment.txt").read_text().splitlines()
+    kit_lines = lines[next(i for i, line in enumerate(lines) if line.startswith("kit: ")):]
+    assert kit_lines == ["kit: 1 distributions, 1 unmet requirements",
+                         "dakdkitprobe 1.0 requires dakd-absent-dist, which is not installed."]
