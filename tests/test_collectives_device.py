@@ -21,6 +21,9 @@ class Handed(Exception):
     and the call itself is what is checked."""
 
 
+CONTROL = object()  # stands in for the gloo group init_distributed makes beside NCCL
+
+
 class Collectives:
     """torch.distributed stand-in for one backend: every tensor a collective receives is recorded
     and must be on `device` (nccl: the rank's GPU, gloo: the CPU)."""
@@ -44,7 +47,12 @@ class Collectives:
             raise Handed
 
     def all_reduce(self, tensor, op=None, group=None, async_op=False):  # ReduceOp.MAX, as the stop flag's
-        self._check(tensor)
+        if group is CONTROL:  # the host-side gloo group of Dist.control_group: CPU tensors
+            self.seen.append(("control", tensor.device))
+            if tensor.device.type != "cpu":
+                raise RuntimeError(f"gloo control group: tensor on {tensor.device}")
+        else:
+            self._check(tensor)
         if self.others:
             tensor.clamp_(min=self.others.pop(0))
 
@@ -80,23 +88,33 @@ def test_gloo_collectives_get_cpu_tensors_and_still_decide(monkeypatch):
     assert gloo.seen == [torch.device("cpu")] * 5
 
 
-def _stop_keeper(dist: Dist):
-    return SimpleNamespace(dist=dist, _stop_flag=None)  # what _stop_signal reads and keeps
-
-
-def test_nccl_stop_flag_is_made_on_the_gpu_and_not_read_in_its_own_step(monkeypatch):
+def test_nccl_stop_flag_is_reduced_on_the_host_and_read_in_its_own_step(monkeypatch):
+    # Before: the flag went through NCCL on the GPU, and reading it back waited for every kernel
+    # queued so far (a host sync per step); the control group reduces a CPU tensor among the hosts.
     gpu = torch.device("meta")
     nccl = Collectives(monkeypatch, "nccl", gpu)
-    keeper = _stop_keeper(Dist(rank=0, world_size=2, device=gpu))
-    # Before: the flag reduced at the start of a step was read at once, which on a GPU waits for the
-    # previous step to finish (a host sync every step); on meta "Tensor.item() cannot be called".
-    assert RunKeeper._stop_signal(keeper) == 0
-    assert nccl.seen == [gpu] and keeper._stop_flag.device == gpu
+    nccl.others = [0, int(signal.SIGTERM)]  # another rank got SIGTERM during step 1
+    keeper = SimpleNamespace(dist=Dist(rank=0, world_size=2, device=gpu, control_group=CONTROL))
+    assert [RunKeeper._stop_signal(keeper) for _ in range(2)] == [0, signal.SIGTERM]
+    assert nccl.seen == [("control", torch.device("cpu"))] * 2
 
 
-def test_gloo_stop_flags_are_read_one_step_later_alike_on_every_rank(monkeypatch):
+def test_gloo_stop_flags_are_read_alike_on_every_rank(monkeypatch):
     gloo = Collectives(monkeypatch, "gloo", torch.device("cpu"))
-    gloo.others = [0, int(signal.SIGTERM), 0]  # another rank got SIGTERM during step 1
-    keeper = _stop_keeper(Dist(rank=0, world_size=2, device=torch.device("cpu")))
-    assert [RunKeeper._stop_signal(keeper) for _ in range(3)] == [0, 0, signal.SIGTERM]  # before: [0, 15, 0]
-    assert gloo.seen == [torch.device("cpu")] * 3
+    gloo.others = [0, int(signal.SIGTERM)]  # another rank got SIGTERM during step 1
+    keeper = SimpleNamespace(dist=Dist(rank=0, world_size=2, device=torch.device("cpu")))
+    assert [RunKeeper._stop_signal(keeper) for _ in range(2)] == [0, signal.SIGTERM]  # seen in the same step
+    assert gloo.seen == [torch.device("cpu")] * 2
+
+
+def test_init_distributed_makes_a_gloo_control_group_beside_nccl_only(monkeypatch):
+    made = []
+    monkeypatch.setattr(engine.torch_dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(engine.torch_dist, "new_group", lambda backend=None: made.append(backend) or CONTROL)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(engine.torch_dist, "get_backend", lambda group=None: "gloo")
+    assert engine.init_distributed("cpu").control_group is None and made == []
+    monkeypatch.setattr(engine.torch_dist, "get_backend", lambda group=None: "nccl")
+    dist = engine.init_distributed("cpu")
+    assert dist.control_group is CONTROL and made == ["gloo"] and dist.rank == 1

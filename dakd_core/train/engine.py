@@ -87,6 +87,10 @@ class Dist:
     rank: int
     world_size: int
     device: torch.device
+    # Host-side decisions between steps (the stop flag) go through a gloo group of CPU tensors:
+    # through NCCL their value would be read back from the GPU, which waits for every kernel
+    # queued before (a host sync per step). None: the default group, gloo already on CPU runs.
+    control_group: object | None = None  # a torch.distributed ProcessGroup
 
     @property
     def is_main(self) -> bool:
@@ -112,7 +116,9 @@ def init_distributed(device_name: str | None = None) -> Dist:
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, device)
+    # every rank creates it here, at the same point: new_group is itself a collective
+    control = torch_dist.new_group(backend="gloo") if torch_dist.get_backend() == "nccl" else None
+    return Dist(rank, world_size, device, control)
 
 
 _LEASE: contextvars.ContextVar = contextvars.ContextVar("dakd_writer_lease", default=None)
@@ -192,7 +198,7 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step (the next one under DDP) "
+        print(f"dakd: {signal.Signals(signum).name} received: stopping after the current step "
               "(checkpoint, MLflow run KILLED, writer lease released); send it again to stop at once",
               file=sys.stderr, flush=True)
 
@@ -578,7 +584,6 @@ class RunKeeper:
         self._run_id: str | None = None
         self._outbox = None  # tracking.MetricOutbox of the stage run
         self._bar = None
-        self._stop_flag: torch.Tensor | None = None  # under DDP: the last step's reduced stop flag
         self._started = time.perf_counter()
 
     # -- resume
@@ -633,17 +638,16 @@ class RunKeeper:
         """The stop signal received by this rank, or under DDP by any rank (all stop together:
         a rank leaving alone would hang the others in their next collective); 0 if none.
 
-        Under DDP every step reduces the ranks' flags and reads the previous step's result: on a
-        GPU, reading this step's would wait for the step still running (a host sync per step,
-        the wait check_finite avoids), so a stop takes one step more to be seen."""
+        Under DDP the ranks' flags are reduced on the host, in Dist.control_group (gloo, CPU
+        tensors): the ranks' processes meet, their GPUs keep running the queued steps. Through
+        NCCL, reading the reduced flag back would wait for every kernel queued on the GPU so far
+        (a host sync per step, the wait check_finite's deferred read avoids)."""
         signum = STOP.signum or 0
         if not self.dist.enabled:
             return signum
-        # made on the device: torch.tensor copies from host memory and waits for the GPU too
-        flag = torch.full((1,), signum, dtype=torch.int64, device=collective_device(self.dist))
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        previous, self._stop_flag = self._stop_flag, flag
-        return 0 if previous is None else int(previous.item())
+        flag = torch.tensor([signum], dtype=torch.int64)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.dist.control_group)
+        return int(flag.item())
 
     def _preempt(self, done: int, signum: int) -> None:
         if done > self._saved_step:
