@@ -495,6 +495,21 @@ def ensure_experiment(name: str | None = None) -> str:
     return experiment_id
 
 
+def _torch_build() -> str:
+    """torch.__version__ where torch is loaded (every training stage): its local label names the
+    build (`+cu130`, `+cpu`), which the distribution's metadata lacks for PyPI's CUDA wheel
+    (`2.13.0`); elsewhere that metadata, so that no task imports torch for a tag."""
+    import importlib.metadata
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def _git_commit() -> str:
     commit = os.environ.get("DAKD_GIT_COMMIT", "").strip()
     if commit:
@@ -591,6 +606,9 @@ def stage_run(
             "dakd.stage": stage,
             "dakd.kfp_run_id": os.environ.get("DAKD_KFP_RUN_ID", ""),
             "dakd.kfp_task": os.environ.get("DAKD_KFP_TASK", ""),
+            # the torch build that trained or ran the stage (`2.13.0+cu130` in the CUDA image,
+            # `2.13.0+cpu` in the CPU one)
+            "dakd.torch": _torch_build(),
             **_env_run_tags(),
         }
         commit = _git_commit()

@@ -228,5 +228,5 @@ DAKD_CPU_IMAGE=$CPU_IMAGE DAKD_IMAGE=${GPU_IMAGE:-$CPU_IMAGE} OMP_NUM_THREADS=1 
     --store "s3://$BUCKET/store" --run-name containers \
     || { tail -40 "$OUT/logs/containers.log" 2>/dev/null; echo "test-containers: the pipeline run failed" >&2; exit 1; }
 say "pipeline in containers: $((SECONDS - start)) s"
-$PY docker/check_container_run.py "$OUT" containers "s3://$BUCKET/store"
+$PY docker/check_container_run.py "$OUT" containers "s3://$BUCKET/store" "$([[ -n $GPU_IMAGE ]] && echo cuda || echo cpu)"
 say "PASSED"

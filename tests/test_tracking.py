@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from pydantic import BaseModel
 
 from dakd_core import tracking
@@ -76,6 +77,7 @@ def test_stage_run_params_tags_metrics(mlflow_uri, tmp_path, monkeypatch):
     assert tags["dakd.stage"] == "distill"
     assert tags["dakd.kfp_run_id"] == "kfp-run-42" and tags["dakd.kfp_task"] == "distill-c"
     assert tags["dakd.git_commit"] == "abc1234" == tags["mlflow.source.git.commit"]
+    assert tags["dakd.torch"] == torch.__version__  # the build that ran the stage (+cpu here)
     assert tags["paradigm"] == "c" and tags["extra"] == "ok" and tags["db_password"] == "***"
     assert tags["note"] == "key ***"
     recorded = " ".join(list(params.values()) + list(tags.values()))
