@@ -69,15 +69,12 @@ def _identity_hash(fields: dict, stored: dict) -> str:
     """engine.config_hash of the config built from `fields`, over the fields the bench's code had
     (`stored`; fields added since, such as road_reference_statistics, are left out: at their
     defaults they are the bench's behaviour)."""
-    import hashlib
-
     from dakd_core.config import build_config
     from dakd_core.train.configs import AdaptConfig
-    from dakd_core.train.engine import config_identity
+    from dakd_core.train.engine import config_identity, identity_hash
 
     identity = config_identity(build_config(AdaptConfig, None, **fields))
-    kept = {k: v for k, v in identity.items() if k in stored}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    return identity_hash({k: v for k, v in identity.items() if k in stored})
 
 
 def adapt(fields: dict, overrides: dict, out: Path) -> dict:

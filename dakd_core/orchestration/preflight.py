@@ -56,15 +56,14 @@ def require_tracking_uri(task: str) -> str:
     return uri
 
 
-def require_parent_run(task: str, parent_run_id: str) -> None:
+def require_parent_run(task: str, parent_run_id: str, uri: str) -> None:
     """SetupError when the pipeline's parent run (the one `start` opened, or the platform's
-    MLFLOW_RUN_ID, which `start` hands on as the parent) is not at this task's tracking URI."""
+    MLFLOW_RUN_ID, which `start` hands on as the parent) is not at this task's tracking URI `uri`."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from dakd_core.tracking import check_reachable, redact_text
 
-    uri = require_tracking_uri(task)
     check_reachable(uri)
     try:
         mlflow.MlflowClient(uri).get_run(parent_run_id)
@@ -80,9 +79,9 @@ def check_task(task: str, task_inputs: dict, parent_run_id: str) -> None:
     """The checks of a stage task (see the module docstring), before it does anything."""
     if not logs_to_mlflow(task_inputs):
         return
-    require_tracking_uri(task)
+    uri = require_tracking_uri(task)
     if parent_run_id:  # uncached tasks only: cached ones are given no parent run
-        require_parent_run(task, parent_run_id)
+        require_parent_run(task, parent_run_id, uri)
 
 
 def check_store(store_uri: str, run_prefix: str) -> None:

@@ -546,8 +546,13 @@ def config_identity(cfg) -> dict:
     return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EXECUTION_FIELDS}
 
 
+def identity_hash(identity: dict) -> str:
+    """The hash of a config identity (`config_identity`): what names a stage's output."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg) -> str:
-    return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return identity_hash(config_identity(cfg))
 
 
 class RunKeeper:
